@@ -1,0 +1,215 @@
+# exaq build.
+#
+#   make            bin/exaqd bin/exaqctl bin/exaq-worker (release build)
+#   make deps       apt-installs the missing Debian -dev packages (as root; else prints the command)
+#   make test       unit, kernel-reference and integration tests (no GPU needed)
+#   make check      the same tests under ASan+UBSan, then the daemon tests under TSan
+#   make fuzz       libFuzzer targets (clang), FUZZ_SECONDS each (default 60)
+#   make demo       a whole sweep on the small model kept in tests/data/tiny-exaone4
+#   make bench      CPU (and GPU where present) benchmarks, one table
+#   make format     clang-format --dry-run -Werror;  make lint: format + loop-blocking grep
+#
+# One build directory per configuration (build/release, build/asan, build/tsan, build/fuzz)
+# so objects built with different flags never mix. V=1 shows the commands.
+
+CFG ?= release
+PREFIX ?= /usr/local
+O ?= build/$(CFG)
+Q := $(if $(V),,@)
+
+CC ?= cc
+ifeq ($(CC),cc)
+CC := gcc
+endif
+
+DEB_PKGS := gcc make pkg-config libyaml-dev libsqlite3-dev libuv1-dev libcjson-dev libzip-dev \
+            libcmocka-dev libssl-dev zip unzip procps
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
+        -Wno-format-nonliteral
+ifneq ($(NO_WERROR),1)
+WARN += -Werror
+endif
+CPPFLAGS := -I. -I/usr/include/cjson -D_GNU_SOURCE -MMD -MP
+BASE_CFLAGS := -std=gnu11 -g -pthread $(WARN)
+LIBS := -lyaml -lsqlite3 -luv -lcjson -lzip -lcrypto -lm -lpthread -ldl
+
+ifeq ($(CFG),release)
+OPT := -O2
+KOPT := -O3 -march=native
+else ifeq ($(CFG),asan)
+SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+OPT := -O1 $(SAN)
+KOPT := -O2 $(SAN)
+LDSAN := $(SAN)
+else ifeq ($(CFG),tsan)
+SAN := -fsanitize=thread
+OPT := -O1 $(SAN)
+KOPT := -O2 $(SAN)
+LDSAN := $(SAN)
+else ifeq ($(CFG),fuzz)
+CC := clang
+SAN := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+OPT := -O1 $(SAN)
+KOPT := -O1 $(SAN)
+LDSAN := -fsanitize=address,undefined
+else
+$(error unknown CFG '$(CFG)': use release, asan, tsan or fuzz)
+endif
+
+CFLAGS := $(BASE_CFLAGS) $(OPT)
+KCFLAGS := $(BASE_CFLAGS) $(KOPT)
+
+# ---- sources -------------------------------------------------------------------------------
+LIB_SRC := $(wildcard common/*.c) $(wildcard lanes/*.c) daemon/proto.c
+DAEMON_LIB_SRC := $(filter-out daemon/proto.c daemon/main.c,$(wildcard daemon/*.c))
+CTL_SRC := $(wildcard ctl/*.c)
+WORKER_LIB_SRC := $(filter-out worker/main.c,$(wildcard worker/*.c))
+KERNEL_SRC := $(wildcard kernels/*.c)
+UNIT_SRC := $(wildcard tests/unit/test_*.c) $(wildcard tests/kernels/test_*.c)
+FUZZ_SRC := $(wildcard tests/fuzz/*_fuzz.c)
+
+obj = $(patsubst %.c,$(O)/obj/%.o,$(1))
+
+LIB_A := $(O)/libexaq.a
+DAEMON_A := $(O)/libexaqd.a
+WORKER_A := $(O)/libexaqw.a
+ALL_A := $(DAEMON_A) $(WORKER_A) $(LIB_A)
+
+BINDIR := $(O)/bin
+BINS := $(BINDIR)/exaqd $(BINDIR)/exaqctl $(BINDIR)/exaq-worker
+UNIT_BINS := $(patsubst tests/%.c,$(O)/tests/%,$(UNIT_SRC))
+
+ALL_OBJ := $(call obj,$(LIB_SRC) $(DAEMON_LIB_SRC) daemon/main.c $(CTL_SRC) $(WORKER_LIB_SRC) \
+             worker/main.c $(KERNEL_SRC) $(UNIT_SRC))
+
+# ---- CUDA (optional; built whenever nvcc exists, loaded at run time) ------------------------
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CU_SRC := $(wildcard kernels/*.cu)
+CUDA_SO := $(O)/lib/libexaq_cuda.so
+ifneq ($(NVCC),)
+ifneq ($(CU_SRC),)
+ifeq ($(CFG),release)
+CUDA_TARGET := $(CUDA_SO)
+endif
+endif
+endif
+NVCCFLAGS := -O3 -std=c++17 -lineinfo -Xcompiler -fPIC,-Wall -I. \
+             -gencode arch=compute_80,code=sm_80 -gencode arch=compute_89,code=sm_89 \
+             -gencode arch=compute_90,code=sm_90
+
+.PHONY: all deps test check test-gpu bench fuzz format lint demo clean install unit-bins
+all: $(BINS) $(CUDA_TARGET)
+ifeq ($(CFG),release)
+	$(Q)mkdir -p bin && for b in $(BINS); do ln -sf ../$$b bin/; done
+endif
+
+$(O)/obj/kernels/%.o: kernels/%.c
+	@mkdir -p $(dir $@)
+	@$(if $(V),,echo "  CC      $<")
+	$(Q)$(CC) $(CPPFLAGS) $(KCFLAGS) -c $< -o $@
+
+$(O)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(V),,echo "  CC      $<")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(LIB_A): $(call obj,$(LIB_SRC))
+$(DAEMON_A): $(call obj,$(DAEMON_LIB_SRC))
+$(WORKER_A): $(call obj,$(WORKER_LIB_SRC) $(KERNEL_SRC))
+$(O)/%.a:
+	@mkdir -p $(dir $@)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BINDIR)/exaqd: $(call obj,daemon/main.c) $(DAEMON_A) $(WORKER_A) $(LIB_A)
+$(BINDIR)/exaqctl: $(call obj,$(CTL_SRC)) $(DAEMON_A) $(LIB_A)
+$(BINDIR)/exaq-worker: $(call obj,worker/main.c) $(WORKER_A) $(LIB_A)
+$(BINDIR)/%:
+	@mkdir -p $(dir $@)
+	@$(if $(V),,echo "  LINK    $@")
+	$(Q)$(CC) $(LDSAN) -pthread -rdynamic -o $@ $^ $(LIBS)
+
+$(O)/tests/%: tests/%.c $(ALL_A)
+	@mkdir -p $(dir $@) $(dir $(O)/obj/tests/$*)
+	@$(if $(V),,echo "  TEST    $@")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $(O)/obj/tests/$*.o
+	$(Q)$(CC) $(LDSAN) -pthread -rdynamic -o $@ $(O)/obj/tests/$*.o $(ALL_A) $(LIBS) -lcmocka
+
+$(CUDA_SO): $(CU_SRC)
+	@mkdir -p $(dir $@)
+	@echo "  NVCC    $@"
+	$(Q)$(NVCC) $(NVCCFLAGS) -shared -o $@ $(CU_SRC) -lcublas -lcublasLt -lcusolver
+
+unit-bins: $(UNIT_BINS)
+
+# ---- dependencies ---------------------------------------------------------------------------
+deps:
+	@command -v dpkg >/dev/null 2>&1 || { echo "deps: not a Debian system; install: $(DEB_PKGS)"; exit 0; }; \
+	missing=$$(for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done | tr '\n' ' '); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "deps: installing $$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	else \
+	  echo "deps: missing Debian packages: $$missing"; \
+	  echo "deps: run: sudo apt-get install -y $$missing"; exit 1; \
+	fi
+
+# ---- tests ----------------------------------------------------------------------------------
+test: deps
+	$(Q)$(MAKE) --no-print-directory CFG=$(CFG) all unit-bins
+	$(Q)EXAQ_BIN=$(CURDIR)/$(BINDIR) EXAQ_TEST_BIN=$(CURDIR)/$(O)/tests \
+	  sh tests/run.sh $(UNIT_BINS) $(sort $(wildcard tests/integ/*.sh))
+
+check: deps
+	$(Q)$(MAKE) --no-print-directory CFG=asan test
+	$(Q)$(MAKE) --no-print-directory CFG=tsan all
+	$(Q)EXAQ_BIN=$(CURDIR)/build/tsan/bin EXAQ_TSAN=1 \
+	  sh tests/run.sh $(sort $(wildcard tests/integ/*.sh))
+
+fuzz: deps
+	$(Q)$(MAKE) --no-print-directory CFG=fuzz $(ALL_A)
+	$(Q)for f in $(FUZZ_SRC); do \
+	  n=$$(basename $$f .c); \
+	  clang $(CPPFLAGS) -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -o build/fuzz/$$n $$f \
+	    build/fuzz/libexaqd.a build/fuzz/libexaqw.a build/fuzz/libexaq.a $(LIBS) || exit 1; \
+	done
+	$(Q)for f in $(FUZZ_SRC); do \
+	  n=$$(basename $$f .c); c=tests/fuzz/corpus/$${n%_fuzz}; mkdir -p $$c build/fuzz/corpus-$$n; \
+	  echo "fuzz: $$n for $${FUZZ_SECONDS:-60}s"; \
+	  build/fuzz/$$n -max_total_time=$${FUZZ_SECONDS:-60} -max_len=65536 -timeout=10 \
+	    -rss_limit_mb=2048 -print_final_stats=1 build/fuzz/corpus-$$n $$c 2>build/fuzz/$$n.log \
+	    || { tail -40 build/fuzz/$$n.log; exit 1; }; \
+	  grep -E 'stat::number_of_executed_units' build/fuzz/$$n.log; \
+	done
+
+test-gpu: all unit-bins
+	$(Q)EXAQ_BIN=$(CURDIR)/$(BINDIR) EXAQ_TEST_BIN=$(CURDIR)/$(O)/tests EXAQ_GPU_TESTS=1 \
+	  sh tests/run.sh $(filter %_gpu,$(UNIT_BINS)) $(sort $(wildcard tests/gpu/*.sh))
+
+bench: all
+	$(Q)sh tests/bench.sh $(CURDIR)/$(BINDIR)
+
+demo: deps
+	$(Q)$(MAKE) --no-print-directory CFG=release all
+	$(Q)sh tests/demo.sh $(CURDIR)/$(BINDIR)
+
+FMT_SRC = $(shell git ls-files '*.c' '*.h' '*.cu' '*.cuh' 2>/dev/null)
+format:
+	$(Q)clang-format --dry-run -Werror $(FMT_SRC)
+
+LOOP_FILES := $(wildcard daemon/loop.c daemon/server.c daemon/proto.c daemon/handlers*.c daemon/sched.c daemon/workers.c)
+lint: format
+	$(Q)if grep -nE 'sqlite3_|zip_|fopen|fsync|sleep\(|system\(|popen|waitpid' $(LOOP_FILES); then \
+	  echo "lint: blocking call on the loop thread (see docs/design.md)"; exit 1; fi
+	$(Q)sh tests/lint_protocol.sh
+
+install: all
+	install -d $(PREFIX)/bin
+	install -m 0755 $(BINS) $(PREFIX)/bin/
+
+clean:
+	rm -rf build bin
+
+-include $(ALL_OBJ:.o=.d)
