@@ -100,7 +100,7 @@ NVCCFLAGS := -O3 -std=c++17 -lineinfo -Xcompiler -fPIC,-Wall -I. \
 
 .PHONY: all deps test check test-gpu bench fuzz format lint demo clean install unit-bins
 all: $(BINS) $(CUDA_TARGET)
-ifeq ($(CFG),release)
+ifeq ($(O),build/release)
 	$(Q)mkdir -p bin && for b in $(BINS); do ln -sf ../$$b bin/; done
 endif
 
@@ -114,8 +114,17 @@ $(O)/obj/%.o: %.c
 	@$(if $(V),,echo "  CC      $<")
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
+SCHEMA_C := $(O)/gen/schema_sql.c
+$(SCHEMA_C): schema.sql
+	@mkdir -p $(dir $@)
+	$(Q){ echo '/* generated from schema.sql by make; do not edit */'; \
+	  echo 'const char exaq_schema_sql[] ='; \
+	  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' schema.sql; echo ';'; } > $@
+$(O)/gen/schema_sql.o: $(SCHEMA_C)
+	$(Q)$(CC) $(CFLAGS) -Wno-missing-variable-declarations -c $< -o $@
+
 $(LIB_A): $(call obj,$(LIB_SRC))
-$(DAEMON_A): $(call obj,$(DAEMON_LIB_SRC))
+$(DAEMON_A): $(call obj,$(DAEMON_LIB_SRC)) $(O)/gen/schema_sql.o
 $(WORKER_A): $(call obj,$(WORKER_LIB_SRC) $(KERNEL_SRC))
 $(O)/%.a:
 	@mkdir -p $(dir $@)

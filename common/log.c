@@ -11,12 +11,18 @@
 #include <unistd.h>
 
 static FILE *log_stream;
+static FILE *log_tee;
 static enum log_level log_min = LOG_LEVEL_INFO;
 static char log_prefix[32] = "exaq";
 
 void log_set_stream(FILE *f)
 {
     log_stream = f;
+}
+
+void log_set_tee(FILE *f)
+{
+    log_tee = f;
 }
 
 void log_set_level(enum log_level lvl)
@@ -57,4 +63,8 @@ void log_write(enum log_level lvl, const char *fmt, ...)
     va_end(ap);
     fprintf(f, "%s\n", line);
     fflush(f);
+    if (log_tee && log_tee != f) {
+        fprintf(log_tee, "%s\n", line);
+        fflush(log_tee);
+    }
 }

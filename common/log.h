@@ -16,6 +16,7 @@ enum log_level {
 };
 
 void log_set_stream(FILE *f); /* borrowed; NULL means stderr */
+void log_set_tee(FILE *f);    /* a second stream that also gets every line, or NULL */
 void log_set_level(enum log_level lvl);
 void log_set_prefix(const char *prefix); /* copied, e.g. "exaqd" */
 int log_enabled(enum log_level lvl);

@@ -1,0 +1,302 @@
+/*
+ * exaqd.h: the daemon's internal hub header: the in-memory model (sweeps, lanes, stages,
+ * attempts), worker slots, client connections, and the functions each daemon file exports.
+ *
+ * Ownership: struct daemon owns everything. Stages are shared by every lane whose pipeline
+ * reaches the same content key. All of it lives on the loop thread; only store.c and the
+ * thread-pool bodies of submit.c run elsewhere, and they never touch these structs.
+ */
+#ifndef EXAQ_EXAQD_H
+#define EXAQ_EXAQD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "common/hmap.h"
+#include "common/util.h"
+#include "daemon/proto.h"
+
+struct daemon;
+struct conn;
+struct slot;
+
+enum dstage_state {
+    DSTAGE_PENDING = 0,
+    DSTAGE_RUNNING,
+    DSTAGE_DONE,
+    DSTAGE_FAILED,
+};
+
+enum lane_state {
+    LANE_QUEUED = 0,
+    LANE_RUNNING,
+    LANE_DONE,
+    LANE_FAILED,
+    LANE_CANCELLED,
+};
+
+/* Failure classes of an attempt (see docs/design.md). */
+enum fail_class {
+    FAIL_NONE = 0,
+    FAIL_ERROR,       /* deterministic: not retried */
+    FAIL_OOM,         /* retried */
+    FAIL_TIMEOUT,     /* retried */
+    FAIL_LOST,        /* worker died or went silent: retried */
+    FAIL_CANCELLED,   /* no lane needs it any more: back to pending, no retry used */
+    FAIL_INTERRUPTED, /* daemon stopped or crashed: back to pending, no retry used */
+};
+const char *fail_class_name(enum fail_class c);
+enum fail_class fail_class_parse(const char *s);
+
+struct dres {
+    int retries;
+    double timeout_min;
+    int gpus;
+    double gpu_mem_gb;
+    double min_free_gb;
+};
+
+struct attempt {
+    int64_t id;
+    struct dstage *st;
+    int n;             /* 1-based attempt number of this stage */
+    struct slot *slot; /* NULL once finished */
+    pid_t worker_pid;
+    pid_t pgid;
+    double started;    /* wall clock */
+    double started_mono;
+    double pdone, ptotal; /* progress */
+    double prog_t0_mono; double prog_d0; /* for the ETA */
+    char *what;
+    char *last_line;
+    char *log_path;
+    enum fail_class cancel_class; /* FAIL_NONE, or why we asked the worker to stop */
+    double cancel_sent_mono;
+};
+
+struct lane_ref {
+    struct dlane *lane;
+    int pos;
+};
+
+struct dstage {
+    char key[SHA256_HEX_LEN];
+    char *kind;
+    char *spec;       /* canonical parameter JSON */
+    char *dep_key;    /* producer of the input model, or NULL (base model) */
+    struct dstage *dep;
+    char *input_dir;
+    bool produces_model;
+    struct dres res;
+    enum dstage_state state;
+    int tries;        /* failed attempts counted against res.retries */
+    int nattempts;    /* attempts started, all kinds */
+    enum fail_class err_class;
+    char *err_msg;
+    int64_t size_bytes; /* -1 unknown */
+    double created, started, ended;
+    struct proto_metrics metrics;
+    struct attempt *att; /* the running attempt */
+    struct lane_ref *refs;
+    int nrefs;
+};
+
+struct dlane {
+    struct dsweep *sw;
+    char *id;
+    char *grp;
+    int idx;
+    bool baseline;
+    bool cancelled;
+    int n;
+    struct dstage **st;
+    char **names;
+    bool *is_eval;
+    bool *reused;
+    enum lane_state last_state; /* for transition events */
+};
+
+struct dsweep {
+    char *id;
+    int64_t seq;
+    char *name;
+    char *yaml_path;
+    char *base_model;
+    char *base_key;
+    int64_t base_size;
+    int priority;
+    char *settings; /* JSON: score, package, hooks */
+    double created;
+    double ended;   /* 0 while running */
+    int nlanes;
+    struct dlane **lanes;
+    bool finishing; /* post-processing (rank, package, hooks) in flight */
+};
+
+enum slot_state {
+    SLOT_DOWN = 0,   /* no worker; respawn_at says when */
+    SLOT_STARTING,   /* spawned, waiting for hello */
+    SLOT_IDLE,
+    SLOT_BUSY,
+    SLOT_QUARANTINED,
+};
+
+struct slot {
+    int idx;
+    int device;           /* CUDA device index, or -1 for a CPU slot */
+    enum slot_state state;
+    uv_process_t *proc;   /* heap; freed in its close callback */
+    pid_t pid;
+    int64_t pid_start;
+    struct conn *conn;
+    struct attempt *att;
+    struct slot *reserved_by; /* this slot lends its GPU to a multi-GPU attempt */
+    char *backend;
+    char *gpu_name;
+    double gpu_mem_gb;
+    int threads;
+    double last_seen_mono;
+    double conn_lost_mono;
+    double spawned_mono;
+    double respawn_at_mono;
+    double backoff_s;
+    int consecutive_failures;
+    double quarantine_until_mono;
+    bool kill_sent;
+};
+
+struct conn {
+    uv_pipe_t pipe;
+    struct daemon *d;
+    struct proto_framer fr;
+    struct slot *slot; /* set for a worker connection */
+    bool closing;
+    bool draining; /* replies flushing before close */
+    pid_t peer_pid;
+    uid_t peer_uid;
+    struct conn *next, *prev;
+    int pending_async; /* requests still waiting for work; the conn is kept until 0 */
+};
+
+struct daemon {
+    uv_loop_t *loop;
+    char *home;
+    char *sock_path;
+    char *worker_bin;
+    char *backend; /* auto | cpu | cuda */
+    struct store *store;
+    uv_pipe_t server;
+    uv_timer_t tick;
+    uv_signal_t sig_term, sig_int;
+    uv_idle_t pump_idle;
+    bool pump_queued;
+    struct conn *conns;
+    int nslots;
+    struct slot *slots;
+    bool gpu_slots;
+    struct hmap stages; /* key -> struct dstage * */
+    struct hmap sweeps; /* id -> struct dsweep * */
+    struct dsweep **sweep_list; /* submission order */
+    int nsweeps;
+    int64_t next_seq;
+    int64_t next_attempt_id;
+    bool shutting_down;
+    bool drain;
+    double shutdown_started_mono;
+    int ready_fd; /* pipe to the parent while daemonizing, else -1 */
+    double hb_interval_s;
+    double hb_grace_s;
+    double kill_grace_s;
+    int quarantine_after;
+    double quarantine_s;
+    double last_tick_mono;
+    int pidfile_fd;
+    double started_wall;
+};
+
+/* ---- sched.c: the model and its state transitions ---- */
+void sched_init(struct daemon *d);
+void sched_release(struct daemon *d);
+struct dstage *sched_stage_get(struct daemon *d, const char *key);
+struct dsweep *sched_sweep_get(struct daemon *d, const char *id);
+struct dlane *sched_lane_get(struct dsweep *sw, const char *id);
+enum lane_state sched_lane_state(const struct dlane *l);
+const char *lane_state_name(enum lane_state s);
+const char *dstage_state_name(enum dstage_state s);
+bool sched_sweep_ended(const struct dsweep *sw);
+/* Whether any live (not cancelled, not failed) lane still needs the stage. */
+bool sched_stage_needed(const struct dstage *st);
+/* Queue a scheduling pass on the next loop iteration (coalesced). */
+void sched_kick(struct daemon *d);
+void sched_attempt_done(struct daemon *d, struct attempt *a, const struct proto_metrics *m,
+                        int64_t size_bytes);
+void sched_attempt_failed(struct daemon *d, struct attempt *a, enum fail_class c, const char *msg);
+void sched_attempt_progress(struct daemon *d, struct attempt *a, double done, double total,
+                            const char *what);
+void sched_attempt_pgid(struct daemon *d, struct attempt *a, pid_t pgid);
+int sched_cancel(struct daemon *d, struct dsweep *sw, struct dlane *only);
+void sched_retry(struct daemon *d, struct dsweep *sw, struct dlane *only, bool failed_only,
+                 int *nlanes, int *nstages);
+/* Builds the status document (all sweeps, or one). */
+char *sched_status_json(struct daemon *d, struct dsweep *only);
+char *sched_logs_json(struct daemon *d, struct dlane *l, const char *stage);
+/* Restores state from the database and recovers interrupted attempts (before the loop). */
+int sched_load(struct daemon *d, char *err, size_t errlen);
+int sched_running_count(const struct daemon *d);
+void sched_event(struct daemon *d, const char *sweep, const char *lane, const char *key,
+                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Adds a lane-stage reference (used by submit and load). */
+void sched_lane_add_stage(struct dlane *l, struct dstage *st, const char *name, bool is_eval,
+                          bool reused);
+void sched_stage_add(struct daemon *d, struct dstage *st);
+void sched_sweep_add(struct daemon *d, struct dsweep *sw);
+void sched_check_sweeps(struct daemon *d);
+/* Lane metrics: union of its stages' metrics; size: its final model's bytes. */
+int64_t sched_lane_size(const struct dlane *l);
+
+/* ---- workers.c: slots and worker processes ---- */
+int workers_init(struct daemon *d, int nslots, char *err, size_t errlen);
+void workers_tick(struct daemon *d);
+bool workers_dispatch(struct daemon *d, struct slot *s, struct dstage *st, struct slot **extra,
+                      int nextra);
+void workers_cancel_attempt(struct daemon *d, struct attempt *a, enum fail_class why);
+void workers_on_conn_closed(struct daemon *d, struct conn *c);
+void workers_on_msg(struct daemon *d, struct conn *c, struct proto_msg *m);
+int workers_hello(struct daemon *d, struct conn *c, struct proto_msg *m, char *err, size_t errlen);
+void workers_shutdown(struct daemon *d);
+bool workers_all_exited(const struct daemon *d);
+int workers_detect_gpus(void);
+int64_t proc_start_time(pid_t pid);
+
+/* ---- server.c: socket and connections ---- */
+int server_listen(struct daemon *d, char *err, size_t errlen);
+void server_send(struct conn *c, char *line_take); /* takes ownership of the line */
+void server_reply(struct conn *c, struct proto_msg *m);
+void server_reply_error(struct conn *c, const char *re, enum proto_err code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void server_close_conn(struct conn *c);
+/* Ends one piece of queued work that refers to c (see pending_async); may free c. */
+void server_conn_async_done(struct conn *c);
+void server_close_all(struct daemon *d);
+
+/* ---- handlers.c: exaqctl requests ---- */
+void handlers_dispatch(struct daemon *d, struct conn *c, struct proto_msg *m);
+
+/* ---- submit.c: lanes file -> sweep (parsing and hashing on the thread pool) ---- */
+void submit_start(struct daemon *d, struct conn *c, const struct pm_submit *req);
+int submit_init(struct daemon *d, char *err, size_t errlen); /* loads the file-hash cache */
+void submit_release(void);
+
+/* ---- finish.c: what happens when a sweep ends (rank, report, package, hooks) ---- */
+void finish_sweep(struct daemon *d, struct dsweep *sw);
+void finish_rank(struct daemon *d, struct conn *c, struct dsweep *sw);
+void finish_package(struct daemon *d, struct conn *c, struct dsweep *sw, int top, const char *out);
+void finish_gc(struct daemon *d, struct conn *c, struct dsweep *sw, const char *keep);
+
+/* ---- main.c ---- */
+void daemon_begin_shutdown(struct daemon *d, bool drain);
+void daemon_maybe_exit(struct daemon *d);
+
+#endif

@@ -1,0 +1,570 @@
+/*
+ * exaq-worker: runs stages for exaqd (serve), or one native stage by hand (run).
+ *
+ *   exaq-worker serve --home DIR --socket PATH --slot N [--backend cpu|cuda]
+ *   exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] [--threads N]
+ *   exaq-worker --version
+ *
+ * serve: connects to exaqd, says hello, then runs one job at a time on a job thread while the
+ * main thread reads the socket (jobs, cancels, exit) and sends heartbeats. When the daemon goes
+ * away the worker kills its command's process group and exits: a worker never outlives its
+ * daemon. Workers are crash-only: any failure costs one attempt, which the daemon retries.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "daemon/proto.h"
+#include "worker/job.h"
+#include "worker/stage.h"
+
+struct worker {
+    int fd;
+    pthread_mutex_t wmu; /* serialises writes to fd */
+    int slot;
+    int nthreads;
+    const char *backend;
+    /* the running job */
+    pthread_t thread;
+    bool busy;
+    bool joinable;
+    struct job job;
+    volatile sig_atomic_t cancel;
+    volatile sig_atomic_t finished;
+    double hb_s;
+};
+
+static volatile sig_atomic_t got_term;
+
+static void on_term(int sig)
+{
+    (void)sig;
+    got_term = 1;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void wsend(struct worker *w, struct proto_msg *m)
+{
+    char *line = proto_encode(m);
+    pthread_mutex_lock(&w->wmu);
+    if (w->fd >= 0 && write_all(w->fd, line, strlen(line)) < 0)
+        log_warn("cannot write to exaqd: %s", strerror(errno));
+    pthread_mutex_unlock(&w->wmu);
+    free(line);
+    proto_msg_release(m);
+}
+
+/* ---- job sink: reports become protocol messages ---- */
+
+static void s_started(void *arg, int64_t attempt, pid_t pgid)
+{
+    struct proto_msg m;
+    proto_msg_init(&m, PROTO_T_started);
+    m.u.started.attempt = attempt;
+    m.u.started.has_attempt = true;
+    m.u.started.pgid = pgid;
+    m.u.started.has_pgid = true;
+    wsend(arg, &m);
+}
+
+static void s_progress(void *arg, int64_t attempt, double done, double total, const char *what)
+{
+    struct proto_msg m;
+    proto_msg_init(&m, PROTO_T_progress);
+    m.u.progress.attempt = attempt;
+    m.u.progress.has_attempt = true;
+    m.u.progress.done = done;
+    m.u.progress.has_done = true;
+    m.u.progress.total = total;
+    m.u.progress.has_total = true;
+    if (what)
+        proto_set_str(&m.u.progress.what, &m.u.progress.has_what, what);
+    wsend(arg, &m);
+}
+
+static void s_log(void *arg, int64_t attempt, const char *line)
+{
+    /* The full output is in the log file; the daemon only shows the latest line, so send at
+     * most a few lines per second. */
+    static double last;
+    double now = now_mono();
+    struct proto_msg m;
+    if (now - last < 0.2)
+        return;
+    last = now;
+    proto_msg_init(&m, PROTO_T_log);
+    m.u.log.attempt = attempt;
+    m.u.log.has_attempt = true;
+    m.u.log.line = xstrndup(line, EXAQ_MIN(strlen(line), 1000));
+    m.u.log.has_line = true;
+    wsend(arg, &m);
+}
+
+static void add_metrics(struct proto_metrics *pm, const struct job_metric *mt, int n)
+{
+    for (int i = 0; i < n; i++)
+        proto_metrics_add(pm, mt[i].name, mt[i].value);
+}
+
+static void s_metrics(void *arg, int64_t attempt, const struct job_metric *mt, int n)
+{
+    struct proto_msg m;
+    proto_msg_init(&m, PROTO_T_metrics);
+    m.u.metrics.attempt = attempt;
+    m.u.metrics.has_attempt = true;
+    add_metrics(&m.u.metrics.metrics, mt, n);
+    m.u.metrics.has_metrics = true;
+    wsend(arg, &m);
+}
+
+static void s_done(void *arg, int64_t attempt, const struct job_metric *mt, int n, int64_t size,
+                   bool reused)
+{
+    struct proto_msg m;
+    proto_msg_init(&m, PROTO_T_done);
+    m.u.done.attempt = attempt;
+    m.u.done.has_attempt = true;
+    add_metrics(&m.u.done.metrics, mt, n);
+    m.u.done.has_metrics = true;
+    if (size >= 0) {
+        m.u.done.size_bytes = size;
+        m.u.done.has_size_bytes = true;
+    }
+    m.u.done.reused = reused;
+    m.u.done.has_reused = true;
+    wsend(arg, &m);
+}
+
+static void s_failed(void *arg, int64_t attempt, const char *cls, const char *msg)
+{
+    struct proto_msg m;
+    proto_msg_init(&m, PROTO_T_failed);
+    m.u.failed.attempt = attempt;
+    m.u.failed.has_attempt = true;
+    proto_set_str(&m.u.failed.class, &m.u.failed.has_class, cls);
+    proto_set_str(&m.u.failed.msg, &m.u.failed.has_msg, msg);
+    wsend(arg, &m);
+}
+
+static void *job_thread(void *arg)
+{
+    struct worker *w = arg;
+    struct job_sink sink = { w, s_started, s_progress, s_log, s_metrics, s_done, s_failed };
+    job_run(&w->job, &sink, &w->cancel);
+    w->finished = 1;
+    return NULL;
+}
+
+static void reap_job(struct worker *w)
+{
+    if (w->joinable && w->finished) {
+        pthread_join(w->thread, NULL);
+        w->joinable = false;
+        w->busy = false;
+        job_release(&w->job);
+    }
+}
+
+static void take(char **dst, char **src)
+{
+    *dst = *src;
+    *src = NULL;
+}
+
+static void start_job(struct worker *w, struct proto_msg *m)
+{
+    struct pm_job *jm = &m->u.job;
+    reap_job(w);
+    if (w->busy) {
+        s_failed(w, jm->attempt, "lost", "worker is busy with another attempt");
+        return;
+    }
+    memset(&w->job, 0, sizeof(w->job));
+    w->job.attempt = jm->attempt;
+    take(&w->job.key, &jm->key);
+    take(&w->job.kind, &jm->kind);
+    take(&w->job.spec, &jm->spec);
+    take(&w->job.input, &jm->input);
+    take(&w->job.stage_dir, &jm->stage_dir);
+    take(&w->job.final_dir, &jm->final_dir);
+    take(&w->job.log, &jm->log);
+    take(&w->job.devices, &jm->devices);
+    take(&w->job.cwd, &jm->cwd);
+    take(&w->job.sweep, &jm->sweep);
+    take(&w->job.lane, &jm->lane);
+    take(&w->job.stage, &jm->stage);
+    w->job.produces_model = jm->produces_model;
+    w->job.nthreads = w->nthreads;
+    w->cancel = 0;
+    w->finished = 0;
+    w->busy = true;
+    if (pthread_create(&w->thread, NULL, job_thread, w) != 0) {
+        w->busy = false;
+        s_failed(w, w->job.attempt, "oom", "cannot start a job thread");
+        job_release(&w->job);
+        return;
+    }
+    w->joinable = true;
+}
+
+struct rctx {
+    struct worker *w;
+    bool exit;
+};
+
+static int on_line(void *arg, const char *line, size_t len)
+{
+    struct rctx *rc = arg;
+    struct worker *w = rc->w;
+    struct proto_msg m;
+    char err[512];
+    if (!line) {
+        log_error("over-long frame from exaqd");
+        return 0;
+    }
+    /* Replies to our own messages (hello) come as "re" frames. */
+    if (strstr(line, "\"re\"")) {
+        if (proto_parse(line, len, PROTO_KIND_REPLY, &m, err, sizeof(err)) == 0) {
+            if (!m.ok) {
+                log_error("exaqd refused us: %s", m.errmsg ? m.errmsg : "?");
+                rc->exit = true;
+            } else if (m.type == PROTO_T_hello_r && m.u.hello_r.heartbeat_s > 0) {
+                w->hb_s = m.u.hello_r.heartbeat_s;
+            }
+            proto_msg_release(&m);
+        }
+        return 0;
+    }
+    if (proto_parse(line, len, PROTO_KIND_MSG, &m, err, sizeof(err)) != 0) {
+        log_error("bad frame from exaqd: %s", err);
+        return 0;
+    }
+    switch (m.type) {
+    case PROTO_T_job:
+        start_job(w, &m);
+        break;
+    case PROTO_T_cancel_job:
+        if (w->busy && w->job.attempt == m.u.cancel_job.attempt) {
+            log_info("attempt %lld: cancel (%s)", (long long)w->job.attempt, m.u.cancel_job.reason);
+            w->cancel = 1;
+        }
+        break;
+    case PROTO_T_exit:
+        rc->exit = true;
+        break;
+    default:
+        log_warn("unexpected '%s' from exaqd", proto_type_wire(m.type));
+    }
+    proto_msg_release(&m);
+    return 0;
+}
+
+static int connect_socket(const char *path)
+{
+    struct sockaddr_un sa;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int serve(const char *home, const char *sock, int slot, const char *backend)
+{
+    struct worker w;
+    struct proto_framer fr;
+    struct rctx rc;
+    struct proto_msg m;
+    double last_hb = 0;
+    char *logpath = xasprintf("%s/workers/slot-%d.log", home, slot);
+    FILE *lf = fopen(logpath, "a");
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+    free(logpath);
+    log_set_prefix("exaq-worker");
+    if (lf) {
+        log_set_stream(lf);
+        dup2(fileno(lf), 2);
+    }
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGTERM, on_term);
+    memset(&w, 0, sizeof(w));
+    pthread_mutex_init(&w.wmu, NULL);
+    w.slot = slot;
+    w.backend = backend;
+    w.nthreads = ncpu > 0 ? (int)ncpu : 1;
+    w.hb_s = 5;
+    {
+        const char *hb = getenv("EXAQ_HEARTBEAT_S");
+        double v;
+        if (hb && parse_f64(hb, &v) == 0 && v > 0)
+            w.hb_s = v;
+    }
+    w.fd = connect_socket(sock);
+    if (w.fd < 0) {
+        log_error("cannot connect to exaqd at '%s': %s", sock, strerror(errno));
+        return 1;
+    }
+    proto_msg_init(&m, PROTO_T_hello);
+    m.u.hello.slot = slot;
+    m.u.hello.has_slot = true;
+    m.u.hello.pid = getpid();
+    m.u.hello.has_pid = true;
+    proto_set_str(&m.u.hello.backend, &m.u.hello.has_backend, backend);
+    m.u.hello.threads = w.nthreads;
+    m.u.hello.has_threads = true;
+    proto_set_str(&m.u.hello.version, &m.u.hello.has_version, EXAQ_VERSION);
+    wsend(&w, &m);
+    log_info("slot %d: connected to %s (pid %d, %d threads)", slot, sock, (int)getpid(), w.nthreads);
+
+    proto_framer_init(&fr, PROTO_MAX_LINE);
+    rc.w = &w;
+    rc.exit = false;
+    while (!rc.exit && !got_term) {
+        struct pollfd pfd = { w.fd, POLLIN, 0 };
+        int pr = poll(&pfd, 1, 100);
+        double now = now_mono();
+        if (pr > 0) {
+            char buf[65536];
+            ssize_t n = read(w.fd, buf, sizeof(buf));
+            if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
+                log_warn("exaqd went away; stopping");
+                job_kill_running();
+                _exit(0);
+            }
+            if (n > 0)
+                proto_framer_feed(&fr, buf, (size_t)n, on_line, &rc);
+        }
+        reap_job(&w);
+        if (now - last_hb >= w.hb_s) {
+            proto_msg_init(&m, PROTO_T_heartbeat);
+            if (w.busy) {
+                m.u.heartbeat.attempt = w.job.attempt;
+                m.u.heartbeat.has_attempt = true;
+            }
+            wsend(&w, &m);
+            last_hb = now;
+        }
+    }
+    /* Exit requested: stop the running job and let it report. */
+    if (w.busy) {
+        w.cancel = 1;
+        while (!w.finished)
+            usleep(20000);
+        reap_job(&w);
+    }
+    proto_framer_release(&fr);
+    log_info("slot %d: exiting", slot);
+    close(w.fd);
+    return 0;
+}
+
+/* ---- run: one native stage by hand ---- */
+
+static void r_progress(void *arg, int64_t a, double done, double total, const char *what)
+{
+    (void)arg;
+    (void)a;
+    fprintf(stderr, "progress %.0f/%.0f %s\n", done, total, what ? what : "");
+}
+
+static void r_log(void *arg, int64_t a, const char *line)
+{
+    (void)arg;
+    (void)a;
+    fprintf(stderr, "%s\n", line);
+}
+
+static void r_done(void *arg, int64_t a, const struct job_metric *m, int n, int64_t size, bool reused)
+{
+    (void)a;
+    (void)reused;
+    *(int *)arg = 0;
+    printf("{");
+    for (int i = 0; i < n; i++)
+        printf("%s\"%s\": %.17g", i ? ", " : "", m[i].name, m[i].value);
+    if (size >= 0)
+        printf("%s\"size_bytes\": %lld", n ? ", " : "", (long long)size);
+    printf("}\n");
+}
+
+static void r_failed(void *arg, int64_t a, const char *cls, const char *msg)
+{
+    (void)a;
+    *(int *)arg = 1;
+    fprintf(stderr, "exaq-worker: stage failed (%s): %s\n", cls, msg);
+}
+
+static int run_one(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "input", required_argument, NULL, 'i' },   { "output", required_argument, NULL, 'o' },
+        { "spec", required_argument, NULL, 's' },    { "threads", required_argument, NULL, 't' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *input = NULL, *output = NULL, *spec = "{}";
+    int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), c, status = 1;
+    const struct stage_def *def;
+    struct job j;
+    char tmpl[] = "/tmp/exaq-run-XXXXXX";
+    volatile sig_atomic_t cancel = 0;
+    struct job_sink sink = { &status, NULL, r_progress, r_log, NULL, r_done, r_failed };
+
+    optind = 2;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        int64_t v;
+        switch (c) {
+        case 'i':
+            input = optarg;
+            break;
+        case 'o':
+            output = optarg;
+            break;
+        case 's':
+            spec = optarg;
+            break;
+        case 't':
+            if (parse_i64(optarg, &v) < 0 || v < 1) {
+                fprintf(stderr, "exaq-worker: --threads wants a positive number\n");
+                return 1;
+            }
+            threads = (int)v;
+            break;
+        default:
+            return 1;
+        }
+    }
+    if (argc < 2 || !input) {
+        fprintf(stderr, "usage: exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] "
+                        "[--threads N]\n");
+        return 1;
+    }
+    def = stage_find(argv[1]);
+    if (!def) {
+        fprintf(stderr, "exaq-worker: no native stage '%s'\n", argv[1]);
+        return 1;
+    }
+    if (def->produces_model && !output) {
+        fprintf(stderr, "exaq-worker: stage '%s' writes a model: give --output DIR\n", argv[1]);
+        return 1;
+    }
+    if (!mkdtemp(tmpl)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    memset(&j, 0, sizeof(j));
+    j.attempt = 0;
+    j.key = xstrdup("manual");
+    j.kind = xstrdup(argv[1]);
+    j.spec = xstrdup(spec);
+    j.input = xstrdup(input);
+    j.stage_dir = xasprintf("%s/stage", tmpl);
+    j.final_dir = output ? xstrdup(output) : xasprintf("%s/result", tmpl);
+    j.log = xasprintf("%s/log.txt", tmpl);
+    j.produces_model = def->produces_model;
+    j.nthreads = threads;
+    if (output && is_dir(output)) {
+        fprintf(stderr, "exaq-worker: '%s' already exists\n", output);
+        return 1;
+    }
+    job_run(&j, &sink, &cancel);
+    if (!output)
+        rm_rf(tmpl);
+    else {
+        /* The model is in OUTPUT/model; leave the run's scratch dir alone only on failure. */
+        char *l = xasprintf("%s/log.txt", tmpl);
+        unlink(l);
+        free(l);
+        rmdir(tmpl);
+    }
+    job_release(&j);
+    return status;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: exaq-worker serve --home DIR --socket PATH --slot N [--backend cpu|cuda]\n"
+               "       exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] [--threads N]\n"
+               "       exaq-worker --version\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && !strcmp(argv[1], "--version")) {
+        printf("exaq-worker %s (protocol %d)\n", EXAQ_VERSION, PROTO_VERSION);
+        return 0;
+    }
+    if (argc >= 2 && !strcmp(argv[1], "run"))
+        return run_one(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "serve")) {
+        static const struct option opts[] = {
+            { "home", required_argument, NULL, 'h' },    { "socket", required_argument, NULL, 's' },
+            { "slot", required_argument, NULL, 'n' },    { "backend", required_argument, NULL, 'b' },
+            { NULL, 0, NULL, 0 },
+        };
+        const char *home = NULL, *sock = NULL, *backend = "cpu";
+        int64_t slot = -1;
+        int c;
+        optind = 2;
+        while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+            switch (c) {
+            case 'h':
+                home = optarg;
+                break;
+            case 's':
+                sock = optarg;
+                break;
+            case 'n':
+                if (parse_i64(optarg, &slot) < 0)
+                    slot = -1;
+                break;
+            case 'b':
+                backend = optarg;
+                break;
+            default:
+                usage(stderr);
+                return 1;
+            }
+        }
+        if (!home || !sock || slot < 0) {
+            usage(stderr);
+            return 1;
+        }
+        return serve(home, sock, (int)slot, backend);
+    }
+    usage(argc >= 2 && !strcmp(argv[1], "--help") ? stdout : stderr);
+    return argc >= 2 && !strcmp(argv[1], "--help") ? 0 : 1;
+}
