@@ -23,7 +23,7 @@ CC := gcc
 endif
 
 DEB_PKGS := gcc make pkg-config libyaml-dev libsqlite3-dev libuv1-dev libcjson-dev libzip-dev \
-            libcmocka-dev libssl-dev zip unzip procps
+            libcmocka-dev libssl-dev zip unzip procps jq
 
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
         -Wno-format-nonliteral
@@ -66,7 +66,7 @@ DAEMON_LIB_SRC := $(filter-out daemon/proto.c daemon/main.c,$(wildcard daemon/*.
 CTL_SRC := $(wildcard ctl/*.c)
 WORKER_LIB_SRC := $(filter-out worker/main.c,$(wildcard worker/*.c))
 KERNEL_SRC := $(wildcard kernels/*.c)
-UNIT_SRC := $(wildcard tests/unit/test_*.c) $(wildcard tests/kernels/test_*.c)
+UNIT_SRC := $(wildcard tests/unit/test_*.c) $(wildcard tests/kernels/test_*.c) $(wildcard tests/integ/test_*.c)
 FUZZ_SRC := $(wildcard tests/fuzz/*_fuzz.c)
 
 obj = $(patsubst %.c,$(O)/obj/%.o,$(1))

@@ -76,6 +76,16 @@ struct attempt {
     double cancel_sent_mono;
 };
 
+/* A finished attempt, kept for status (why did it retry?). */
+struct attempt_rec {
+    int64_t id;
+    int n;
+    bool ok;
+    enum fail_class cls;
+    char *msg;
+    double started, ended;
+};
+
 struct lane_ref {
     struct dlane *lane;
     int pos;
@@ -99,6 +109,8 @@ struct dstage {
     double created, started, ended;
     struct proto_metrics metrics;
     struct attempt *att; /* the running attempt */
+    struct attempt_rec *hist; /* finished attempts, oldest first */
+    int nhist;
     struct lane_ref *refs;
     int nrefs;
 };

@@ -79,9 +79,9 @@ void sched_event(struct daemon *d, const char *sweep, const char *lane, const ch
     va_start(ap, fmt);
     what = xvasprintf(fmt, ap);
     va_end(ap);
-    log_info("%s%s%s%s%s%.12s%s", sweep ? sweep : "", lane ? "/" : "", lane ? lane : "",
-             sweep ? ": " : "", key ? "" : "", key ? key : "", key ? ": " : "");
-    log_info("  %s", what);
+    log_info("%s%s%s%s%.12s%s%s", sweep ? sweep : "", lane ? "/" : "", lane ? lane : "",
+             (sweep || lane) && key ? " " : "", key ? key : "", sweep || lane || key ? ": " : "",
+             what);
     store_exec(d->store, "INSERT INTO events(t, sweep, lane, key, what) VALUES (?, ?, ?, ?, ?)",
                "dssss", now_wall(), sweep, lane, key, what);
     free(what);
@@ -99,8 +99,26 @@ void sched_init(struct daemon *d)
     d->next_attempt_id = 1;
 }
 
+static void hist_add(struct dstage *st, int64_t id, int n, bool ok, enum fail_class c,
+                     const char *msg, double started, double ended)
+{
+    struct attempt_rec *r;
+    st->hist = xrealloc(st->hist, (size_t)(st->nhist + 1) * sizeof(*st->hist));
+    r = &st->hist[st->nhist++];
+    r->id = id;
+    r->n = n;
+    r->ok = ok;
+    r->cls = c;
+    r->msg = msg ? xstrdup(msg) : NULL;
+    r->started = started;
+    r->ended = ended;
+}
+
 static void stage_free(struct dstage *st)
 {
+    for (int i = 0; i < st->nhist; i++)
+        free(st->hist[i].msg);
+    free(st->hist);
     free(st->kind);
     free(st->spec);
     free(st->dep_key);
@@ -498,6 +516,7 @@ void sched_attempt_done(struct daemon *d, struct attempt *a, const struct proto_
     double t = now_wall();
 
     store_exec(d->store, "UPDATE attempts SET state='done', ended=? WHERE id=?", "di", t, a->id);
+    hist_add(st, a->id, a->n, true, FAIL_NONE, NULL, a->started, t);
     st->att = NULL;
     st->state = DSTAGE_DONE;
     st->ended = t;
@@ -533,6 +552,7 @@ void sched_attempt_failed(struct daemon *d, struct attempt *a, enum fail_class c
 
     store_exec(d->store, "UPDATE attempts SET state=?, class=?, msg=?, ended=? WHERE id=?",
                "sssdi", astate, fail_class_name(c), msg, t, a->id);
+    hist_add(st, a->id, a->n, false, c, msg, a->started, t);
     st->att = NULL;
     sched_event(d, NULL, NULL, st->key, "%s attempt %d %s: %s", st->kind, a->n,
                 fail_class_name(c), msg ? msg : "");
@@ -729,6 +749,23 @@ static void write_stage(struct jw *w, const struct dlane *l, int i)
     }
     if (st->size_bytes >= 0 && st->state == DSTAGE_DONE && st->produces_model)
         jw_kint(w, "size_bytes", st->size_bytes);
+    jw_key(w, "history");
+    jw_arr_begin(w);
+    for (int k = 0; k < st->nhist; k++) {
+        const struct attempt_rec *r = &st->hist[k];
+        jw_obj_begin(w);
+        jw_kint(w, "attempt", r->id);
+        jw_kint(w, "n", r->n);
+        jw_kstr(w, "state", r->ok ? "done" : r->cls == FAIL_INTERRUPTED ? "interrupted" : "failed");
+        if (!r->ok) {
+            jw_kstr(w, "class", fail_class_name(r->cls));
+            jw_kstr(w, "msg", r->msg);
+        }
+        jw_knum(w, "started", r->started);
+        jw_knum(w, "ended", r->ended);
+        jw_obj_end(w);
+    }
+    jw_arr_end(w);
     jw_key(w, "metrics");
     write_metrics(w, &st->metrics);
     jw_obj_end(w);
@@ -761,7 +798,8 @@ static void write_sweep(struct jw *w, const struct dsweep *sw)
     jw_obj_begin(w);
     jw_kstr(w, "id", sw->id);
     jw_kstr(w, "name", sw->name);
-    jw_kstr(w, "state", sw->ended > 0 ? "ended" : "running");
+    /* "finishing": every lane has ended; ranking, reports and packaging are still running. */
+    jw_kstr(w, "state", sw->ended <= 0 ? "running" : sw->finishing ? "finishing" : "ended");
     jw_kstr(w, "yaml", sw->yaml_path);
     jw_kstr(w, "base_model", sw->base_model);
     jw_kint(w, "priority", sw->priority);
@@ -962,6 +1000,17 @@ static int load_metric(void *arg, const struct store_row *r)
     return 0;
 }
 
+static int load_attempt_hist(void *arg, const struct store_row *r)
+{
+    struct load_ctx *lc = arg;
+    struct dstage *st = hmap_get(&lc->d->stages, r->text[1]);
+    if (st)
+        hist_add(st, r->i64[0], (int)r->i64[2], r->text[3] && !strcmp(r->text[3], "done"),
+                 r->text[4] ? fail_class_parse(r->text[4]) : FAIL_NONE, r->text[5], r->f64[6],
+                 r->f64[7]);
+    return 0;
+}
+
 static int load_attempt_count(void *arg, const struct store_row *r)
 {
     struct load_ctx *lc = arg;
@@ -1020,9 +1069,17 @@ static int recover_attempt(void *arg, const struct store_row *r)
         if (kill(wpid, SIGKILL) == 0)
             log_warn("killed orphaned worker %d of attempt %lld", (int)wpid, (long long)id);
     }
-    store_exec(lc->d->store,
-               "UPDATE attempts SET state='interrupted', class='interrupted', msg=?, ended=? WHERE id=?",
-               "sdi", "exaqd stopped while the attempt ran", now_wall(), id);
+    {
+        struct dstage *st = hmap_get(&lc->d->stages, r->text[1]);
+        double t = now_wall();
+        const char *msg = "exaqd stopped while the attempt ran";
+        store_exec(lc->d->store,
+                   "UPDATE attempts SET state='interrupted', class='interrupted', msg=?, ended=? "
+                   "WHERE id=?",
+                   "sdi", msg, t, id);
+        if (st)
+            hist_add(st, id, (int)r->i64[5], false, FAIL_INTERRUPTED, msg, r->f64[6], t);
+    }
     return 0;
 }
 
@@ -1070,6 +1127,10 @@ int sched_load(struct daemon *d, char *err, size_t errlen)
                            errlen);
     rc |= store_query_sync(d->store, "SELECT key, COUNT(*), MAX(id) FROM attempts GROUP BY key",
                            load_attempt_count, &lc, err, errlen);
+    rc |= store_query_sync(d->store,
+                           "SELECT id, key, n, state, class, msg, started, ended FROM attempts "
+                           "WHERE state != 'running' ORDER BY id",
+                           load_attempt_hist, &lc, err, errlen);
     if (rc)
         return -1;
     if (lc.bad)
@@ -1085,7 +1146,7 @@ int sched_load(struct daemon *d, char *err, size_t errlen)
     }
     /* Recover attempts that were running when the previous exaqd died. */
     if (store_query_sync(d->store,
-                         "SELECT id, key, worker_pid, worker_start, pgid FROM attempts "
+                         "SELECT id, key, worker_pid, worker_start, pgid, n, started FROM attempts "
                          "WHERE state='running'",
                          recover_attempt, &lc, err, errlen) < 0)
         return -1;

@@ -303,6 +303,9 @@ void store_start(struct store *s, uv_loop_t *loop)
     s->async = xcalloc(1, sizeof(*s->async));
     uv_async_init(loop, s->async, on_async);
     s->async->data = s;
+    /* The store must not keep the loop alive: exaqd stops when its other handles close, and
+     * store_close() then drains what is left. */
+    uv_unref((uv_handle_t *)s->async);
     s->started = 1;
     if (pthread_create(&s->thread, NULL, writer_main, s) != 0)
         EXAQ_BUG("cannot start the store thread");

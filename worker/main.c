@@ -379,7 +379,14 @@ static int serve(const char *home, const char *sock, int slot, const char *backe
             last_hb = now;
         }
     }
-    /* Exit requested: stop the running job and let it report. */
+    if (got_term) {
+        /* SIGTERM, also sent by the kernel when exaqd dies (PR_SET_PDEATHSIG): stop at once;
+         * the daemon retries the attempt. */
+        log_warn("terminated; killing the running command");
+        job_kill_running();
+        _exit(0);
+    }
+    /* Exit requested by exaqd: stop the running job and let it report. */
     if (w.busy) {
         w.cancel = 1;
         while (!w.finished)
