@@ -209,10 +209,10 @@ format:
 	$(Q)clang-format --dry-run -Werror $(FMT_SRC)
 
 LOOP_FILES := $(wildcard daemon/loop.c daemon/server.c daemon/proto.c daemon/handlers*.c daemon/sched.c daemon/workers.c)
-lint: format
+lint: format all
 	$(Q)if grep -nE 'sqlite3_|zip_|fopen|fsync|sleep\(|system\(|popen|waitpid' $(LOOP_FILES); then \
 	  echo "lint: blocking call on the loop thread (see docs/design.md)"; exit 1; fi
-	$(Q)sh tests/lint_protocol.sh
+	$(Q)sh tests/lint_protocol.sh $(BINDIR)
 
 install: all
 	install -d $(PREFIX)/bin

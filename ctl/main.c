@@ -619,6 +619,13 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         }
+        if (!strcmp(argv[i], "--protocol")) {
+            /* Every message and field of proto.def; docs/protocol.md is checked against it. */
+            char *d = proto_describe();
+            fputs(d, stdout);
+            free(d);
+            return 0;
+        }
         if (!strcmp(argv[i], "--version")) {
             printf("exaqctl %s (protocol %d)\n", EXAQ_VERSION, PROTO_VERSION);
             return 0;

@@ -1,0 +1,4 @@
+# docs/protocol.md documents exactly the messages of daemon/proto.def.
+set -eu
+root=$(cd "$(dirname "$0")/../.." && pwd)
+sh "$root/tests/lint_protocol.sh" "${EXAQ_BIN:-$root/build/release/bin}"
