@@ -15,7 +15,7 @@
 #include <stdio.h>
 #include <sys/types.h>
 
-#define EXAQ_VERSION "0.1.0"
+#define EXAQ_VERSION      "0.1.0"
 
 #define EXAQ_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define EXAQ_MIN(a, b)    ((a) < (b) ? (a) : (b))

@@ -20,24 +20,23 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: exaqctl [--home DIR] COMMAND [ARGS]\n"
-            "\n"
-            "  submit FILE.yaml [--rerun] [--priority N]   queue a sweep; prints its id\n"
-            "  status [SWEEP] [--json]                     sweeps, lanes, stages, progress\n"
-            "  watch [SWEEP]                               live view until the sweep ends\n"
-            "  wait SWEEP [--timeout SEC]                  block until every lane has ended\n"
-            "  logs SWEEP LANE [STAGE] [-f] [--all]        a lane's stage logs\n"
-            "  rank SWEEP [--json|--csv|--md]              lanes ranked by score\n"
-            "  package SWEEP [--top N] [--out DIR]         write the top-N submission zips\n"
-            "  cancel SWEEP [LANE]                         cancel a sweep or one lane\n"
-            "  retry SWEEP [LANE] [--failed]               re-queue failed or cancelled lanes\n"
-            "  gc SWEEP [--keep best]                      remove artifacts nobody needs\n"
-            "  shutdown [--drain]                          stop exaqd (--drain: finish first)\n"
-            "  ping                                        is exaqd up?\n"
-            "\n"
-            "The home directory is --home, else $EXAQ_HOME, else ./results.\n"
-            "Exit codes: 0 ok, 1 user error, 2 exaqd unreachable, 3 wait timed out.\n");
+    fprintf(f, "usage: exaqctl [--home DIR] COMMAND [ARGS]\n"
+               "\n"
+               "  submit FILE.yaml [--rerun] [--priority N]   queue a sweep; prints its id\n"
+               "  status [SWEEP] [--json]                     sweeps, lanes, stages, progress\n"
+               "  watch [SWEEP]                               live view until the sweep ends\n"
+               "  wait SWEEP [--timeout SEC]                  block until every lane has ended\n"
+               "  logs SWEEP LANE [STAGE] [-f] [--all]        a lane's stage logs\n"
+               "  rank SWEEP [--json|--csv|--md]              lanes ranked by score\n"
+               "  package SWEEP [--top N] [--out DIR]         write the top-N submission zips\n"
+               "  cancel SWEEP [LANE]                         cancel a sweep or one lane\n"
+               "  retry SWEEP [LANE] [--failed]               re-queue failed or cancelled lanes\n"
+               "  gc SWEEP [--keep best]                      remove artifacts nobody needs\n"
+               "  shutdown [--drain]                          stop exaqd (--drain: finish first)\n"
+               "  ping                                        is exaqd up?\n"
+               "\n"
+               "The home directory is --home, else $EXAQ_HOME, else ./results.\n"
+               "Exit codes: 0 ok, 1 user error, 2 exaqd unreachable, 3 wait timed out.\n");
 }
 
 static int bad_usage(const char *fmt, const char *arg)
@@ -162,7 +161,8 @@ static int cmd_submit(struct ctl *c, struct args *a)
         fprintf(stderr, "exaqctl: sweep %s was already submitted; nothing new queued\n",
                 r.u.submit_r.sweep);
     else
-        fprintf(stderr, "exaqctl: queued %lld lanes (baseline included), %lld stages, %lld reused\n",
+        fprintf(stderr,
+                "exaqctl: queued %lld lanes (baseline included), %lld stages, %lld reused\n",
                 (long long)r.u.submit_r.lanes, (long long)r.u.submit_r.stages,
                 (long long)r.u.submit_r.reused);
     proto_msg_release(&r);
@@ -366,8 +366,8 @@ static cJSON *get_logs(struct ctl *c, struct args *a, int *rc)
 
 static bool stage_active(const char *state)
 {
-    return state && (!strcmp(state, "running") || !strcmp(state, "queued") ||
-                     !strcmp(state, "waiting"));
+    return state &&
+           (!strcmp(state, "running") || !strcmp(state, "queued") || !strcmp(state, "waiting"));
 }
 
 static int cmd_logs(struct ctl *c, struct args *a)

@@ -164,8 +164,9 @@ void view_status(FILE *f, const cJSON *status, bool bars, bool color)
         time_t t = (time_t)view_num(sw, "created", 0);
         char when[32];
         strftime(when, sizeof(when), "%Y-%m-%d %H:%M", localtime(&t));
-        fprintf(f, "\nsweep %s  %s  (%d lanes: %.0f done, %.0f running, %.0f queued, %.0f failed, "
-                   "%.0f cancelled; submitted %s)\n",
+        fprintf(f,
+                "\nsweep %s  %s  (%d lanes: %.0f done, %.0f running, %.0f queued, %.0f failed, "
+                "%.0f cancelled; submitted %s)\n",
                 view_str(sw, "id"), view_str(sw, "state"), cJSON_GetArraySize(lanes),
                 view_num(counts, "done", 0), view_num(counts, "running", 0),
                 view_num(counts, "queued", 0), view_num(counts, "failed", 0),
@@ -179,8 +180,7 @@ void view_status(FILE *f, const cJSON *status, bool bars, bool color)
                 fmt_bytes(view_num(l, "size_bytes", 0), sz, sizeof(sz));
             fprintf(f, "  %-30s %s%-9s%s %s\n", view_str(l, "id"), color_of(state, color), state,
                     reset, sz);
-            cJSON_ArrayForEach(st, stages)
-                print_stage(f, st, bars, color);
+            cJSON_ArrayForEach(st, stages) print_stage(f, st, bars, color);
         }
     }
 }

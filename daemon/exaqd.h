@@ -65,10 +65,11 @@ struct attempt {
     struct slot *slot; /* NULL once finished */
     pid_t worker_pid;
     pid_t pgid;
-    double started;    /* wall clock */
+    double started; /* wall clock */
     double started_mono;
     double pdone, ptotal; /* progress */
-    double prog_t0_mono; double prog_d0; /* for the ETA */
+    double prog_t0_mono;
+    double prog_d0; /* for the ETA */
     char *what;
     char *last_line;
     char *log_path;
@@ -94,21 +95,21 @@ struct lane_ref {
 struct dstage {
     char key[SHA256_HEX_LEN];
     char *kind;
-    char *spec;       /* canonical parameter JSON */
-    char *dep_key;    /* producer of the input model, or NULL (base model) */
+    char *spec;    /* canonical parameter JSON */
+    char *dep_key; /* producer of the input model, or NULL (base model) */
     struct dstage *dep;
     char *input_dir;
     bool produces_model;
     struct dres res;
     enum dstage_state state;
-    int tries;        /* failed attempts counted against res.retries */
-    int nattempts;    /* attempts started, all kinds */
+    int tries;     /* failed attempts counted against res.retries */
+    int nattempts; /* attempts started, all kinds */
     enum fail_class err_class;
     char *err_msg;
     int64_t size_bytes; /* -1 unknown */
     double created, started, ended;
     struct proto_metrics metrics;
-    struct attempt *att; /* the running attempt */
+    struct attempt *att;      /* the running attempt */
     struct attempt_rec *hist; /* finished attempts, oldest first */
     int nhist;
     struct lane_ref *refs;
@@ -141,15 +142,15 @@ struct dsweep {
     int priority;
     char *settings; /* JSON: score, package, hooks */
     double created;
-    double ended;   /* 0 while running */
+    double ended; /* 0 while running */
     int nlanes;
     struct dlane **lanes;
     bool finishing; /* post-processing (rank, package, hooks) in flight */
 };
 
 enum slot_state {
-    SLOT_DOWN = 0,   /* no worker; respawn_at says when */
-    SLOT_STARTING,   /* spawned, waiting for hello */
+    SLOT_DOWN = 0, /* no worker; respawn_at says when */
+    SLOT_STARTING, /* spawned, waiting for hello */
     SLOT_IDLE,
     SLOT_BUSY,
     SLOT_QUARANTINED,
@@ -157,9 +158,9 @@ enum slot_state {
 
 struct slot {
     int idx;
-    int device;           /* CUDA device index, or -1 for a CPU slot */
+    int device; /* CUDA device index, or -1 for a CPU slot */
     enum slot_state state;
-    uv_process_t *proc;   /* heap; freed in its close callback */
+    uv_process_t *proc; /* heap; freed in its close callback */
     pid_t pid;
     int64_t pid_start;
     struct conn *conn;
@@ -208,8 +209,8 @@ struct daemon {
     int nslots;
     struct slot *slots;
     bool gpu_slots;
-    struct hmap stages; /* key -> struct dstage * */
-    struct hmap sweeps; /* id -> struct dsweep * */
+    struct hmap stages;         /* key -> struct dstage * */
+    struct hmap sweeps;         /* id -> struct dsweep * */
     struct dsweep **sweep_list; /* submission order */
     int nsweeps;
     int64_t next_seq;
@@ -306,6 +307,9 @@ void finish_sweep(struct daemon *d, struct dsweep *sw);
 void finish_rank(struct daemon *d, struct conn *c, struct dsweep *sw);
 void finish_package(struct daemon *d, struct conn *c, struct dsweep *sw, int top, const char *out);
 void finish_gc(struct daemon *d, struct conn *c, struct dsweep *sw, const char *keep);
+/* After sched_load, before store_start: loads the results table; a sweep that ended without a
+ * results row is finished again once the loop runs. */
+void finish_resume(struct daemon *d);
 
 /* ---- main.c ---- */
 void daemon_begin_shutdown(struct daemon *d, bool drain);

@@ -37,3 +37,8 @@ void finish_gc(struct daemon *d, struct conn *c, struct dsweep *sw, const char *
     (void)keep;
     server_reply_error(c, "gc", PROTO_E_STATE, "gc of sweep '%s' is not implemented yet", sw->id);
 }
+
+void finish_resume(struct daemon *d)
+{
+    (void)d;
+}

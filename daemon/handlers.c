@@ -100,8 +100,9 @@ void handlers_dispatch(struct daemon *d, struct conn *c, struct proto_msg *m)
                 buf_init(&b);
                 for (int i = 0; i < l->n; i++)
                     buf_printf(&b, "%s%s", i ? ", " : "", l->names[i]);
-                server_reply_error(c, re, PROTO_E_NOT_FOUND, "lane '%s' has no stage '%s' (stages: %s)",
-                                   l->id, m->u.logs.stage, buf_cstr(&b));
+                server_reply_error(c, re, PROTO_E_NOT_FOUND,
+                                   "lane '%s' has no stage '%s' (stages: %s)", l->id,
+                                   m->u.logs.stage, buf_cstr(&b));
                 buf_release(&b);
                 return;
             }

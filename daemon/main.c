@@ -224,9 +224,12 @@ static void detach_stdio(void)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "home", required_argument, NULL, 'h' },   { "foreground", no_argument, NULL, 'f' },
-        { "slots", required_argument, NULL, 's' },  { "backend", required_argument, NULL, 'b' },
-        { "version", no_argument, NULL, 'V' },      { "help", no_argument, NULL, 'H' },
+        { "home", required_argument, NULL, 'h' },
+        { "foreground", no_argument, NULL, 'f' },
+        { "slots", required_argument, NULL, 's' },
+        { "backend", required_argument, NULL, 'b' },
+        { "version", no_argument, NULL, 'V' },
+        { "help", no_argument, NULL, 'H' },
         { NULL, 0, NULL, 0 },
     };
     struct daemon dd, *d = &dd;
@@ -349,6 +352,7 @@ int main(int argc, char **argv)
     sched_init(d);
     if (submit_init(d, err, sizeof(err)) < 0 || sched_load(d, err, sizeof(err)) < 0)
         goto fail;
+    finish_resume(d);
 
     loop = uv_default_loop();
     d->loop = loop;

@@ -41,7 +41,9 @@ struct proto_field {
     { #field, PROTO_F_##type, req, offsetof(struct proto_msg, u.msg.field),                        \
       offsetof(struct proto_msg, u.msg.has_##field) },
 #define END(name)                                                                                  \
-    { NULL, 0, 0, 0, 0 }                                                                           \
+    {                                                                                              \
+        NULL, 0, 0, 0, 0                                                                           \
+    }                                                                                              \
     }                                                                                              \
     ;
 #include "daemon/proto.def"
@@ -229,8 +231,8 @@ static int json_int(const cJSON *j, int64_t *out)
     return 0;
 }
 
-static int parse_field(struct proto_msg *m, const struct proto_field *f, const cJSON *j,
-                       char *err, size_t errlen)
+static int parse_field(struct proto_msg *m, const struct proto_field *f, const cJSON *j, char *err,
+                       size_t errlen)
 {
     char *p = FIELD_PTR(m, f);
     switch (f->type) {

@@ -20,7 +20,7 @@
 /* Bump if anything in proto.def changes. */
 #define PROTO_VERSION 1
 /* Longest frame accepted (bytes, newline excluded). Replies may be larger: see docs. */
-#define PROTO_MAX_LINE (1u << 20)
+#define PROTO_MAX_LINE  (1u << 20)
 #define PROTO_MAX_REPLY (64u << 20)
 
 struct proto_metrics {
@@ -79,16 +79,16 @@ enum proto_kind {
 /* Error codes carried in {"ok":false,"err":CODE}; proto_err_name() gives CODE. */
 enum proto_err {
     PROTO_E_OK = 0,
-    PROTO_E_PARSE = 1,   /* not JSON, not an object, bad field type */
-    PROTO_E_VERSION,     /* protocol version mismatch */
-    PROTO_E_UNKNOWN_OP,  /* unknown op */
-    PROTO_E_TOO_LONG,    /* line longer than PROTO_MAX_LINE */
-    PROTO_E_INVALID,     /* request understood but its content is invalid (lanes file...) */
-    PROTO_E_NOT_FOUND,   /* no such sweep / lane / stage */
-    PROTO_E_STATE,       /* not possible in the current state */
-    PROTO_E_INTERNAL,    /* daemon-side failure */
-    PROTO_E_SHUTDOWN,    /* daemon is shutting down */
-    PROTO_E_DENIED,      /* peer not allowed */
+    PROTO_E_PARSE = 1,  /* not JSON, not an object, bad field type */
+    PROTO_E_VERSION,    /* protocol version mismatch */
+    PROTO_E_UNKNOWN_OP, /* unknown op */
+    PROTO_E_TOO_LONG,   /* line longer than PROTO_MAX_LINE */
+    PROTO_E_INVALID,    /* request understood but its content is invalid (lanes file...) */
+    PROTO_E_NOT_FOUND,  /* no such sweep / lane / stage */
+    PROTO_E_STATE,      /* not possible in the current state */
+    PROTO_E_INTERNAL,   /* daemon-side failure */
+    PROTO_E_SHUTDOWN,   /* daemon is shutting down */
+    PROTO_E_DENIED,     /* peer not allowed */
     PROTO_E__COUNT
 };
 const char *proto_err_name(enum proto_err e);

@@ -28,8 +28,12 @@
 #include "daemon/store.h"
 
 static const char *fail_names[] = {
-    [FAIL_NONE] = "none",       [FAIL_ERROR] = "error",         [FAIL_OOM] = "oom",
-    [FAIL_TIMEOUT] = "timeout", [FAIL_LOST] = "lost",           [FAIL_CANCELLED] = "cancelled",
+    [FAIL_NONE] = "none",
+    [FAIL_ERROR] = "error",
+    [FAIL_OOM] = "oom",
+    [FAIL_TIMEOUT] = "timeout",
+    [FAIL_LOST] = "lost",
+    [FAIL_CANCELLED] = "cancelled",
     [FAIL_INTERRUPTED] = "interrupted",
 };
 
@@ -346,16 +350,18 @@ static int cand_cmp(const void *a, const void *b)
     return x->pos - y->pos;
 }
 
-static void stage_set_failed(struct daemon *d, struct dstage *st, enum fail_class c, const char *msg)
+static void stage_set_failed(struct daemon *d, struct dstage *st, enum fail_class c,
+                             const char *msg)
 {
     st->state = DSTAGE_FAILED;
     st->err_class = c;
     free(st->err_msg);
     st->err_msg = xstrdup(msg ? msg : "");
     st->ended = now_wall();
-    store_exec(d->store,
-               "UPDATE stages SET state='failed', tries=?, err_class=?, err_msg=?, ended=? WHERE key=?",
-               "issds", (int64_t)st->tries, fail_class_name(c), st->err_msg, st->ended, st->key);
+    store_exec(
+        d->store,
+        "UPDATE stages SET state='failed', tries=?, err_class=?, err_msg=?, ended=? WHERE key=?",
+        "issds", (int64_t)st->tries, fail_class_name(c), st->err_msg, st->ended, st->key);
 }
 
 /* Best-fit placement: the idle slots with the least GPU memory that still fits. */
@@ -421,8 +427,7 @@ static void pump(struct daemon *d)
             struct dlane *l = st->refs[r].lane;
             if (!lane_live(l))
                 continue;
-            if (l->sw->priority > cd.prio ||
-                (l->sw->priority == cd.prio && l->sw->seq < cd.seq)) {
+            if (l->sw->priority > cd.prio || (l->sw->priority == cd.prio && l->sw->seq < cd.seq)) {
                 cd.prio = l->sw->priority;
                 cd.seq = l->sw->seq;
                 cd.lane_idx = l->idx;
@@ -434,15 +439,16 @@ static void pump(struct daemon *d)
         c = xrealloc(c, (nc + 1) * sizeof(*c));
         c[nc++] = cd;
     }
-    qsort(c, nc, sizeof(*c), cand_cmp);
+    if (nc > 1)
+        qsort(c, nc, sizeof(*c), cand_cmp);
     for (size_t i = 0; i < nc && idle > 0; i++) {
         struct dstage *st = c[i].st;
         int want = d->gpu_slots ? EXAQ_MAX(1, st->res.gpus) : 1;
         struct slot *slots[64];
         int got;
         if (want > d->nslots || want > 64) {
-            char *msg = xasprintf("stage needs %d GPUs but exaqd has %d worker slot(s)", want,
-                                  d->nslots);
+            char *msg =
+                xasprintf("stage needs %d GPUs but exaqd has %d worker slot(s)", want, d->nslots);
             stage_set_failed(d, st, FAIL_ERROR, msg);
             sched_event(d, NULL, NULL, st->key, "%s", msg);
             free(msg);
@@ -535,9 +541,10 @@ void sched_attempt_done(struct daemon *d, struct attempt *a, const struct proto_
                    "err_msg=NULL WHERE key=?",
                    "dis", t, size_bytes, st->key);
     else
-        store_exec(d->store,
-                   "UPDATE stages SET state='done', ended=?, err_class=NULL, err_msg=NULL WHERE key=?",
-                   "ds", t, st->key);
+        store_exec(
+            d->store,
+            "UPDATE stages SET state='done', ended=?, err_class=NULL, err_msg=NULL WHERE key=?",
+            "ds", t, st->key);
     sched_event(d, NULL, NULL, st->key, "%s done (attempt %d, %.1fs)", st->kind, a->n,
                 t - a->started);
     sched_check_sweeps(d);
@@ -550,12 +557,12 @@ void sched_attempt_failed(struct daemon *d, struct attempt *a, enum fail_class c
     double t = now_wall();
     const char *astate = c == FAIL_INTERRUPTED ? "interrupted" : "failed";
 
-    store_exec(d->store, "UPDATE attempts SET state=?, class=?, msg=?, ended=? WHERE id=?",
-               "sssdi", astate, fail_class_name(c), msg, t, a->id);
+    store_exec(d->store, "UPDATE attempts SET state=?, class=?, msg=?, ended=? WHERE id=?", "sssdi",
+               astate, fail_class_name(c), msg, t, a->id);
     hist_add(st, a->id, a->n, false, c, msg, a->started, t);
     st->att = NULL;
-    sched_event(d, NULL, NULL, st->key, "%s attempt %d %s: %s", st->kind, a->n,
-                fail_class_name(c), msg ? msg : "");
+    sched_event(d, NULL, NULL, st->key, "%s attempt %d %s: %s", st->kind, a->n, fail_class_name(c),
+                msg ? msg : "");
     switch (c) {
     case FAIL_CANCELLED:
     case FAIL_INTERRUPTED:
@@ -578,9 +585,10 @@ void sched_attempt_failed(struct daemon *d, struct attempt *a, enum fail_class c
             st->err_class = c;
             free(st->err_msg);
             st->err_msg = xstrdup(msg ? msg : "");
-            store_exec(d->store,
-                       "UPDATE stages SET state='pending', tries=?, err_class=?, err_msg=? WHERE key=?",
-                       "isss", (int64_t)st->tries, fail_class_name(c), st->err_msg, st->key);
+            store_exec(
+                d->store,
+                "UPDATE stages SET state='pending', tries=?, err_class=?, err_msg=? WHERE key=?",
+                "isss", (int64_t)st->tries, fail_class_name(c), st->err_msg, st->key);
         }
     }
     cancel_unneeded(d);

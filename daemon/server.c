@@ -243,7 +243,8 @@ int server_listen(struct daemon *d, char *err, size_t errlen)
     int rc;
     mode_t old;
     if (strlen(d->sock_path) >= 100) {
-        snprintf(err, errlen, "socket path '%s' is too long for a Unix socket; use a shorter --home",
+        snprintf(err, errlen,
+                 "socket path '%s' is too long for a Unix socket; use a shorter --home",
                  d->sock_path);
         return -1;
     }

@@ -45,7 +45,7 @@ struct store {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct store_op *head, *tail; /* queued, guarded by mu */
+    struct store_op *head, *tail;           /* queued, guarded by mu */
     struct store_op *done_head, *done_tail; /* finished barriers, guarded by mu */
     int stopping;
     int batch_failed; /* failures since the last barrier, writer thread only */
@@ -53,7 +53,8 @@ struct store {
     uv_async_t *async; /* heap: freed in its close callback, after the store */
 };
 
-static int set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int set_err(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
@@ -82,22 +83,24 @@ int store_open(const char *path, struct store **out, char *err, size_t errlen)
     int v, rc;
 
     *out = NULL;
-    rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                         NULL);
+    rc = sqlite3_open_v2(path, &s->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         set_err(err, errlen, "cannot open database '%s': %s", path,
                 s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
         goto fail;
     }
     sqlite3_busy_timeout(s->db, 5000);
-    if (sqlite3_exec(s->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;",
+    if (sqlite3_exec(s->db,
+                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;",
                      NULL, NULL, &msg) != SQLITE_OK) {
         set_err(err, errlen, "cannot configure database '%s': %s", path, msg ? msg : "?");
         goto fail;
     }
     if (user_version(s->db, &v) < 0) {
-        set_err(err, errlen, "cannot read the schema version of '%s': %s (is it a SQLite database?)",
-                path, sqlite3_errmsg(s->db));
+        set_err(err, errlen,
+                "cannot read the schema version of '%s': %s (is it a SQLite database?)", path,
+                sqlite3_errmsg(s->db));
         goto fail;
     }
     if (v == 0) {
@@ -140,8 +143,9 @@ int store_exec_sync(struct store *s, const char *sql, char *err, size_t errlen)
     return 0;
 }
 
-int store_query_sync(struct store *s, const char *sql, int (*cb)(void *arg, const struct store_row *r),
-                     void *arg, char *err, size_t errlen)
+int store_query_sync(struct store *s, const char *sql,
+                     int (*cb)(void *arg, const struct store_row *r), void *arg, char *err,
+                     size_t errlen)
 {
     sqlite3_stmt *st;
     int rc, n;

@@ -31,8 +31,9 @@ struct store_row {
 
 /* Runs a read query synchronously; only before store_start(). cb returns non-zero to stop.
  * Returns 0 or -1 (message in err). */
-int store_query_sync(struct store *s, const char *sql, int (*cb)(void *arg, const struct store_row *r),
-                     void *arg, char *err, size_t errlen);
+int store_query_sync(struct store *s, const char *sql,
+                     int (*cb)(void *arg, const struct store_row *r), void *arg, char *err,
+                     size_t errlen);
 /* Executes statements synchronously (schema changes, recovery); only before store_start(). */
 int store_exec_sync(struct store *s, const char *sql, char *err, size_t errlen);
 

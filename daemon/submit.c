@@ -138,7 +138,7 @@ static int list_files(const char *root, const char *rel, char ***names, size_t *
     }
     closedir(dp);
     free(dir);
-    if (rc == 0 && !rel)
+    if (rc == 0 && !rel && *n > 1)
         qsort(*names, *n, sizeof(char *), cmp_str);
     return rc;
 }
@@ -197,7 +197,7 @@ struct submit_job {
     bool rerun;
     int priority;
     /* results */
-    char *err;        /* newline-separated problems */
+    char *err; /* newline-separated problems */
     struct lanes_file *lf;
     char *sweep_id;
     char base_key[SHA256_HEX_LEN + 8];
@@ -208,7 +208,8 @@ struct submit_job {
     char *home;
 };
 
-static void add_err(struct submit_job *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add_err(struct submit_job *j, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void add_err(struct submit_job *j, const char *fmt, ...)
 {
     va_list ap;
@@ -225,8 +226,8 @@ static void stage_key(const char *kind, const char *key_json, const char *input_
                       char **file_sha, size_t nfiles, const char *salt, char out[SHA256_HEX_LEN])
 {
     struct sha256_ctx *c = sha256_new();
-    const char *parts[] = { "exaq-stage\n", EXAQ_VERSION, "\n", kind, "\n", key_json, "\n",
-                            input_key, "\n" };
+    const char *parts[] = { "exaq-stage\n", EXAQ_VERSION, "\n",      kind, "\n",
+                            key_json,       "\n",         input_key, "\n" };
     for (size_t i = 0; i < EXAQ_ARRAY_LEN(parts); i++)
         sha256_update(c, parts[i], strlen(parts[i]));
     for (size_t i = 0; i < nfiles; i++) {
@@ -352,8 +353,9 @@ static void work_cb(uv_work_t *req)
     lanes_diag_release(&diag);
     for (size_t i = 0; i < j->lf->nlanes; i++)
         if (!strcmp(j->lf->lanes[i].id, "baseline"))
-            add_err(j, "%s:%d:%d: error: lane id 'baseline' is reserved for the implicit "
-                       "baseline lane (hint: rename the lane)",
+            add_err(j,
+                    "%s:%d:%d: error: lane id 'baseline' is reserved for the implicit "
+                    "baseline lane (hint: rename the lane)",
                     j->lf->path, j->lf->lanes[i].line, j->lf->lanes[i].col);
     if (j->err)
         return;
@@ -533,9 +535,9 @@ static void after_cb(uv_work_t *req, int status)
     persist_hashes(d);
     if (status < 0 || j->err || d->shutting_down) {
         if (c->d)
-            server_reply_error(c, "submit", d->shutting_down ? PROTO_E_SHUTDOWN : PROTO_E_INVALID,
-                               "%s", d->shutting_down ? "exaqd is shutting down"
-                                                      : (j->err ? j->err : "cancelled"));
+            server_reply_error(
+                c, "submit", d->shutting_down ? PROTO_E_SHUTDOWN : PROTO_E_INVALID, "%s",
+                d->shutting_down ? "exaqd is shutting down" : (j->err ? j->err : "cancelled"));
         server_conn_async_done(c);
         job_free(j);
         return;
@@ -573,8 +575,8 @@ static void after_cb(uv_work_t *req, int status)
     store_exec(d->store,
                "INSERT INTO sweeps(id, seq, name, yaml_path, base_model, base_key, base_size, "
                "priority, settings, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-               "sissssiisd", sw->id, sw->seq, sw->name, sw->yaml_path, sw->base_model,
-               sw->base_key, sw->base_size, (int64_t)sw->priority, sw->settings, sw->created);
+               "sissssiisd", sw->id, sw->seq, sw->name, sw->yaml_path, sw->base_model, sw->base_key,
+               sw->base_size, (int64_t)sw->priority, sw->settings, sw->created);
     for (int i = 0; i < j->nlanes; i++) {
         struct plane *pl = &j->lanes[i];
         struct dlane *l = xcalloc(1, sizeof(*l));

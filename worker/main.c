@@ -43,6 +43,7 @@ struct worker {
     struct job job;
     volatile sig_atomic_t cancel;
     volatile sig_atomic_t finished;
+    volatile sig_atomic_t reported; /* done or failed sent: the thread is about to end */
     double hb_s;
 };
 
@@ -147,6 +148,7 @@ static void s_done(void *arg, int64_t attempt, const struct job_metric *mt, int 
                    bool reused)
 {
     struct proto_msg m;
+    ((struct worker *)arg)->reported = 1;
     proto_msg_init(&m, PROTO_T_done);
     m.u.done.attempt = attempt;
     m.u.done.has_attempt = true;
@@ -164,6 +166,7 @@ static void s_done(void *arg, int64_t attempt, const struct job_metric *mt, int 
 static void s_failed(void *arg, int64_t attempt, const char *cls, const char *msg)
 {
     struct proto_msg m;
+    ((struct worker *)arg)->reported = 1;
     proto_msg_init(&m, PROTO_T_failed);
     m.u.failed.attempt = attempt;
     m.u.failed.has_attempt = true;
@@ -200,6 +203,11 @@ static void take(char **dst, char **src)
 static void start_job(struct worker *w, struct proto_msg *m)
 {
     struct pm_job *jm = &m->u.job;
+    /* The daemon sends the next job as soon as it reads our report; the job thread may not
+     * have returned yet. Once it has reported it only cleans up, so wait for it. */
+    if (w->busy && w->reported)
+        while (!w->finished)
+            usleep(1000);
     reap_job(w);
     if (w->busy) {
         s_failed(w, jm->attempt, "lost", "worker is busy with another attempt");
@@ -223,6 +231,7 @@ static void start_job(struct worker *w, struct proto_msg *m)
     w->job.nthreads = w->nthreads;
     w->cancel = 0;
     w->finished = 0;
+    w->reported = 0;
     w->busy = true;
     if (pthread_create(&w->thread, NULL, job_thread, w) != 0) {
         w->busy = false;
@@ -348,7 +357,8 @@ static int serve(const char *home, const char *sock, int slot, const char *backe
     m.u.hello.has_threads = true;
     proto_set_str(&m.u.hello.version, &m.u.hello.has_version, EXAQ_VERSION);
     wsend(&w, &m);
-    log_info("slot %d: connected to %s (pid %d, %d threads)", slot, sock, (int)getpid(), w.nthreads);
+    log_info("slot %d: connected to %s (pid %d, %d threads)", slot, sock, (int)getpid(),
+             w.nthreads);
 
     proto_framer_init(&fr, PROTO_MAX_LINE);
     rc.w = &w;
@@ -415,7 +425,8 @@ static void r_log(void *arg, int64_t a, const char *line)
     fprintf(stderr, "%s\n", line);
 }
 
-static void r_done(void *arg, int64_t a, const struct job_metric *m, int n, int64_t size, bool reused)
+static void r_done(void *arg, int64_t a, const struct job_metric *m, int n, int64_t size,
+                   bool reused)
 {
     (void)a;
     (void)reused;
@@ -438,8 +449,10 @@ static void r_failed(void *arg, int64_t a, const char *cls, const char *msg)
 static int run_one(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "input", required_argument, NULL, 'i' },   { "output", required_argument, NULL, 'o' },
-        { "spec", required_argument, NULL, 's' },    { "threads", required_argument, NULL, 't' },
+        { "input", required_argument, NULL, 'i' },
+        { "output", required_argument, NULL, 'o' },
+        { "spec", required_argument, NULL, 's' },
+        { "threads", required_argument, NULL, 't' },
         { NULL, 0, NULL, 0 },
     };
     const char *input = NULL, *output = NULL, *spec = "{}";
@@ -523,9 +536,10 @@ static int run_one(int argc, char **argv)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: exaq-worker serve --home DIR --socket PATH --slot N [--backend cpu|cuda]\n"
-               "       exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] [--threads N]\n"
-               "       exaq-worker --version\n");
+    fprintf(f,
+            "usage: exaq-worker serve --home DIR --socket PATH --slot N [--backend cpu|cuda]\n"
+            "       exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] [--threads N]\n"
+            "       exaq-worker --version\n");
 }
 
 int main(int argc, char **argv)
@@ -538,8 +552,10 @@ int main(int argc, char **argv)
         return run_one(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "serve")) {
         static const struct option opts[] = {
-            { "home", required_argument, NULL, 'h' },    { "socket", required_argument, NULL, 's' },
-            { "slot", required_argument, NULL, 'n' },    { "backend", required_argument, NULL, 'b' },
+            { "home", required_argument, NULL, 'h' },
+            { "socket", required_argument, NULL, 's' },
+            { "slot", required_argument, NULL, 'n' },
+            { "backend", required_argument, NULL, 'b' },
             { NULL, 0, NULL, 0 },
         };
         const char *home = NULL, *sock = NULL, *backend = "cpu";

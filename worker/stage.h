@@ -42,14 +42,14 @@ struct stage_ctx {
     int nthreads;           /* CPU threads the stage may use (>= 1) */
     enum stage_backend backend;
     volatile sig_atomic_t *cancel_flag; /* non-zero once cancelled; may be NULL */
-    const struct stage_ops *ops;        /* NULL: progress ignored, metrics kept below, logs to stderr */
+    const struct stage_ops *ops; /* NULL: progress ignored, metrics kept below, logs to stderr */
     void *ops_arg;
-    char errmsg[1024];                  /* set by stage_fail() */
+    char errmsg[1024]; /* set by stage_fail() */
     /* Metrics reported so far (also forwarded through ops). Owned by the ctx. */
     struct stage_metric {
         char name[64];
         double value;
-    } *metrics;
+    } * metrics;
     int nmetrics;
 };
 

@@ -17,6 +17,6 @@ int stage_mcqa_run(struct stage_ctx *ctx)
 
 int stage_speed_run(struct stage_ctx *ctx)
 {
-    return stage_fail(ctx, STAGE_ERR_ERROR, "native stage 'speed' is not implemented in this build");
+    return stage_fail(ctx, STAGE_ERR_ERROR,
+                      "native stage 'speed' is not implemented in this build");
 }
-

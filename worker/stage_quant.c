@@ -7,6 +7,6 @@
 
 int stage_quantize_run(struct stage_ctx *ctx)
 {
-    return stage_fail(ctx, STAGE_ERR_ERROR, "native stage 'quantize' is not implemented in this build");
+    return stage_fail(ctx, STAGE_ERR_ERROR,
+                      "native stage 'quantize' is not implemented in this build");
 }
-

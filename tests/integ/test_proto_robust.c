@@ -338,10 +338,14 @@ static void test_many_clients(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_invalid_json),       cmocka_unit_test(test_binary_garbage),
-        cmocka_unit_test(test_unknown_op),         cmocka_unit_test(test_huge_line),
-        cmocka_unit_test(test_disconnect_mid_message), cmocka_unit_test(test_field_checks),
-        cmocka_unit_test(test_worker_ops_refused), cmocka_unit_test(test_many_clients),
+        cmocka_unit_test(test_invalid_json),
+        cmocka_unit_test(test_binary_garbage),
+        cmocka_unit_test(test_unknown_op),
+        cmocka_unit_test(test_huge_line),
+        cmocka_unit_test(test_disconnect_mid_message),
+        cmocka_unit_test(test_field_checks),
+        cmocka_unit_test(test_worker_ops_refused),
+        cmocka_unit_test(test_many_clients),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -74,7 +74,8 @@ static void test_roundtrip_metrics_and_reply(void **state)
     m.u.status_r.status = strdup("{\"a\":[1,2,{\"b\":null}]}");
     m.u.status_r.has_status = true;
     line = proto_encode(&m);
-    assert_int_equal(proto_parse(line, strlen(line) - 1, PROTO_KIND_REPLY, &p, err, sizeof(err)), 0);
+    assert_int_equal(proto_parse(line, strlen(line) - 1, PROTO_KIND_REPLY, &p, err, sizeof(err)),
+                     0);
     assert_true(p.ok);
     assert_string_equal(p.u.status_r.status, "{\"a\":[1,2,{\"b\":null}]}");
     free(line);
@@ -82,7 +83,8 @@ static void test_roundtrip_metrics_and_reply(void **state)
     proto_msg_release(&p);
 
     line = proto_encode_error("submit", PROTO_E_INVALID, "a.yaml:1:1: error: x\nb");
-    assert_int_equal(proto_parse(line, strlen(line) - 1, PROTO_KIND_REPLY, &p, err, sizeof(err)), 0);
+    assert_int_equal(proto_parse(line, strlen(line) - 1, PROTO_KIND_REPLY, &p, err, sizeof(err)),
+                     0);
     assert_false(p.ok);
     assert_string_equal(p.err, "invalid");
     assert_string_equal(p.errmsg, "a.yaml:1:1: error: x\nb");
@@ -115,7 +117,8 @@ static void test_rejects(void **state)
     expect_fail("{\"v\":1}", PROTO_KIND_MSG, PROTO_E_PARSE, "\"op\"");
     expect_fail("{\"v\":1,\"op\":3}", PROTO_KIND_MSG, PROTO_E_PARSE, "\"op\"");
     expect_fail("{\"v\":1,\"op\":\"nope\"}", PROTO_KIND_MSG, PROTO_E_UNKNOWN_OP, "nope");
-    expect_fail("{\"v\":1,\"op\":\"ping\",\"x\":1}", PROTO_KIND_MSG, PROTO_E_PARSE, "unknown field");
+    expect_fail("{\"v\":1,\"op\":\"ping\",\"x\":1}", PROTO_KIND_MSG, PROTO_E_PARSE,
+                "unknown field");
     expect_fail("{\"v\":1,\"op\":\"cancel\"}", PROTO_KIND_MSG, PROTO_E_PARSE, "required field");
     expect_fail("{\"v\":1,\"op\":\"cancel\",\"sweep\":1}", PROTO_KIND_MSG, PROTO_E_PARSE,
                 "must be a string");

@@ -95,8 +95,8 @@ static void test_schema_and_writes(void **state)
     uv_loop_init(&loop);
     store_start(s, &loop);
     for (int i = 0; i < 1000; i++)
-        store_exec(s, "INSERT OR REPLACE INTO metrics(key, name, value) VALUES (?, ?, ?)", "ssd", "k1",
-                   i % 2 ? "odd" : "even", (double)i); /* last write per name wins */
+        store_exec(s, "INSERT OR REPLACE INTO metrics(key, name, value) VALUES (?, ?, ?)", "ssd",
+                   "k1", i % 2 ? "odd" : "even", (double)i); /* last write per name wins */
     store_exec(s, "INSERT INTO events(t, what) VALUES (?, ?)", "ds", 1.0, "it's \"quoted\"");
     store_exec(s, "INSERT INTO nosuchtable VALUES (1)", "");
     store_barrier(s, on_barrier, &b);
@@ -140,7 +140,8 @@ static void test_not_a_database(void **state)
     char *path = xasprintf("%s/c.db", dir), err[512];
     struct store *s;
     (void)state;
-    assert_int_equal(file_write_all(path, "this is not sqlite, just text padding it out....", 48), 0);
+    assert_int_equal(file_write_all(path, "this is not sqlite, just text padding it out....", 48),
+                     0);
     assert_int_equal(store_open(path, &s, err, sizeof(err)), -1);
     assert_true(strlen(err) > 0);
     free(path);
