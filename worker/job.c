@@ -22,11 +22,11 @@
 #include "common/util.h"
 #include "worker/stage.h"
 
-static volatile pid_t running_pgid;
+static int running_pgid; /* written by the job thread, read by the main thread (atomics) */
 
 void job_kill_running(void)
 {
-    pid_t g = running_pgid;
+    pid_t g = __atomic_load_n(&running_pgid, __ATOMIC_ACQUIRE);
     if (g > 0)
         kill(-g, SIGKILL);
 }
@@ -88,7 +88,7 @@ fail:
 struct jctx {
     const struct job *j;
     const struct job_sink *sink;
-    volatile sig_atomic_t *cancel;
+    int *cancel; /* read with __atomic_load_n */
     FILE *log;
     char tail[8][512]; /* last lines of output, for failure messages */
     int ntail;
@@ -312,7 +312,7 @@ static int run_exec(struct jctx *x, const char *model_out, const char *metrics_p
         _exit(127);
     }
     setpgid(pid, pid); /* also here, so the group exists before we report it */
-    running_pgid = pid;
+    __atomic_store_n(&running_pgid, pid, __ATOMIC_RELEASE);
     close(pipefd[1]);
     pipefd[1] = -1;
     if (x->sink->started)
@@ -345,7 +345,7 @@ static int run_exec(struct jctx *x, const char *model_out, const char *metrics_p
             }
         }
         poll_progress(x, progress, &seen);
-        if (*x->cancel && !cancelled) {
+        if (__atomic_load_n(x->cancel, __ATOMIC_ACQUIRE) && !cancelled) {
             cancelled = true;
             jlogf(x, "exaq: cancel requested; stopping the command (SIGTERM)");
             kill(-pid, SIGTERM);
@@ -361,9 +361,9 @@ static int run_exec(struct jctx *x, const char *model_out, const char *metrics_p
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
     kill(-pid, SIGKILL); /* background leftovers of the command */
-    running_pgid = 0;
+    __atomic_store_n(&running_pgid, 0, __ATOMIC_RELEASE);
     poll_progress(x, progress, &seen);
-    if (cancelled || *x->cancel) {
+    if (cancelled || __atomic_load_n(x->cancel, __ATOMIC_ACQUIRE)) {
         *cls = "cancelled";
         snprintf(msg, msglen, "cancelled");
     } else if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
@@ -518,7 +518,7 @@ out:
     return ok;
 }
 
-void job_run(const struct job *j, const struct job_sink *sink, volatile sig_atomic_t *cancel)
+void job_run(const struct job *j, const struct job_sink *sink, int *cancel)
 {
     struct jctx x;
     char *logdir, *model_out = NULL, *metrics_path, *text = NULL, msg[2048] = "";

@@ -41,9 +41,10 @@ struct worker {
     bool busy;
     bool joinable;
     struct job job;
-    volatile sig_atomic_t cancel;
-    volatile sig_atomic_t finished;
-    volatile sig_atomic_t reported; /* done or failed sent: the thread is about to end */
+    /* Flags shared by the main and job threads; accessed with __atomic builtins. */
+    int cancel;
+    int finished;
+    int reported; /* done or failed sent: the thread is about to end */
     double hb_s;
 };
 
@@ -148,7 +149,7 @@ static void s_done(void *arg, int64_t attempt, const struct job_metric *mt, int 
                    bool reused)
 {
     struct proto_msg m;
-    ((struct worker *)arg)->reported = 1;
+    __atomic_store_n(&((struct worker *)arg)->reported, 1, __ATOMIC_RELEASE);
     proto_msg_init(&m, PROTO_T_done);
     m.u.done.attempt = attempt;
     m.u.done.has_attempt = true;
@@ -166,7 +167,7 @@ static void s_done(void *arg, int64_t attempt, const struct job_metric *mt, int 
 static void s_failed(void *arg, int64_t attempt, const char *cls, const char *msg)
 {
     struct proto_msg m;
-    ((struct worker *)arg)->reported = 1;
+    __atomic_store_n(&((struct worker *)arg)->reported, 1, __ATOMIC_RELEASE);
     proto_msg_init(&m, PROTO_T_failed);
     m.u.failed.attempt = attempt;
     m.u.failed.has_attempt = true;
@@ -180,13 +181,13 @@ static void *job_thread(void *arg)
     struct worker *w = arg;
     struct job_sink sink = { w, s_started, s_progress, s_log, s_metrics, s_done, s_failed };
     job_run(&w->job, &sink, &w->cancel);
-    w->finished = 1;
+    __atomic_store_n(&w->finished, 1, __ATOMIC_RELEASE);
     return NULL;
 }
 
 static void reap_job(struct worker *w)
 {
-    if (w->joinable && w->finished) {
+    if (w->joinable && __atomic_load_n(&w->finished, __ATOMIC_ACQUIRE)) {
         pthread_join(w->thread, NULL);
         w->joinable = false;
         w->busy = false;
@@ -205,8 +206,8 @@ static void start_job(struct worker *w, struct proto_msg *m)
     struct pm_job *jm = &m->u.job;
     /* The daemon sends the next job as soon as it reads our report; the job thread may not
      * have returned yet. Once it has reported it only cleans up, so wait for it. */
-    if (w->busy && w->reported)
-        while (!w->finished)
+    if (w->busy && __atomic_load_n(&w->reported, __ATOMIC_ACQUIRE))
+        while (!__atomic_load_n(&w->finished, __ATOMIC_ACQUIRE))
             usleep(1000);
     reap_job(w);
     if (w->busy) {
@@ -281,7 +282,7 @@ static int on_line(void *arg, const char *line, size_t len)
     case PROTO_T_cancel_job:
         if (w->busy && w->job.attempt == m.u.cancel_job.attempt) {
             log_info("attempt %lld: cancel (%s)", (long long)w->job.attempt, m.u.cancel_job.reason);
-            w->cancel = 1;
+            __atomic_store_n(&w->cancel, 1, __ATOMIC_RELEASE);
         }
         break;
     case PROTO_T_exit:
@@ -398,8 +399,8 @@ static int serve(const char *home, const char *sock, int slot, const char *backe
     }
     /* Exit requested by exaqd: stop the running job and let it report. */
     if (w.busy) {
-        w.cancel = 1;
-        while (!w.finished)
+        __atomic_store_n(&w.cancel, 1, __ATOMIC_RELEASE);
+        while (!__atomic_load_n(&w.finished, __ATOMIC_ACQUIRE))
             usleep(20000);
         reap_job(&w);
     }
@@ -460,7 +461,7 @@ static int run_one(int argc, char **argv)
     const struct stage_def *def;
     struct job j;
     char tmpl[] = "/tmp/exaq-run-XXXXXX";
-    volatile sig_atomic_t cancel = 0;
+    int cancel = 0;
     struct job_sink sink = { &status, NULL, r_progress, r_log, NULL, r_done, r_failed };
 
     optind = 2;

@@ -100,5 +100,5 @@ int stage_fail(struct stage_ctx *ctx, enum stage_err err, const char *fmt, ...)
 
 int stage_cancelled(const struct stage_ctx *ctx)
 {
-    return ctx->cancel_flag && *ctx->cancel_flag;
+    return ctx->cancel_flag && __atomic_load_n(ctx->cancel_flag, __ATOMIC_ACQUIRE);
 }

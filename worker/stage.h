@@ -41,7 +41,7 @@ struct stage_ctx {
     const char *stage_dir;  /* scratch dir of this attempt; removed or renamed by the worker */
     int nthreads;           /* CPU threads the stage may use (>= 1) */
     enum stage_backend backend;
-    volatile sig_atomic_t *cancel_flag; /* non-zero once cancelled; may be NULL */
+    int *cancel_flag; /* non-zero once cancelled (read it through stage_cancelled()); may be NULL */
     const struct stage_ops *ops; /* NULL: progress ignored, metrics kept below, logs to stderr */
     void *ops_arg;
     char errmsg[1024]; /* set by stage_fail() */
