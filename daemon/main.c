@@ -398,6 +398,10 @@ out:
     }
     sched_release(d);
     submit_release();
+    for (int i = 0; i < d->nslots; i++) {
+        free(d->slots[i].backend);
+        free(d->slots[i].gpu_name);
+    }
     free(d->slots);
     free(d->sock_path);
     free(d->worker_bin);

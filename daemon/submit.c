@@ -175,6 +175,7 @@ static int dir_hash(const char *dir, char out[SHA256_HEX_LEN], int64_t *total)
 
 struct pstage {
     char key[SHA256_HEX_LEN];
+    bool have_artifact; /* artifacts/<key>/result.json exists (checked on the thread pool) */
     char *dep_key; /* NULL: base model */
     const struct lanes_stage *ls;
     char *name;
@@ -284,6 +285,11 @@ static void plan_lane(struct submit_job *j, struct plane *pl, const struct lanes
         ps->dep_key = model_dep ? xstrdup(model_dep) : NULL;
         if (plan_stage(j, ls, model_key, salt, sh, ps->key) < 0)
             continue;
+        {
+            char *rj = xasprintf("%s/artifacts/%s/result.json", j->home, ps->key);
+            ps->have_artifact = is_file(rj);
+            free(rj);
+        }
         if (!is_eval && ls->produces_model) {
             snprintf(model_key, sizeof(model_key), "%s", ps->key);
             free(model_dep);
@@ -484,7 +490,14 @@ static struct dstage *merge_stage(struct daemon *d, struct submit_job *j, struct
     const struct lanes_stage *ls = ps->ls;
     *reused = st != NULL;
     if (st) {
-        if (st->state == DSTAGE_FAILED) {
+        if (st->state == DSTAGE_DONE && st->produces_model && !ps->have_artifact) {
+            /* Its output was removed (exaqctl gc, or by hand): make it again. */
+            st->state = DSTAGE_PENDING;
+            st->tries = 0;
+            store_exec(d->store, "UPDATE stages SET state='pending', tries=0 WHERE key=?", "s",
+                       st->key);
+            sched_event(d, NULL, NULL, st->key, "%s output is gone; it will run again", st->kind);
+        } else if (st->state == DSTAGE_FAILED) {
             st->state = DSTAGE_PENDING;
             st->tries = 0;
             st->err_class = FAIL_NONE;

@@ -7,13 +7,6 @@
 # --top 1 --out DIR, a repackage with --top 2 removing the stale third package, and tiny
 # max_unzipped_gb / max_zip_gb limits that make every lane fail packaging with a size reason.
 . "$(dirname "$0")/lib.sh"
-# Under TSan: the system libuv (not instrumented) closes fds with a raw close syscall, so when a
-# thread-pool job opens a recycled fd number TSan reports a race with the accept4 that first
-# made that number. Not a real race; suppressed for this test's daemon (NEEDSWORK: lib.sh).
-if [ -n "${EXAQ_TSAN:-}" ]; then
-    printf 'race:accept4\n' >"$T/tsan.supp"
-    export TSAN_OPTIONS="${TSAN_OPTIONS:-} suppressions=$T/tsan.supp"
-fi
 mkdir -p "$T/w"
 cp -R "$SRC/tests/data/tiny-exaone4" "$T/w/base"
 [ -f "$T/w/base/tokenizer_config.json" ] || fail "test model lacks tokenizer_config.json"

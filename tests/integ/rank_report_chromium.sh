@@ -3,13 +3,6 @@
 # trivial: its size, and (when python3 is present) its pixels: many colours, the blue lane
 # dots and the red baseline marker of the charts. Exits 77 (skip) without chromium.
 . "$(dirname "$0")/lib.sh"
-# Under TSan: the system libuv (not instrumented) closes fds with a raw close syscall, so when a
-# thread-pool job opens a recycled fd number TSan reports a race with the accept4 that first
-# made that number. Not a real race; suppressed for this test's daemon (NEEDSWORK: lib.sh).
-if [ -n "${EXAQ_TSAN:-}" ]; then
-    printf 'race:accept4\n' >"$T/tsan.supp"
-    export TSAN_OPTIONS="${TSAN_OPTIONS:-} suppressions=$T/tsan.supp"
-fi
 CHROME=$(command -v chromium || command -v chromium-browser || true)
 if [ -z "$CHROME" ]; then
     echo "SKIP: chromium is not installed (apt-get install -y chromium)"

@@ -5,13 +5,6 @@
 # sweep still ends. A hook running at `exaqctl shutdown` is killed and runs again at the next
 # start.
 . "$(dirname "$0")/lib.sh"
-# Under TSan: the system libuv (not instrumented) closes fds with a raw close syscall, so when a
-# thread-pool job opens a recycled fd number TSan reports a race with the accept4 that first
-# made that number. Not a real race; suppressed for this test's daemon (NEEDSWORK: lib.sh).
-if [ -n "${EXAQ_TSAN:-}" ]; then
-    printf 'race:accept4\n' >"$T/tsan.supp"
-    export TSAN_OPTIONS="${TSAN_OPTIONS:-} suppressions=$T/tsan.supp"
-fi
 mkdir -p "$T/w"
 cp -R "$SRC/tests/data/tiny-exaone4" "$T/w/base"
 cat >"$T/w/lanes.yaml" <<'YAML'

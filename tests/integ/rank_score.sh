@@ -6,13 +6,6 @@
 # when the sweep ends (rank.csv, report.md, report.html), and the on_fail hook's environment.
 # A second sweep whose baseline lacks a metric makes rank exit 1 naming the problem.
 . "$(dirname "$0")/lib.sh"
-# Under TSan: the system libuv (not instrumented) closes fds with a raw close syscall, so when a
-# thread-pool job opens a recycled fd number TSan reports a race with the accept4 that first
-# made that number. Not a real race; suppressed for this test's daemon (NEEDSWORK: lib.sh).
-if [ -n "${EXAQ_TSAN:-}" ]; then
-    printf 'race:accept4\n' >"$T/tsan.supp"
-    export TSAN_OPTIONS="${TSAN_OPTIONS:-} suppressions=$T/tsan.supp"
-fi
 mkdir -p "$T/w"
 fake_model "$T/w/base"
 

@@ -62,4 +62,13 @@ S3=$(cat "$OUT")
 [ "$S3" != "$S" ] || fail "--rerun reused the sweep id"
 expect_rc 0 ctl wait "$S3" --timeout 60
 [ "$(grep -c '^first$' "$T/w/runs")" -eq 2 ] || fail "--rerun did not run the first stage again"
+
+# An artifact removed by hand (or by gc) is made again when another sweep needs it.
+rm -rf "$EXAQ_HOME/artifacts/$k1"
+sed -e 's/^sweep: reuse/sweep: reuse4/' "$T/w/lanes.yaml" >"$T/w/lanes4.yaml"
+expect_rc 0 ctl submit "$T/w/lanes4.yaml"
+expect_rc 0 ctl wait "$(cat "$OUT")" --timeout 60
+[ "$(grep -c '^first$' "$T/w/runs")" -eq 3 ] || fail "a stage whose artifact is gone was not re-run"
+[ -f "$EXAQ_HOME/artifacts/$k1/result.json" ] || fail "the artifact was not made again"
+[ "$(grep -c '^second-one$' "$T/w/runs")" -eq 2 ] || fail "reuse4: second-one should run once more"
 echo "reuse ok"
