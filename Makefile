@@ -178,7 +178,11 @@ check: deps
 	  sh tests/run.sh $(sort $(wildcard tests/integ/*.sh))
 
 fuzz: deps
-	$(Q)$(MAKE) --no-print-directory CFG=fuzz $(ALL_A)
+	@command -v clang >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq clang libclang-rt-14-dev >/dev/null; \
+	  else echo "fuzz: needs clang and libFuzzer: sudo apt-get install -y clang libclang-rt-14-dev"; exit 1; fi; }
+	$(Q)$(MAKE) --no-print-directory CFG=fuzz O=build/fuzz build/fuzz/libexaqd.a build/fuzz/libexaqw.a \
+	  build/fuzz/libexaq.a
 	$(Q)for f in $(FUZZ_SRC); do \
 	  n=$$(basename $$f .c); \
 	  clang $(CPPFLAGS) -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -o build/fuzz/$$n $$f \
