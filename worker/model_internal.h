@@ -1,0 +1,23 @@
+/*
+ * model_internal: what model.c and model_fwd.c share and nobody else uses (the scratch
+ * buffers of a model and the error helper).
+ */
+#ifndef EXAQ_MODEL_INTERNAL_H
+#define EXAQ_MODEL_INTERNAL_H
+
+#include "worker/model.h"
+
+/* Scratch for a forward of up to `rows` rows; grown on demand, freed with the model. */
+struct model_ws {
+    int rows;
+    float *q, *k, *v, *att, *o, *g, *u, *kl, *vl;
+    float *x;      /* residual stream for model_forward / model_nll */
+    float *logits; /* head output chunk */
+    size_t logits_cap;
+};
+
+void model__ws_reserve(struct model *m, int rows);
+void model__ws_free(struct model *m);
+void model__set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif
