@@ -15,8 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cJSON.h>
+
 #include "common/util.h"
 #include "kernels/par.h"
+#include "worker/ctensors.h"
 #include "worker/model_internal.h"
 
 static const char *lin_names[MODEL_LIN_COUNT] = {
@@ -155,10 +158,21 @@ static float *load_vec(struct model *m, const char *name, int n, char **err)
     return v;
 }
 
+static void drop_quant(struct model_layer *L, int w)
+{
+    if (L->quant[w]) {
+        qweight_release(L->quant[w]);
+        free(L->quant[w]);
+        L->quant[w] = NULL;
+    }
+}
+
 static void layer_release(struct model_layer *L)
 {
-    for (int i = 0; i < MODEL_LIN_COUNT; i++)
+    for (int i = 0; i < MODEL_LIN_COUNT; i++) {
         linear_release(&L->lin[i]);
+        drop_quant(L, i);
+    }
     for (int i = 0; i <= MODEL_NORM_POST_FFN; i++)
         free(L->norm[i]);
     memset(L, 0, sizeof(*L));
@@ -201,7 +215,10 @@ static void apply_config(struct model *m)
 
 int model_load(struct model **out, const char *dir, const struct model_opts *opts, char **err)
 {
+    struct ctensors_cfg qcfg;
+    int quantized = 0;
     *out = NULL;
+    memset(&qcfg, 0, sizeof(qcfg));
     struct model *m = xcalloc(1, sizeof(*m));
     m->dir = xstrdup(dir);
     m->impl = opts ? opts->impl : KERN_IMPL_CPU;
@@ -232,14 +249,34 @@ int model_load(struct model **out, const char *dir, const struct model_opts *opt
         goto fail;
     m->layers = xcalloc((size_t)c->num_hidden_layers, sizeof(*m->layers));
     m->n_layers = c->num_hidden_layers;
+    {
+        const cJSON *qc = cJSON_GetObjectItemCaseSensitive(c->raw, "quantization_config");
+        if (cJSON_IsObject(qc)) {
+            if (ctensors_cfg_parse(qc, &qcfg, err) < 0)
+                goto fail;
+            quantized = 1;
+        }
+    }
     for (int l = 0; l < m->n_layers; l++) {
         struct model_layer *L = &m->layers[l];
         L->src_index = l;
         for (int w = 0; w < MODEL_LIN_COUNT; w++) {
-            int o, i;
+            int o, i, r;
+            const struct st_tensor *dense;
             lin_shape(c, (enum model_lin)w, &o, &i);
             char *name = xasprintf("model.layers.%d.%s.weight", l, lin_names[w]);
-            int r = load_dense(m, name, o, i, &L->lin[w], err);
+            dense = st_dir_find(m->st, name);
+            if (!quantized || (dense && (dense->dtype == ST_BF16 || dense->dtype == ST_F16 ||
+                                         dense->dtype == ST_F32))) {
+                r = load_dense(m, name, o, i, &L->lin[w], err);
+            } else {
+                struct qweight qw;
+                char *prefix = xasprintf("model.layers.%d.%s", l, lin_names[w]);
+                r = ctensors_read(m->st, prefix, &qcfg, o, i, &qw, err);
+                free(prefix);
+                if (r == 0)
+                    r = model_linear_set_quant(m, l, (enum model_lin)w, &qw, err);
+            }
             free(name);
             if (r)
                 goto fail;
@@ -254,9 +291,11 @@ int model_load(struct model **out, const char *dir, const struct model_opts *opt
         }
     }
     apply_config(m);
+    ctensors_cfg_release(&qcfg);
     *out = m;
     return 0;
 fail:
+    ctensors_cfg_release(&qcfg);
     model_free(m);
     return rc ? rc : -EINVAL;
 }
@@ -348,7 +387,55 @@ int model_linear_set_f32(struct model *m, int l, enum model_lin w, const float *
     }
     linear_release(L);
     linear_init_dense_take(L, out, in, store, data);
+    drop_quant(&m->layers[l], w);
     return 0;
+}
+
+int model_linear_set_quant(struct model *m, int l, enum model_lin w, struct qweight *take,
+                           char **err)
+{
+    struct linear *L;
+    int out, in;
+    float *deq;
+    if (check_lw(m, l, w, err))
+        return -EINVAL;
+    L = &m->layers[l].lin[w];
+    lin_shape(&m->cfg, w, &out, &in);
+    if (take->out != out || take->in != in) {
+        model__set_err(err, "layer %d %s: quantized weight is [%d, %d], expected [%d, %d]", l,
+                       lin_names[w], take->out, take->in, out, in);
+        return -EINVAL;
+    }
+    deq = xmalloc((size_t)out * in * sizeof(float) + 1);
+    qweight_dequant(take, deq);
+    linear_release(L);
+    linear_init_dense_take(L, out, in, KERN_F32, deq);
+    drop_quant(&m->layers[l], w);
+    m->layers[l].quant[w] = xmalloc(sizeof(struct qweight));
+    *m->layers[l].quant[w] = *take;
+    memset(take, 0, sizeof(*take));
+    return 0;
+}
+
+const struct qweight *model_linear_quant(const struct model *m, int l, enum model_lin w)
+{
+    if (l < 0 || l >= m->n_layers || (int)w < 0 || w >= MODEL_LIN_COUNT)
+        return NULL;
+    return m->layers[l].quant[w];
+}
+
+int model_quantized_count(const struct model *m)
+{
+    int n = 0;
+    for (int l = 0; l < m->n_layers; l++)
+        for (int w = 0; w < MODEL_LIN_COUNT; w++)
+            n += m->layers[l].quant[w] != NULL;
+    return n;
+}
+
+void model_module_name(int l, enum model_lin w, char *buf, size_t n)
+{
+    snprintf(buf, n, "model.layers.%d.%s", l, lin_names[w]);
 }
 
 int model_linear_replace(struct model *m, int l, enum model_lin w, struct linear *take, char **err)
@@ -364,6 +451,7 @@ int model_linear_replace(struct model *m, int l, enum model_lin w, struct linear
     linear_release(L);
     *L = *take;
     memset(take, 0, sizeof(*take));
+    drop_quant(&m->layers[l], w);
     return 0;
 }
 
@@ -408,12 +496,14 @@ int model_keep_layers(struct model *m, const int *keep, int n, char **err)
 enum save_src {
     SAVE_LINEAR,
     SAVE_VEC,
+    SAVE_QUANT,
 };
 
 struct save_item {
     enum save_src kind;
     const struct linear *lin;
     const float *vec;
+    const struct qweight *q;
 };
 
 struct save_ctx {
@@ -441,7 +531,11 @@ static int save_fill(void *arg, const struct st_wtensor *t, void *dst, size_t nb
 {
     const struct save_item *it = t->user;
     (void)arg;
-    (void)nbytes;
+    if (it->kind == SAVE_QUANT) {
+        struct st_wtensor tq = *t;
+        tq.user = it->q;
+        return ctensors_fill(&tq, dst, nbytes, err);
+    }
     if (it->kind == SAVE_VEC) {
         put_f32_as(t->dtype, it->vec, dst, (size_t)t->shape[0]);
         return 0;
@@ -469,6 +563,84 @@ static int save_fill(void *arg, const struct st_wtensor *t, void *dst, size_t nb
     return 0;
 }
 
+/*
+ * The config to save: the model's, with a quantization_config that describes its quantized
+ * linears (one scheme for all of them; the dense decoder linears and lm_head in `ignore`), or
+ * without one when every linear is dense. vLLM fuses q/k/v and gate/up, so each set must be
+ * all quantized or all dense.
+ */
+static int quant_config(const struct model *m, struct config *qc, char **err)
+{
+    const struct qweight *first = NULL;
+    const char **ignore;
+    char **names;
+    int nign = 0, nq = 0;
+    static const int fused[][3] = { { MODEL_LIN_Q, MODEL_LIN_K, MODEL_LIN_V },
+                                    { MODEL_LIN_GATE, MODEL_LIN_UP, MODEL_LIN_UP } };
+    config_copy(qc, &m->cfg);
+    ignore = xcalloc((size_t)m->n_layers * MODEL_LIN_COUNT + 2, sizeof(char *));
+    names = xcalloc((size_t)m->n_layers * MODEL_LIN_COUNT + 2, sizeof(char *));
+    ignore[nign++] = "lm_head";
+    for (int l = 0; l < m->n_layers; l++) {
+        const struct model_layer *L = &m->layers[l];
+        for (size_t f = 0; f < EXAQ_ARRAY_LEN(fused); f++) {
+            bool q0 = L->quant[fused[f][0]] != NULL;
+            for (int k = 1; k < 3; k++)
+                if ((L->quant[fused[f][k]] != NULL) != q0) {
+                    model__set_err(err,
+                                   "layer %d: %s and %s must be quantized alike (vLLM fuses them)",
+                                   l, lin_names[fused[f][0]], lin_names[fused[f][k]]);
+                    goto fail;
+                }
+        }
+        for (int w = 0; w < MODEL_LIN_COUNT; w++) {
+            const struct qweight *q = L->quant[w];
+            if (!q) {
+                names[nign] = xasprintf("model.layers.%d.%s", l, lin_names[w]);
+                ignore[nign] = names[nign];
+                nign++;
+                continue;
+            }
+            nq++;
+            if (!first) {
+                first = q;
+            } else if (q->scheme != first->scheme || q->group_size != first->group_size ||
+                       (q->g_idx != NULL) != (first->g_idx != NULL)) {
+                model__set_err(err,
+                               "layer %d %s: mixed quantization schemes in one model are not "
+                               "supported (%s g%d vs %s g%d)",
+                               l, lin_names[w], qscheme_name(q->scheme), q->group_size,
+                               qscheme_name(first->scheme), first->group_size);
+                goto fail;
+            }
+        }
+    }
+    if (nq) {
+        char *json = ctensors_cfg_json(first, ignore, nign);
+        int r = config_set_json(qc, "quantization_config", json);
+        free(json);
+        if (r < 0) {
+            model__set_err(err, "cannot set quantization_config");
+            goto fail;
+        }
+    } else {
+        config_delete(qc, "quantization_config");
+    }
+    for (int i = 0; i < nign; i++)
+        free(names[i]);
+    free(names);
+    free(ignore);
+    return 0;
+fail:
+    for (int i = 0; i < nign; i++)
+        free(names[i]);
+    free(names);
+    free(ignore);
+    config_release(qc);
+    memset(qc, 0, sizeof(*qc));
+    return -EINVAL;
+}
+
 static const char *aux_files[] = {
     "tokenizer.json",
     "tokenizer_config.json",
@@ -490,7 +662,8 @@ int model_save(const struct model *m, const char *dir, const struct model_save_o
         return -EINVAL;
     }
     const struct config *c = &m->cfg;
-    int per = MODEL_LIN_COUNT + MODEL_NORM_POST_FFN + 1;
+    struct config qc;
+    int per = MODEL_LIN_COUNT * CTENSORS_MAX_TENSORS + MODEL_NORM_POST_FFN + 1;
     int cap = 3 + m->n_layers * per;
     struct st_wtensor *ts = xcalloc((size_t)cap, sizeof(*ts));
     struct save_item *items = xcalloc((size_t)cap, sizeof(*items));
@@ -524,8 +697,22 @@ int model_save(const struct model *m, const char *dir, const struct model_save_o
     ADD_LIN(xstrdup("model.embed_tokens.weight"), &m->embed);
     for (int l = 0; l < m->n_layers; l++) {
         const struct model_layer *L = &m->layers[l];
-        for (int w = 0; w < MODEL_LIN_COUNT; w++)
-            ADD_LIN(xasprintf("model.layers.%d.%s.weight", l, lin_names[w]), &L->lin[w]);
+        for (int w = 0; w < MODEL_LIN_COUNT; w++) {
+            if (L->quant[w]) {
+                char *prefix = xasprintf("model.layers.%d.%s", l, lin_names[w]);
+                int k = ctensors_tensors(L->quant[w], prefix, &ts[n]);
+                for (int j = 0; j < k; j++) {
+                    names[n + j] = (char *)ts[n + j].name;
+                    items[n + j].kind = SAVE_QUANT;
+                    items[n + j].q = L->quant[w];
+                    ts[n + j].user = &items[n + j];
+                }
+                n += k;
+                free(prefix);
+            } else {
+                ADD_LIN(xasprintf("model.layers.%d.%s.weight", l, lin_names[w]), &L->lin[w]);
+            }
+        }
         for (int k = 0; k <= MODEL_NORM_POST_FFN; k++)
             ADD_VEC(xasprintf("model.layers.%d.%s.weight", l, norm_names[k]), L->norm[k],
                     k <= MODEL_NORM_K ? c->head_dim : c->hidden_size);
@@ -536,12 +723,15 @@ int model_save(const struct model *m, const char *dir, const struct model_save_o
 #undef ADD_LIN
 #undef ADD_VEC
     struct save_ctx sc = { o.dtype };
-    int rc = st_write_dir(dir, ts, n, o.max_shard_bytes, save_fill, &sc, err);
+    int rc = quant_config(m, &qc, err);
+    if (rc == 0)
+        rc = st_write_dir(dir, ts, n, o.max_shard_bytes, save_fill, &sc, err);
     if (rc == 0) {
         char *p = path_join(dir, "config.json");
-        rc = config_write(c, p, err);
+        rc = config_write(&qc, p, err);
         free(p);
     }
+    config_release(&qc);
     if (rc == 0 && o.copy_aux) {
         for (size_t i = 0; i < EXAQ_ARRAY_LEN(aux_files); i++) {
             char *src = path_join(m->dir, aux_files[i]);

@@ -34,6 +34,7 @@
 #include "kernels/kern.h"
 #include "kernels/matmul.h"
 #include "worker/config.h"
+#include "worker/quant.h"
 #include "worker/st.h"
 
 enum model_lin {
@@ -77,6 +78,9 @@ struct model_hooks {
 
 struct model_layer {
     struct linear lin[MODEL_LIN_COUNT];
+    /* The quantized form of each linear (owned), or NULL when it is dense. lin[] then holds its
+     * exact fp32 dequantization, and activations are quantized as quant->act says. */
+    struct qweight *quant[MODEL_LIN_COUNT];
     float *norm[MODEL_NORM_POST_FFN + 1]; /* fp32, owned */
     int rope;                             /* applies RoPE (config_layer_rope) */
     int window;                           /* sliding window, 0 = full causal */
@@ -187,6 +191,18 @@ int model_linear_set_f32(struct model *m, int l, enum model_lin w, const float *
 /* Replaces the linear by *take (same out/in), whose memory the model now owns; *take is
  * zeroed. The future quantized formats arrive this way. */
 int model_linear_replace(struct model *m, int l, enum model_lin w, struct linear *take, char **err);
+/* Makes the linear quantized: takes *take (same out/in; zeroed afterwards), computes with its
+ * exact fp32 dequantization and its activation scheme, and model_save writes it in the
+ * compressed-tensors format. */
+int model_linear_set_quant(struct model *m, int l, enum model_lin w, struct qweight *take,
+                           char **err);
+/* The linear's quantized form, or NULL when dense. */
+const struct qweight *model_linear_quant(const struct model *m, int l, enum model_lin w);
+/* Number of quantized linears. */
+int model_quantized_count(const struct model *m);
+/* "model.layers.<l>.self_attn.q_proj" etc. into buf. */
+void model_module_name(int l, enum model_lin w, char *buf, size_t n);
+
 /* Editable fp32 norm weights and their length (*n); l is ignored for MODEL_NORM_FINAL. */
 float *model_norm(struct model *m, int l, enum model_norm which, int *n);
 

@@ -42,6 +42,7 @@ void model__ws_free(struct model *m)
     free(w->vl);
     free(w->x);
     free(w->logits);
+    free(w->xq);
     free(w);
     m->ws = NULL;
 }
@@ -132,9 +133,25 @@ static int call_hook(const struct model_hooks *h, int l, enum model_hook_point p
     return rc;
 }
 
-static int lin(struct model *m, float *y, const float *x, int T, const struct linear *L, char **err)
+/* y = x . W^T for one linear; a quantized linear with an activation scheme (W8A8, FP8) sees
+ * its input quantized and dequantized first, as the serving kernels compute. */
+static int lin(struct model *m, float *y, const float *x, int T, const struct linear *L,
+               const struct qweight *q, char **err)
 {
-    int rc = matmul(m->impl, y, x, T, L, 0);
+    int rc;
+    if (q && q->act != QACT_NONE) {
+        size_t need = (size_t)T * L->in;
+        struct model_ws *ws = m->ws;
+        if (ws->xq_cap < need) {
+            free(ws->xq);
+            ws->xq = xmalloc(need * sizeof(float));
+            ws->xq_cap = need;
+        }
+        memcpy(ws->xq, x, need * sizeof(float));
+        quant_act_inplace(q->act, q->input_scale, ws->xq, T, L->in);
+        x = ws->xq;
+    }
+    rc = matmul(m->impl, y, x, T, L, 0);
     if (rc)
         return kcheck(rc, "matmul", err);
     rnd(m, y, (size_t)T * L->out);
@@ -192,9 +209,9 @@ int model_layer_forward(struct model *m, int l, float *x, int T, int pos0, struc
 
     /* Attention block. */
     if ((rc = call_hook(hooks, l, MODEL_HOOK_QKV_IN, x, T, H, err)) ||
-        (rc = lin(m, w->q, x, T, &L->lin[MODEL_LIN_Q], err)) ||
-        (rc = lin(m, w->k, x, T, &L->lin[MODEL_LIN_K], err)) ||
-        (rc = lin(m, w->v, x, T, &L->lin[MODEL_LIN_V], err)) ||
+        (rc = lin(m, w->q, x, T, &L->lin[MODEL_LIN_Q], L->quant[MODEL_LIN_Q], err)) ||
+        (rc = lin(m, w->k, x, T, &L->lin[MODEL_LIN_K], L->quant[MODEL_LIN_K], err)) ||
+        (rc = lin(m, w->v, x, T, &L->lin[MODEL_LIN_V], L->quant[MODEL_LIN_V], err)) ||
         (rc = norm_rows(m, w->q, w->q, L->norm[MODEL_NORM_Q], T * nh, hd, err)) ||
         (rc = norm_rows(m, w->k, w->k, L->norm[MODEL_NORM_K], T * nkv, hd, err)))
         return rc;
@@ -243,7 +260,7 @@ int model_layer_forward(struct model *m, int l, float *x, int T, int pos0, struc
         return rc;
     rnd(m, w->att, (size_t)T * nh * hd);
     if ((rc = call_hook(hooks, l, MODEL_HOOK_O_IN, w->att, T, nh * hd, err)) ||
-        (rc = lin(m, w->o, w->att, T, &L->lin[MODEL_LIN_O], err)) ||
+        (rc = lin(m, w->o, w->att, T, &L->lin[MODEL_LIN_O], L->quant[MODEL_LIN_O], err)) ||
         (rc = call_hook(hooks, l, MODEL_HOOK_ATTN_OUT, w->o, T, H, err)) ||
         (rc = norm_rows(m, w->o, w->o, L->norm[MODEL_NORM_POST_ATTN], T, H, err)))
         return rc;
@@ -254,8 +271,8 @@ int model_layer_forward(struct model *m, int l, float *x, int T, int pos0, struc
 
     /* MLP block. */
     if ((rc = call_hook(hooks, l, MODEL_HOOK_GATEUP_IN, x, T, H, err)) ||
-        (rc = lin(m, w->g, x, T, &L->lin[MODEL_LIN_GATE], err)) ||
-        (rc = lin(m, w->u, x, T, &L->lin[MODEL_LIN_UP], err)))
+        (rc = lin(m, w->g, x, T, &L->lin[MODEL_LIN_GATE], L->quant[MODEL_LIN_GATE], err)) ||
+        (rc = lin(m, w->u, x, T, &L->lin[MODEL_LIN_UP], L->quant[MODEL_LIN_UP], err)))
         return rc;
     size_t ni = (size_t)T * I;
     if (m->emulate_bf16) {
@@ -268,7 +285,7 @@ int model_layer_forward(struct model *m, int l, float *x, int T, int pos0, struc
         return rc;
     }
     if ((rc = call_hook(hooks, l, MODEL_HOOK_DOWN_IN, w->g, T, I, err)) ||
-        (rc = lin(m, w->o, w->g, T, &L->lin[MODEL_LIN_DOWN], err)) ||
+        (rc = lin(m, w->o, w->g, T, &L->lin[MODEL_LIN_DOWN], L->quant[MODEL_LIN_DOWN], err)) ||
         (rc = call_hook(hooks, l, MODEL_HOOK_MLP_OUT, w->o, T, H, err)) ||
         (rc = norm_rows(m, w->o, w->o, L->norm[MODEL_NORM_POST_FFN], T, H, err)))
         return rc;

@@ -14,6 +14,8 @@ struct model_ws {
     float *x;      /* residual stream for model_forward / model_nll */
     float *logits; /* head output chunk */
     size_t logits_cap;
+    float *xq; /* quantized activations of one linear's input */
+    size_t xq_cap;
 };
 
 void model__ws_reserve(struct model *m, int rows);
