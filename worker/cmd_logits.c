@@ -1,0 +1,106 @@
+/*
+ * cmd_logits: `exaq-worker logits --input DIR --ids FILE --out FILE [--n N] [--threads N]`.
+ *
+ * Runs one forward pass of the model in DIR (any format the engine loads, quantized
+ * compressed-tensors included) over the first N ids of FILE (little-endian uint32, as the
+ * eval data) and writes the logits as float32 [N][vocab] little-endian to --out. It exists to
+ * cross-check the engine against other implementations (docs/quantization.md shows the
+ * transformers comparison).
+ */
+#include "worker/cmd.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "worker/calib.h"
+#include "worker/model.h"
+
+int cmd_logits(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "input", required_argument, NULL, 'i' }, { "ids", required_argument, NULL, 'd' },
+        { "out", required_argument, NULL, 'o' },   { "n", required_argument, NULL, 'n' },
+        { "threads", required_argument, NULL, 't' }, { NULL, 0, NULL, 0 },
+    };
+    const char *input = NULL, *idsf = NULL, *outf = NULL;
+    int64_t n = 64, threads = 0, nids = 0, v;
+    int32_t *ids = NULL;
+    struct model *m = NULL;
+    struct model_opts mo = { 0, KERN_IMPL_CPU, 0 };
+    char err[512], *merr = NULL;
+    float *logits = NULL;
+    int c, rc = 1;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'i':
+            input = optarg;
+            break;
+        case 'd':
+            idsf = optarg;
+            break;
+        case 'o':
+            outf = optarg;
+            break;
+        case 'n':
+            if (parse_i64(optarg, &v) < 0 || v < 1 || v > 1 << 20) {
+                fprintf(stderr, "exaq-worker logits: --n wants a positive count\n");
+                return 1;
+            }
+            n = v;
+            break;
+        case 't':
+            if (parse_i64(optarg, &threads) < 0 || threads < 1) {
+                fprintf(stderr, "exaq-worker logits: --threads wants a positive count\n");
+                return 1;
+            }
+            break;
+        default:
+            return 1;
+        }
+    }
+    if (!input || !idsf || !outf) {
+        fprintf(stderr, "usage: exaq-worker logits --input DIR --ids FILE --out FILE [--n N] "
+                        "[--threads N]\n");
+        return 1;
+    }
+    if (calib_read_ids(idsf, &ids, &nids, err, sizeof(err)) < 0) {
+        fprintf(stderr, "exaq-worker logits: %s\n", err);
+        return 1;
+    }
+    if (nids < n) {
+        fprintf(stderr, "exaq-worker logits: '%s' has %lld ids, fewer than --n %lld\n", idsf,
+                (long long)nids, (long long)n);
+        goto out;
+    }
+    mo.nthreads = (int)threads;
+    if (model_load(&m, input, &mo, &merr) < 0) {
+        fprintf(stderr, "exaq-worker logits: %s\n", merr ? merr : "cannot load the model");
+        goto out;
+    }
+    logits = malloc((size_t)n * m->cfg.vocab_size * sizeof(float));
+    if (!logits) {
+        fprintf(stderr, "exaq-worker logits: out of memory\n");
+        goto out;
+    }
+    if (model_forward(m, ids, (int)n, NULL, MODEL_LOGITS_ALL, logits, NULL, &merr) < 0) {
+        fprintf(stderr, "exaq-worker logits: %s\n", merr ? merr : "forward failed");
+        goto out;
+    }
+    if (file_write_all(outf, logits, (size_t)n * m->cfg.vocab_size * sizeof(float)) < 0) {
+        fprintf(stderr, "exaq-worker logits: cannot write '%s'\n", outf);
+        goto out;
+    }
+    printf("%lld x %d logits written to %s\n", (long long)n, m->cfg.vocab_size, outf);
+    rc = 0;
+out:
+    free(logits);
+    free(ids);
+    free(merr);
+    model_free(m);
+    return rc;
+}
