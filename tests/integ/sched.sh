@@ -78,4 +78,16 @@ expect_rc 0 ctl wait "$E" --timeout 60
 status_json "$E" | jq -e '.sweeps[0].lanes[] | select(.id == "d1") | .stages[0].history | length == 1' \
     >/dev/null ||
     fail "d1 ran again after the drain"
+
+# logs -f follows a running stage and returns when it ends.
+{
+    printf 'version: 1\nsweep: follow\nbase_model: ./base\nlanes:\n'
+    lane f "for i in 1 2 3 4 5; do echo tick-\$i; sleep 0.3; done"
+} >"$T/w/follow.yaml"
+expect_rc 0 ctl submit "$T/w/follow.yaml"
+F=$(cat "$OUT")
+wait_for 10 sh -c "ctl() { \"$BIN/exaqctl\" \"\$@\"; }; ctl logs $F f | grep -q tick-1"
+timeout 20 "$BIN/exaqctl" logs "$F" f -f >"$T/follow.out" 2>&1 || fail "logs -f did not end with the stage"
+grep -q "tick-5" "$T/follow.out" || fail "logs -f missed later lines: $(cat "$T/follow.out")"
+grep -q "exaq: done" "$T/follow.out" || fail "logs -f stopped before the stage ended"
 echo "sched ok"
