@@ -201,7 +201,17 @@ test-gpu: all unit-bins
 	$(Q)EXAQ_BIN=$(CURDIR)/$(BINDIR) EXAQ_TEST_BIN=$(CURDIR)/$(O)/tests EXAQ_GPU_TESTS=1 \
 	  sh tests/run.sh $(filter %_gpu,$(UNIT_BINS)) $(sort $(wildcard tests/gpu/*.sh))
 
-bench: all
+# Bench programs (tests/bench/*.c) link against the libraries like the tests; tests/bench.sh
+# finds them in $(O)/bench/ next to $(BINDIR).
+BENCH_SRC := $(wildcard tests/bench/*.c)
+BENCH_BINS := $(patsubst tests/bench/%.c,$(O)/bench/%,$(BENCH_SRC))
+$(O)/bench/%: tests/bench/%.c $(ALL_A)
+	@mkdir -p $(dir $@) $(O)/obj/tests/bench
+	@$(if $(V),,echo "  BENCH   $@")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $(O)/obj/tests/bench/$*.o
+	$(Q)$(CC) $(LDSAN) -pthread -rdynamic -o $@ $(O)/obj/tests/bench/$*.o $(ALL_A) $(LIBS)
+
+bench: all $(BENCH_BINS)
 	$(Q)sh tests/bench.sh $(CURDIR)/$(BINDIR)
 
 demo: deps

@@ -4,92 +4,26 @@
 #include "worker/calib.h"
 
 #include <cJSON.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/util.h"
-#include "worker/tokenizer.h"
+#include "worker/eval.h"
 
 int calib_read_ids(const char *path, int32_t **ids, int64_t *n, char *err, size_t errlen)
 {
-    char *data = NULL;
     size_t len = 0;
-    int rc = file_read_all(path, &data, &len);
-    *ids = NULL;
-    *n = 0;
-    if (rc < 0) {
-        snprintf(err, errlen, "cannot read ids file '%s': %s", path, strerror(-rc));
-        return -1;
-    }
-    if (len % 4) {
-        snprintf(err, errlen, "ids file '%s' has %zu bytes, not a multiple of 4 (uint32 ids)", path,
-                 len);
-        free(data);
-        return -1;
-    }
-    *n = (int64_t)(len / 4);
-    *ids = xmalloc(len + 4);
-    for (size_t i = 0; i < len / 4; i++) {
-        const unsigned char *p = (const unsigned char *)data + 4 * i;
-        uint32_t v =
-            (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-        if (v > INT32_MAX) {
-            snprintf(err, errlen, "ids file '%s': id %u at position %zu is out of range", path, v,
-                     i);
-            free(data);
-            free(*ids);
-            *ids = NULL;
-            return -1;
-        }
-        (*ids)[i] = (int32_t)v;
-    }
-    free(data);
-    return 0;
-}
-
-static int read_text_ids(const char *path, const char *model_dir, int32_t **ids, int64_t *n,
-                         char *err, size_t errlen)
-{
-    char *tp = path_join(model_dir, "tokenizer.json"), *text = NULL, terr[512];
-    struct tok *t = NULL;
-    size_t len = 0;
-    int rc = -1, cnt;
-    if (!is_file(tp)) {
-        snprintf(err, errlen,
-                 "calibration text needs the model's tokenizer.json, but '%s' has none (use "
-                 "'ids:' with pre-tokenized ids instead)",
-                 model_dir);
-        goto out;
-    }
-    t = tok_load(tp, terr, sizeof(terr));
-    if (!t) {
-        snprintf(err, errlen, "cannot load '%s': %s", tp, terr);
-        goto out;
-    }
-    if (file_read_all(path, &text, &len) < 0) {
-        snprintf(err, errlen, "cannot read calibration text '%s': %s", path, strerror(errno));
-        goto out;
-    }
-    cnt = tok_encode(t, text, len, ids, terr, sizeof(terr));
-    if (cnt < 0) {
-        snprintf(err, errlen, "cannot tokenize '%s': %s", path, terr);
-        goto out;
-    }
-    *n = cnt;
-    rc = 0;
-out:
-    tok_free(t);
-    free(text);
-    free(tp);
-    return rc;
+    int rc = eval_ids_read(path, ids, &len, err, errlen);
+    *n = rc < 0 ? 0 : (int64_t)len;
+    return rc < 0 ? -1 : 0;
 }
 
 int calib_load(struct calib *c, const char *spec_json, const char *model_dir, int vocab, char *err,
                size_t errlen)
 {
-    cJSON *spec = cJSON_Parse(spec_json), *cal, *src, *s, *l;
+    cJSON *spec = cJSON_Parse(spec_json), *cal, *s, *l;
+    const cJSON *src;
     int32_t *all = NULL;
     int64_t n = 0;
     int rc = -1, samples, L;
@@ -107,15 +41,20 @@ int calib_load(struct calib *c, const char *spec_json, const char *model_dir, in
         snprintf(err, errlen, "calibration needs samples >= 1 and seq_len >= 2");
         goto out;
     }
-    if ((src = cJSON_GetObjectItemCaseSensitive(cal, "ids")) && cJSON_IsString(src)) {
-        if (calib_read_ids(src->valuestring, &all, &n, err, errlen) < 0)
+    {
+        const cJSON *ids = cJSON_GetObjectItemCaseSensitive(cal, "ids");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(cal, "text");
+        size_t len = 0;
+        src = cJSON_IsString(ids) ? ids : text;
+        if (!cJSON_IsString(src)) {
+            snprintf(err, errlen, "calibration needs 'ids' or 'text'");
             goto out;
-    } else if ((src = cJSON_GetObjectItemCaseSensitive(cal, "text")) && cJSON_IsString(src)) {
-        if (read_text_ids(src->valuestring, model_dir, &all, &n, err, errlen) < 0)
+        }
+        if (eval_tokens_load(cJSON_IsString(ids) ? ids->valuestring : NULL,
+                             cJSON_IsString(ids) ? NULL : text->valuestring, model_dir, 0, &all,
+                             &len, err, errlen) < 0)
             goto out;
-    } else {
-        snprintf(err, errlen, "calibration needs 'ids' or 'text'");
-        goto out;
+        n = (int64_t)len;
     }
     c->requested = samples;
     c->seq_len = L;

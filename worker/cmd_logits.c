@@ -34,7 +34,7 @@ int cmd_logits(int argc, char **argv)
     float *logits = NULL;
     int c, rc = 1;
 
-    optind = 1;
+    optind = 1; /* argv[0] is "logits" */
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'i':

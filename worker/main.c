@@ -3,6 +3,8 @@
  *
  *   exaq-worker serve --home DIR --socket PATH --slot N [--backend cpu|cuda]
  *   exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] [--threads N]
+ *   exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny] [--layers N] [--hybrid] [--v5]
+ *                     [--seed N] [--tokenizer FILE] [--max-shard-mb N]
  *   exaq-worker --version
  *
  * serve: connects to exaqd, says hello, then runs one job at a time on a job thread while the
@@ -27,8 +29,11 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "daemon/proto.h"
+#include "worker/cmd.h"
 #include "worker/job.h"
 #include "worker/stage.h"
+#include "worker/synth.h"
+#include "worker/tokenizer.h"
 
 struct worker {
     int fd;
@@ -535,11 +540,169 @@ static int run_one(int argc, char **argv)
     return status;
 }
 
+/* ---- synth: a synthetic checkpoint for tests and benchmarks ---- */
+
+#define SYNTH_USAGE                                                                                \
+    "usage: exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny] [--layers N] [--hybrid] "       \
+    "[--v5]\n"                                                                                     \
+    "                         [--seed N] [--tokenizer FILE] [--max-shard-mb N]\n"
+
+/* Shapes: 1.2b is EXAONE-4.0-1.2B (synth_opts_default); tiny-a is the shape of the trained test
+ * model in tests/data/tiny-exaone4; tiny is smaller still. The tiny shapes keep the tiny-a
+ * vocabulary (4096) so the test tokenizer fits. --hybrid makes every 4th layer global (NoPE)
+ * and the others sliding-window layers (window 4096 for 1.2b, 32 for the tiny shapes). */
+static int synth_cmd(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "out", required_argument, NULL, 'o' },
+        { "shape", required_argument, NULL, 's' },
+        { "layers", required_argument, NULL, 'l' },
+        { "hybrid", no_argument, NULL, 'h' },
+        { "v5", no_argument, NULL, '5' },
+        { "seed", required_argument, NULL, 'r' },
+        { "tokenizer", required_argument, NULL, 't' },
+        { "max-shard-mb", required_argument, NULL, 'm' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *out = NULL, *shape = "1.2b", *tokenizer = NULL;
+    int64_t layers = 0, seed = -1, shard_mb = -1;
+    bool hybrid = false, v5 = false;
+    struct synth_opts o;
+    char *err = NULL;
+    int c;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o':
+            out = optarg;
+            break;
+        case 's':
+            shape = optarg;
+            break;
+        case 'l':
+            if (parse_i64(optarg, &layers) < 0 || layers < 1 || layers > 1024) {
+                fprintf(stderr,
+                        "exaq-worker synth: --layers wants a number from 1 to 1024, got "
+                        "'%s'\n",
+                        optarg);
+                return 1;
+            }
+            break;
+        case 'h':
+            hybrid = true;
+            break;
+        case '5':
+            v5 = true;
+            break;
+        case 'r':
+            if (parse_i64(optarg, &seed) < 0 || seed < 0) {
+                fprintf(stderr, "exaq-worker synth: --seed wants a non-negative number, got '%s'\n",
+                        optarg);
+                return 1;
+            }
+            break;
+        case 't':
+            tokenizer = optarg;
+            break;
+        case 'm':
+            if (parse_i64(optarg, &shard_mb) < 0 || shard_mb < 0 || shard_mb > 1000000) {
+                fprintf(stderr,
+                        "exaq-worker synth: --max-shard-mb wants a number of MB (0: one file), "
+                        "got '%s'\n",
+                        optarg);
+                return 1;
+            }
+            break;
+        default:
+            fprintf(stderr, SYNTH_USAGE);
+            return 1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "exaq-worker synth: unexpected argument '%s'\n" SYNTH_USAGE, argv[optind]);
+        return 1;
+    }
+    if (!out) {
+        fprintf(stderr, "exaq-worker synth: --out DIR is required\n" SYNTH_USAGE);
+        return 1;
+    }
+    synth_opts_default(&o);
+    if (!strcmp(shape, "1.2b")) {
+        o.sliding_window = hybrid ? 4096 : 0;
+    } else if (!strcmp(shape, "tiny-a") || !strcmp(shape, "tiny")) {
+        bool a = !strcmp(shape, "tiny-a");
+        o.hidden_size = a ? 256 : 64;
+        o.intermediate_size = a ? 1024 : 128;
+        o.num_hidden_layers = 4;
+        o.num_attention_heads = 4;
+        o.num_key_value_heads = 2;
+        o.head_dim = a ? 64 : 16;
+        o.vocab_size = 4096;
+        o.max_position_embeddings = 2048;
+        o.sliding_window = hybrid ? 32 : 0;
+    } else {
+        fprintf(stderr, "exaq-worker synth: unknown --shape '%s' (use 1.2b, tiny-a or tiny)\n",
+                shape);
+        return 1;
+    }
+    o.sliding_window_pattern = 4;
+    if (layers > 0)
+        o.num_hidden_layers = (int)layers;
+    if (v5)
+        o.style = CONFIG_STYLE_V5;
+    if (seed >= 0)
+        o.seed = (uint64_t)seed;
+    if (shard_mb >= 0)
+        o.max_shard_bytes = (uint64_t)shard_mb * 1000000u;
+    if (tokenizer) {
+        char msg[512] = "";
+        struct tok *t = tok_load(tokenizer, msg, sizeof(msg));
+        if (!t) {
+            fprintf(stderr, "exaq-worker synth: cannot use tokenizer '%s': %s\n", tokenizer, msg);
+            return 1;
+        }
+        int tv = tok_vocab_size(t);
+        tok_free(t);
+        if (tv > o.vocab_size) {
+            fprintf(stderr,
+                    "exaq-worker synth: tokenizer '%s' has %d tokens, more than the %s shape's "
+                    "vocabulary (%d)\n",
+                    tokenizer, tv, shape, o.vocab_size);
+            return 1;
+        }
+        o.tokenizer_path = tokenizer;
+    }
+    if (is_dir(out)) {
+        char *cfg = path_join(out, "config.json");
+        bool exists = is_file(cfg);
+        free(cfg);
+        if (exists) {
+            fprintf(stderr, "exaq-worker synth: '%s' already holds a model (config.json)\n", out);
+            return 1;
+        }
+    }
+    double t0 = now_mono();
+    if (synth_write(&o, out, &err) != 0) {
+        fprintf(stderr, "exaq-worker synth: %s\n", err ? err : "cannot write the model");
+        free(err);
+        return 1;
+    }
+    printf("wrote a synthetic %s%s model (%d layers, %s config) to %s in %.1f s (%.1f MB)\n", shape,
+           hybrid ? " hybrid" : "", o.num_hidden_layers, v5 ? "transformers-5" : "4.57", out,
+           now_mono() - t0, (double)dir_size_bytes(out) / 1e6);
+    return 0;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: exaq-worker serve --home DIR --socket PATH --slot N [--backend cpu|cuda]\n"
             "       exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] [--threads N]\n"
+            "       exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny] [--layers N]\n"
+            "                   [--hybrid] [--v5] [--seed N] [--tokenizer FILE]\n"
+            "                   [--max-shard-mb N]\n"
+            "       exaq-worker logits --input DIR --ids FILE --out FILE [--n N] [--threads N]\n"
             "       exaq-worker --version\n");
 }
 
@@ -551,6 +714,10 @@ int main(int argc, char **argv)
     }
     if (argc >= 2 && !strcmp(argv[1], "run"))
         return run_one(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "logits"))
+        return cmd_logits(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "synth"))
+        return synth_cmd(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "serve")) {
         static const struct option opts[] = {
             { "home", required_argument, NULL, 'h' },

@@ -2,7 +2,8 @@
  * bench_engine: CPU engine benchmarks (not a unit test): SGEMM / GEMV / SYRK kernel throughput,
  * and model prefill tokens/s, decode ms/token and the tiny-a perplexity run time.
  *
- * Build (from the repository root):
+ * Built by `make bench` into $(O)/bench/bench_engine (tests/bench.sh runs it), or by hand from the
+ * repository root:
  *   make O=build/bench build/bench/libexaqw.a build/bench/libexaq.a && \
  *   gcc -std=gnu11 -O2 -I. -I/usr/include/cjson -D_GNU_SOURCE -pthread \
  *       tests/bench/bench_engine.c build/bench/libexaqw.a build/bench/libexaq.a \
