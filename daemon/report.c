@@ -227,12 +227,16 @@ static void add_names(const cJSON *metrics, const char **names, int *n)
 }
 
 /* Metric names of the baseline and every lane, in first-seen order. */
-static int metric_names(const cJSON *doc, const char **names)
+/* Metric columns. CSV (for machines) has every metric of every lane; the terminal table and
+ * Markdown (for people) have the metrics the baseline has too, i.e. the eval metrics that
+ * compare lanes, and leave out stage diagnostics such as per-layer GPTQ losses. */
+static int metric_names(const cJSON *doc, const char **names, bool all)
 {
-    const cJSON *l;
+    const cJSON *l, *base = jget(jget(doc, "baseline"), "metrics");
     int n = 0;
-    add_names(jget(jget(doc, "baseline"), "metrics"), names, &n);
-    cJSON_ArrayForEach(l, jget(doc, "lanes")) add_names(jget(l, "metrics"), names, &n);
+    add_names(base, names, &n);
+    if (all || !cJSON_IsObject(base) || !base->child)
+        cJSON_ArrayForEach(l, jget(doc, "lanes")) add_names(jget(l, "metrics"), names, &n);
     return n;
 }
 
@@ -243,7 +247,7 @@ static const char *fixed_cols[] = { "rank",      "lane",       "status",    "sco
 static void build_table(struct table *t, const cJSON *doc, const char *format, bool base_row)
 {
     const char *names[MAX_METRICS];
-    int nm = metric_names(doc, names);
+    int nm = metric_names(doc, names, !strcmp(format, "csv"));
     const cJSON *l, *base = jget(doc, "baseline");
 
     memset(t, 0, sizeof(*t));
