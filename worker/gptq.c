@@ -815,6 +815,23 @@ void gptq_prep_free(struct gptq_prep *p)
     free(p);
 }
 
+void gptq_prep_get_view(const struct gptq_prep *p, struct gptq_prep_view *v)
+{
+    memset(v, 0, sizeof(*v));
+    if (!p)
+        return;
+    v->n = p->n;
+    v->H = p->H;
+    v->perm = p->perm;
+    v->dead = p->dead;
+    v->dead_cols = p->dead_cols;
+    v->U = p->U;
+    v->lambda = p->lambda;
+    v->damp_used = p->damp_used;
+    v->fallback = p->fallback;
+    v->o = p->o;
+}
+
 int gptq_prepare(const float *H, int n, const struct gptq_opts *o, struct gptq_prep **out,
                  char **err)
 {

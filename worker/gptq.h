@@ -106,6 +106,25 @@ int gptq_quantize_prep(struct qweight *w, const float *W, const struct gptq_prep
                        struct gptq_stats *stats, char **err);
 void gptq_prep_free(struct gptq_prep *p);
 
+/*
+ * Added for SparseGPT (worker/sparsegpt.c), which runs the same column loop on the same prepared
+ * Hessian (algorithms spec 3.3: same H, dead-column fix, damping and Hinv): a read-only view of
+ * a prepared Hessian. Every pointer is borrowed from p and lives until gptq_prep_free(p).
+ */
+struct gptq_prep_view {
+    int n;
+    const float *H;      /* the Hessian given to gptq_prepare (borrowed by p) */
+    const int *perm;     /* [n] position -> original column (identity without act-order) */
+    const uint8_t *dead; /* [n] 1 for a dead column (diag(H) == 0), by original column */
+    int dead_cols;
+    const double *U;    /* [n][n] upper factor of H_d^-1 in permuted order; NULL after fallback */
+    double lambda;      /* the absolute damping added to the diagonal: damp_used * mean(diag H) */
+    double damp_used;   /* the dampening fraction that succeeded (the last tried on fallback) */
+    bool fallback;      /* Cholesky failed at every dampening: Hinv = I (RTN) */
+    struct gptq_opts o; /* the options gptq_prepare used */
+};
+void gptq_prep_get_view(const struct gptq_prep *p, struct gptq_prep_view *v);
+
 /* ---- dense linear algebra used by GPTQ (double precision) -------------------------------- */
 
 /* In place lower Cholesky of the SPD matrix A [n][n] (upper triangle left untouched). 0, or
