@@ -1,6 +1,7 @@
 /*
- * matmul_cpu: the fast CPU y = x . W^T (GEMV for decode-sized T, packed GEMM otherwise) and the
- * matmul() dispatch. See matmul.h for the variants.
+ * matmul_cpu: the fast CPU y = x . W^T (GEMV for decode-sized T, packed GEMM otherwise) for dense
+ * weights, and the matmul() dispatch. See matmul.h for the variants; the quantized formats are
+ * in qmatmul_cpu.c (matmul__cpu_quant), which shares the A packing below.
  *
  * BF16 is widened with GCC vector extensions (zero-extend 16 -> 32 bits, shift left 16), which
  * compiles to vpmovzxwd + vpslld under AVX2 and to SSE otherwise. F16 uses F16C when the build
@@ -224,15 +225,10 @@ static void gemv(float *y, const float *x, int T, const struct linear *L, int ac
 
 /* ---- GEMM packing ---------------------------------------------------------------------- */
 
-struct mm_ctx {
-    const float *x;
-    const struct linear *L;
-};
-
 /* A = x: panel[k][i] = x[i0+i][k0+k]. */
-static void pack_a_x(const void *ctxp, int i0, int mr, int k0, int kc, float *dst)
+void matmul__pack_a_x(const void *ctxp, int i0, int mr, int k0, int kc, float *dst)
 {
-    const struct mm_ctx *c = ctxp;
+    const struct matmul__ctx *c = ctxp;
     int in = c->L->in;
     for (int i = 0; i < GEMM_MR; i++) {
         if (i < mr) {
@@ -305,7 +301,7 @@ static ALWAYS_INLINE void pack_b_dt(enum kern_dtype dt, const struct linear *L, 
 
 static void pack_b_w(const void *ctxp, int j0, int nr, int k0, int kc, float *dst)
 {
-    const struct mm_ctx *c = ctxp;
+    const struct matmul__ctx *c = ctxp;
     switch (c->L->dtype) {
     case KERN_BF16:
         pack_b_dt(KERN_BF16, c->L, j0, nr, k0, kc, dst);
@@ -324,12 +320,16 @@ void matmul_cpu(float *y, const float *x, int T, const struct linear *L, int acc
 {
     if (T <= 0 || L->out <= 0)
         return;
+    if (L->fmt != LINEAR_FMT_DENSE) {
+        matmul__cpu_quant(y, x, T, L, accumulate);
+        return;
+    }
     if (T < MATMUL_GEMV_MAX_T) {
         gemv(y, x, T, L, accumulate);
         return;
     }
-    struct mm_ctx ctx = { x, L };
-    struct gemm_src src = { pack_a_x, pack_b_w, &ctx };
+    struct matmul__ctx ctx = { x, L };
+    struct gemm_src src = { matmul__pack_a_x, pack_b_w, &ctx };
     gemm_cpu_run(T, L->out, L->in, &src, y, (size_t)L->out, 1.0f, accumulate ? 1.0f : 0.0f, 0);
 }
 
@@ -338,8 +338,15 @@ int matmul(enum kern_impl impl, float *y, const float *x, int T, const struct li
 {
     if (!L || T < 0 || (T > 0 && (!y || !x)))
         return -EINVAL;
-    if (L->fmt != LINEAR_FMT_DENSE)
+    switch (L->fmt) {
+    case LINEAR_FMT_DENSE:
+    case LINEAR_FMT_INT:
+    case LINEAR_FMT_INT4:
+    case LINEAR_FMT_FP8:
+        break;
+    default:
         return -ENOSYS;
+    }
     if (T == 0)
         return 0;
     switch (impl) {

@@ -12,7 +12,11 @@
 #     message when the temp dir has less than 4 GB free or the machine less than 6 GB available
 #     memory (or EXAQ_BENCH_SKIP_1B=1);
 #   - the native eval stages through `exaq-worker run`, wall time including the model load: ppl on
-#     tiny-a (200 windows of 512, the README protocol), mcqa (400 items), speed (128 + 128).
+#     tiny-a (200 windows of 512, the README protocol), mcqa (400 items), speed (128 + 128);
+#   - quantized linears (bench_qmatmul gemv): T=1 GEMV of BF16 vs int8 codes (w8), W4 as int8
+#     codes (w4i8) and packed nibbles (w4, the engine's format), W4 asymmetric, FP8 and W4 with
+#     g_idx, on three L3-resident shapes and one DRAM-resident one; and the speed stage on tiny-a
+#     quantized by the quantize stage (RTN W4A16 g128, RTN W8A16) beside the BF16 one.
 # The rows are also appended to results/bench.csv. Environment: EXAQ_BENCH_TMP (default /tmp),
 # EXAQ_THREADS (threads; default all CPUs). Takes 1-3 minutes on 2 cores (docs/perf.md).
 set -eu
@@ -20,10 +24,11 @@ BIN=${1:?usage: sh tests/bench.sh BINDIR}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 BENCH=$BIN/../bench/bench_engine
+QBENCH=$BIN/../bench/bench_qmatmul
 W=$BIN/exaq-worker
 TINY=tests/data/tiny-exaone4
 DATA=tests/data/tiny-a
-for f in "$BENCH" "$W"; do
+for f in "$BENCH" "$QBENCH" "$W"; do
     [ -x "$f" ] || { echo "bench: $f is missing (run: make bench)" >&2; exit 1; }
 done
 [ -f "$TINY/model.safetensors" ] || { echo "bench: $TINY is missing" >&2; exit 1; }
@@ -60,11 +65,12 @@ engine() {
 
 now() { date +%s.%N; }
 
-# stage KIND SPEC LABEL SHAPE: wall time of `exaq-worker run KIND` (model load included).
+# stage KIND SPEC LABEL SHAPE [INPUT DTYPE]: wall time of `exaq-worker run KIND` (model load
+# included) on INPUT (default tiny-a); DTYPE labels the row (default bf16).
 stage() {
-    say "bench: exaq-worker run $1 $2"
+    say "bench: exaq-worker run $1 $2 ${5:-}"
     t0=$(now)
-    "$W" run "$1" --input "$TINY" --spec "$2" >"$TMP/m.json" 2>"$TMP/err" || {
+    "$W" run "$1" --input "${5:-$TINY}" --spec "$2" >"$TMP/m.json" 2>"$TMP/err" || {
         say "bench: the $1 stage failed:"
         tail -n 5 "$TMP/err" >&2
         return 1
@@ -72,14 +78,35 @@ stage() {
     t1=$(now)
     say "  metrics: $(cat "$TMP/m.json")"
     awk -v a="$t0" -v b="$t1" -v op="stage_$1" -v v="$3" -v s="$4" -v sha="$SHA" -v gpu="$GPU" \
-        'BEGIN { printf "%s,%s,%s,bf16,%.1f,,%s,%s\n", op, v, s, (b - a) * 1e6, sha, gpu }' >>"$ROWS"
-    cp "$TMP/m.json" "$TMP/$1.json"
+        -v dt="${6:-bf16}" \
+        'BEGIN { printf "%s,%s,%s,%s,%.1f,,%s,%s\n", op, v, s, dt, (b - a) * 1e6, sha, gpu }' >>"$ROWS"
+    cp "$TMP/m.json" "$TMP/$1${6:+-$6}.json"
+}
+
+# speed_rows DTYPE: the speed stage's own figures (medians of 3) from $TMP/speed[-DTYPE].json.
+speed_rows() {
+    f=$TMP/speed.json
+    [ "$1" = bf16 ] || f=$TMP/speed-$1.json
+    jq -r --arg sha "$SHA" --arg gpu "$GPU" --arg dt "$1" \
+        '"stage_speed_prefill,tiny-a,T128,\($dt),\(128 / .prefill_tok_s * 1e7 | round / 10),,\($sha),\($gpu)",
+         "stage_speed_decode,tiny-a,ctx128,\($dt),\(.time_per_token * 1e7 | round / 10),,\($sha),\($gpu)"' \
+        "$f" >>"$ROWS" 2>/dev/null || say "bench: jq missing; speed-stage rows left out"
 }
 
 say "bench: $CPU, $NCPU CPUs, GPU: $GPU, git $SHA"
 
 # ---- kernels --------------------------------------------------------------------------------
 engine "" kernels
+
+# ---- quantized linears ----------------------------------------------------------------------
+say "bench: bench_qmatmul gemv"
+if "$QBENCH" gemv >"$TMP/qout" 2>"$TMP/err"; then
+    grep -v '^csv,' "$TMP/qout" | sed 's/^/  /' >&2 || true
+    grep '^csv,' "$TMP/qout" | sed -e 's/^csv,//' >>"$ROWS"
+else
+    say "bench: bench_qmatmul gemv failed:"
+    cat "$TMP/err" >&2
+fi
 
 # ---- tiny-a ---------------------------------------------------------------------------------
 engine tiny-a model "$TINY" 512
@@ -107,12 +134,24 @@ fi
 # ---- native eval stages on tiny-a -----------------------------------------------------------
 stage ppl "{\"ids\":\"$ROOT/$DATA/val.ids.u32\",\"max_windows\":200,\"seq_len\":512}" tiny-a 200x512
 stage mcqa "{\"items\":\"$ROOT/$DATA/mcqa.jsonl\",\"limit\":0}" tiny-a 400items
-stage speed '{"gen_tokens":128,"prompt_tokens":128,"repeats":3}' tiny-a P128G128R3
+SPEED='{"gen_tokens":128,"prompt_tokens":128,"repeats":3}'
+stage speed "$SPEED" tiny-a P128G128R3
 # The speed stage's own figures (medians of 3), as rows of their own.
-jq -r --arg sha "$SHA" --arg gpu "$GPU" \
-    '"stage_speed_prefill,tiny-a,T128,bf16,\(128 / .prefill_tok_s * 1e7 | round / 10),,\($sha),\($gpu)",
-     "stage_speed_decode,tiny-a,ctx128,bf16,\(.time_per_token * 1e7 | round / 10),,\($sha),\($gpu)"' \
-    "$TMP/speed.json" >>"$ROWS" 2>/dev/null || say "bench: jq missing; speed-stage rows left out"
+speed_rows bf16
+# The same on tiny-a quantized by the quantize stage (RTN): the linears compute from their codes.
+for q in 'w4a16 {"method":"rtn","scheme":"W4A16","group_size":128}' \
+    'w8a16 {"method":"rtn","scheme":"W8A16","group_size":-1}'; do
+    dt=${q%% *}
+    say "bench: exaq-worker run quantize ${q#* }"
+    if "$W" run quantize --input "$TINY" --output "$TMP/tiny-$dt" --spec "${q#* }" \
+        >/dev/null 2>"$TMP/err"; then
+        stage speed "$SPEED" tiny-a P128G128R3 "$TMP/tiny-$dt" "$dt" && speed_rows "$dt"
+    else
+        say "bench: quantize $dt failed:"
+        tail -n 5 "$TMP/err" >&2
+    fi
+    rm -rf "$TMP/tiny-$dt"
+done
 
 # ---- the table ------------------------------------------------------------------------------
 # Derived figure per op: GFLOP/s from the shape for sgemm/syrk, tokens/s for prefill and the ppl
@@ -124,7 +163,7 @@ table() {
         d = ""
         if ($1 == "sgemm" && shp($3, a) == 3) d = sprintf("%.1f GFLOP/s", 2 * a[1] * a[2] * a[3] / $5 / 1e3)
         else if ($1 == "syrk" && shp($3, a) == 2) d = sprintf("%.1f GFLOP/s (full product)", 2 * a[1] * a[2] * a[2] / $5 / 1e3)
-        else if ($1 == "gemv") d = sprintf("%.1f GB/s of weights", $6)
+        else if ($1 == "gemv" || $1 == "qgemv") d = sprintf("%.1f GB/s of weights", $6)
         else if ($1 == "prefill" || $1 == "stage_speed_prefill") { t = substr($3, 2); d = sprintf("%.0f tokens/s", t / ($5 / 1e6)) }
         else if ($1 == "decode" || $1 == "stage_speed_decode") d = sprintf("%.3f ms/token (%.1f tokens/s)", $5 / 1e3, 1e6 / $5)
         else if ($1 == "ppl" || $1 == "stage_ppl") { shp($3, a); d = sprintf("%.2f s wall (%.0f tokens/s)", $5 / 1e6, a[1] * a[2] / ($5 / 1e6)) }

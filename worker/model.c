@@ -4,6 +4,8 @@
  *
  * Dense linears borrow their BF16/F16/F32 data straight from the mmapped safetensors (no copy,
  * no conversion: the kernels widen BF16 on the fly); replaced weights are owned by the linear.
+ * Quantized linears compute from their codes (kernels/matmul.h INT / INT4 / FP8 formats) and
+ * borrow the arrays of the layer's struct qweight, which lives exactly as long as the linear.
  * Norm weights are small and are converted to fp32 copies at load so they can be edited.
  */
 #include "worker/model.h"
@@ -391,25 +393,57 @@ int model_linear_set_f32(struct model *m, int l, enum model_lin w, const float *
     return 0;
 }
 
+/*
+ * The kernel format of a quantized weight: FP8 bytes as they are; 4-bit codes packed two per
+ * byte (INT4: half the bytes of int8 codes, and faster to stream; docs/engine.md "Quantized
+ * linears"); 8-bit codes as int8 (INT). INT and FP8 borrow the qweight's code array, INT4 owns
+ * its packed copy; scales, zero points and g_idx are always borrowed from the qweight, which
+ * the model keeps exactly as long as the linear (every path that replaces or frees the linear
+ * also drops the qweight, and model_keep_layers moves both together).
+ */
+static int quant_linear_init(struct linear *L, const struct qweight *q)
+{
+    struct linear_qsrc src = {
+        .out = q->out,
+        .in = q->in,
+        .bits = q->bits,
+        .q = q->is_fp8 ? NULL : q->q,
+        .fp8 = q->is_fp8 ? q->fp8 : NULL,
+        .scale = q->scale,
+        .zp = q->is_fp8 ? NULL : q->zp,
+        .group_size = q->group_size,
+        .g_idx = q->g_idx,
+    };
+    if (q->is_fp8)
+        return linear_init_quant(L, &src, LINEAR_FMT_FP8);
+    if (q->bits <= 4 && linear_init_quant(L, &src, LINEAR_FMT_INT4) == 0)
+        return 0;
+    /* Codes outside the nibble range (not produced by this project) stay int8. */
+    return linear_init_quant(L, &src, LINEAR_FMT_INT);
+}
+
 int model_linear_set_quant(struct model *m, int l, enum model_lin w, struct qweight *take,
                            char **err)
 {
-    struct linear *L;
-    int out, in;
-    float *deq;
+    struct linear nl;
+    int out, in, rc;
     if (check_lw(m, l, w, err))
         return -EINVAL;
-    L = &m->layers[l].lin[w];
     lin_shape(&m->cfg, w, &out, &in);
     if (take->out != out || take->in != in) {
         model__set_err(err, "layer %d %s: quantized weight is [%d, %d], expected [%d, %d]", l,
                        lin_names[w], take->out, take->in, out, in);
         return -EINVAL;
     }
-    deq = xmalloc((size_t)out * in * sizeof(float) + 1);
-    qweight_dequant(take, deq);
-    linear_release(L);
-    linear_init_dense_take(L, out, in, KERN_F32, deq);
+    rc = quant_linear_init(&nl, take);
+    if (rc) {
+        model__set_err(err, "layer %d %s: quantized weight is inconsistent (%s, %d bits, group %d)",
+                       l, lin_names[w], qscheme_name(take->scheme), take->bits, take->group_size);
+        return rc;
+    }
+    /* The linear borrows take's arrays; they move (pointers unchanged) into the model's copy. */
+    linear_release(&m->layers[l].lin[w]);
+    m->layers[l].lin[w] = nl;
     drop_quant(&m->layers[l], w);
     m->layers[l].quant[w] = xmalloc(sizeof(struct qweight));
     *m->layers[l].quant[w] = *take;
