@@ -79,14 +79,19 @@ ALL_A := $(DAEMON_A) $(WORKER_A) $(LIB_A)
 BINDIR := $(O)/bin
 BINS := $(BINDIR)/exaqd $(BINDIR)/exaqctl $(BINDIR)/exaq-worker
 UNIT_BINS := $(patsubst tests/%.c,$(O)/tests/%,$(UNIT_SRC))
+# Integration scripts (tests/integ/lib.sh is their shared library, not a test).
+INTEG_SH := $(sort $(filter-out tests/integ/lib.sh,$(wildcard tests/integ/*.sh)))
 
 ALL_OBJ := $(call obj,$(LIB_SRC) $(DAEMON_LIB_SRC) daemon/main.c $(CTL_SRC) $(WORKER_LIB_SRC) \
              worker/main.c $(KERNEL_SRC) $(UNIT_SRC))
 
 # ---- CUDA (optional; built whenever nvcc exists, loaded at run time) ------------------------
+# libexaq_cuda.so is dlopened by kernels/cuda_loader.c (docs/cuda.md): no binary links CUDA, so
+# the same binaries run without it. `make NVCC=` builds without CUDA even where nvcc exists.
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 CU_SRC := $(wildcard kernels/*.cu)
 CUDA_SO := $(O)/lib/libexaq_cuda.so
+CUDA_ARCHS ?= 80 89 90
 ifneq ($(NVCC),)
 ifneq ($(CU_SRC),)
 ifeq ($(CFG),release)
@@ -94,9 +99,18 @@ CUDA_TARGET := $(CUDA_SO)
 endif
 endif
 endif
-NVCCFLAGS := -O3 -std=c++17 -lineinfo -Xcompiler -fPIC,-Wall -I. \
-             -gencode arch=compute_80,code=sm_80 -gencode arch=compute_89,code=sm_89 \
-             -gencode arch=compute_90,code=sm_90
+# The toolkit's libraries, recorded as the .so's RUNPATH so dlopen finds cuBLAS without
+# LD_LIBRARY_PATH; compute-sanitizer for `make test-gpu`.
+CUDA_LIBDIR := $(if $(NVCC),$(abspath $(dir $(NVCC))../lib64))
+COMPUTE_SANITIZER ?= $(shell command -v compute-sanitizer 2>/dev/null || \
+                       ls $(dir $(NVCC))compute-sanitizer 2>/dev/null)
+# SASS for each of CUDA_ARCHS plus PTX of the last one (newer GPUs JIT it).
+NVCCFLAGS := -O3 -std=c++17 -lineinfo -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra -I. \
+             $(if $(filter 1,$(NO_WERROR)),,-Werror all-warnings -Xcompiler -Werror) \
+             -DEXAQ_CUDA_ARCHS='"$(strip $(foreach a,$(CUDA_ARCHS),sm_$(a)))"' \
+             $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+             -gencode arch=compute_$(lastword $(CUDA_ARCHS)),code=compute_$(lastword $(CUDA_ARCHS))
+CUDA_LDFLAGS := -cudart shared $(if $(CUDA_LIBDIR),-Xlinker -rpath=$(CUDA_LIBDIR)) -lcublas -lcublasLt
 
 .PHONY: all deps test check test-gpu bench fuzz format lint demo clean install unit-bins
 all: $(BINS) $(CUDA_TARGET)
@@ -144,10 +158,10 @@ $(O)/tests/%: tests/%.c $(ALL_A)
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $(O)/obj/tests/$*.o
 	$(Q)$(CC) $(LDSAN) -pthread -rdynamic -o $@ $(O)/obj/tests/$*.o $(ALL_A) $(LIBS) -lcmocka
 
-$(CUDA_SO): $(CU_SRC)
+$(CUDA_SO): $(CU_SRC) kernels/cuda.h
 	@mkdir -p $(dir $@)
 	@echo "  NVCC    $@"
-	$(Q)$(NVCC) $(NVCCFLAGS) -shared -o $@ $(CU_SRC) -lcublas -lcublasLt -lcusolver
+	$(Q)$(NVCC) $(NVCCFLAGS) -shared -o $@ $(CU_SRC) $(CUDA_LDFLAGS)
 
 unit-bins: $(UNIT_BINS)
 
@@ -169,13 +183,13 @@ deps:
 test: deps
 	$(Q)$(MAKE) --no-print-directory CFG=$(CFG) all unit-bins
 	$(Q)EXAQ_BIN=$(CURDIR)/$(BINDIR) EXAQ_TEST_BIN=$(CURDIR)/$(O)/tests \
-	  sh tests/run.sh $(UNIT_BINS) $(sort $(wildcard tests/integ/*.sh))
+	  sh tests/run.sh $(UNIT_BINS) $(INTEG_SH)
 
 check: deps
 	$(Q)$(MAKE) --no-print-directory CFG=asan test
 	$(Q)$(MAKE) --no-print-directory CFG=tsan all
 	$(Q)EXAQ_BIN=$(CURDIR)/build/tsan/bin EXAQ_TSAN=1 \
-	  sh tests/run.sh $(sort $(wildcard tests/integ/*.sh))
+	  sh tests/run.sh $(INTEG_SH)
 
 fuzz: deps
 	@command -v clang >/dev/null 2>&1 || { \
@@ -197,9 +211,24 @@ fuzz: deps
 	  grep -E 'stat::number_of_executed_units' build/fuzz/$$n.log; \
 	done
 
+# The *_gpu tests (they skip, exit 77, without a usable device), then the same binaries under
+# compute-sanitizer's memcheck when it exists.
+GPU_BINS := $(filter %_gpu,$(UNIT_BINS))
+GPU_ENV := EXAQ_GPU_TESTS=1 EXAQ_CUDA_LIB=$(CURDIR)/$(CUDA_SO)
 test-gpu: all unit-bins
-	$(Q)EXAQ_BIN=$(CURDIR)/$(BINDIR) EXAQ_TEST_BIN=$(CURDIR)/$(O)/tests EXAQ_GPU_TESTS=1 \
-	  sh tests/run.sh $(filter %_gpu,$(UNIT_BINS)) $(sort $(wildcard tests/gpu/*.sh))
+	$(Q)EXAQ_BIN=$(CURDIR)/$(BINDIR) EXAQ_TEST_BIN=$(CURDIR)/$(O)/tests $(GPU_ENV) \
+	  sh tests/run.sh $(GPU_BINS) $(sort $(wildcard tests/gpu/*.sh))
+	$(Q)if [ -z "$(COMPUTE_SANITIZER)" ]; then \
+	  echo "# test-gpu: compute-sanitizer not found, memcheck pass skipped"; exit 0; fi; \
+	mkdir -p build/test-logs; fail=0; \
+	for t in $(GPU_BINS); do \
+	  n=$$(basename $$t); log=build/test-logs/$$n.memcheck.log; \
+	  $(GPU_ENV) $(COMPUTE_SANITIZER) --tool memcheck --error-exitcode 99 --leak-check full \
+	    $$t >$$log 2>&1; rc=$$?; \
+	  if [ $$rc -eq 0 ]; then echo "ok memcheck $$n"; \
+	  elif [ $$rc -eq 77 ]; then echo "skip memcheck $$n - $$(grep -m1 '^SKIP' $$log)"; \
+	  else echo "not ok memcheck $$n (exit $$rc)"; tail -n 40 $$log | sed 's/^/#   /'; fail=1; fi; \
+	done; exit $$fail
 
 # Bench programs (tests/bench/*.c) link against the libraries like the tests; tests/bench.sh
 # finds them in $(O)/bench/ next to $(BINDIR).
@@ -231,6 +260,7 @@ lint: format all
 install: all
 	install -d $(PREFIX)/bin
 	install -m 0755 $(BINS) $(PREFIX)/bin/
+	$(if $(CUDA_TARGET),install -d $(PREFIX)/lib && install -m 0755 $(CUDA_SO) $(PREFIX)/lib/)
 
 clean:
 	rm -rf build bin

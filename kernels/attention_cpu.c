@@ -23,6 +23,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "kernels/cuda.h"
 #include "kernels/par.h"
 #include "kernels/vmath.h"
 
@@ -377,6 +378,9 @@ int attention(enum kern_impl impl, const struct attn_args *a)
         attention_cpu(a);
         return 0;
     case KERN_IMPL_CUDA:
+        /* Host pointers: upload, run, download (kernels/cuda.h); -ENOSYS without a
+         * usable CUDA backend. */
+        return cuda_host_attention(a);
     default:
         return -ENOSYS;
     }

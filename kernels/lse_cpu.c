@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <math.h>
 
+#include "kernels/cuda.h"
 #include "kernels/par.h"
 #include "kernels/vmath.h"
 
@@ -92,6 +93,9 @@ int lse(enum kern_impl impl, float *out, const float *x, int rows, int n)
         lse_cpu(out, x, rows, n);
         return 0;
     case KERN_IMPL_CUDA:
+        /* Host pointers: upload, run, download (kernels/cuda.h); -ENOSYS without a
+         * usable CUDA backend. */
+        return cuda_host_lse(out, x, rows, n);
     default:
         return -ENOSYS;
     }

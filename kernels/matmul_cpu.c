@@ -12,6 +12,7 @@
 
 #include <errno.h>
 
+#include "kernels/cuda.h"
 #include "kernels/gemm.h"
 #include "kernels/par.h"
 #include "kernels/vmath.h"
@@ -357,6 +358,11 @@ int matmul(enum kern_impl impl, float *y, const float *x, int T, const struct li
         matmul_cpu(y, x, T, L, accumulate);
         return 0;
     case KERN_IMPL_CUDA:
+        /* Dense weights only (quantized formats have no CUDA kernel yet); host pointers:
+         * upload, run, download (kernels/cuda.h); -ENOSYS without a usable CUDA backend. */
+        if (L->fmt != LINEAR_FMT_DENSE)
+            return -ENOSYS;
+        return cuda_host_matmul(y, x, T, L->out, L->in, (int)L->dtype, L->w, accumulate);
     default:
         return -ENOSYS;
     }

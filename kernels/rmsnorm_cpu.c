@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <math.h>
 
+#include "kernels/cuda.h"
 #include "kernels/par.h"
 #include "kernels/vmath.h"
 
@@ -85,6 +86,9 @@ int rmsnorm(enum kern_impl impl, float *y, const float *x, const float *w, int r
         rmsnorm_cpu(y, x, w, rows, n, eps);
         return 0;
     case KERN_IMPL_CUDA:
+        /* Host pointers: upload, run, download (kernels/cuda.h); -ENOSYS without a
+         * usable CUDA backend. */
+        return cuda_host_rmsnorm(y, x, w, rows, n, eps);
     default:
         return -ENOSYS;
     }

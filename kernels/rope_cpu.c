@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <math.h>
 
+#include "kernels/cuda.h"
 #include "kernels/par.h"
 
 struct rope_job {
@@ -72,6 +73,9 @@ int rope(enum kern_impl impl, float *x, int T, int nheads, int head_dim, int pos
         rope_cpu(x, T, nheads, head_dim, pos0, inv_freq, cs_bf16);
         return 0;
     case KERN_IMPL_CUDA:
+        /* Host pointers: upload, run, download (kernels/cuda.h); -ENOSYS without a
+         * usable CUDA backend. */
+        return cuda_host_rope(x, T, nheads, head_dim, pos0, inv_freq, cs_bf16);
     default:
         return -ENOSYS;
     }

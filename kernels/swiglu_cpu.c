@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <math.h>
 
+#include "kernels/cuda.h"
 #include "kernels/par.h"
 #include "kernels/vmath.h"
 
@@ -63,6 +64,9 @@ int swiglu(enum kern_impl impl, float *h, const float *g, const float *u, size_t
         swiglu_cpu(h, g, u, n);
         return 0;
     case KERN_IMPL_CUDA:
+        /* Host pointers: upload, run, download (kernels/cuda.h); -ENOSYS without a
+         * usable CUDA backend. */
+        return cuda_host_swiglu(h, g, u, n);
     default:
         return -ENOSYS;
     }

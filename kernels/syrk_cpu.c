@@ -11,6 +11,7 @@
 #include <errno.h>
 
 #include "kernels/gemm.h"
+#include "kernels/cuda.h"
 #include "kernels/par.h"
 
 struct syrk_ctx {
@@ -101,6 +102,9 @@ int syrk(enum kern_impl impl, float *H, const float *X, int T, int n, float alph
         syrk_cpu(H, X, T, n, alpha, beta);
         return 0;
     case KERN_IMPL_CUDA:
+        /* Host pointers: upload, run, download (kernels/cuda.h); -ENOSYS without a
+         * usable CUDA backend. */
+        return cuda_host_syrk(H, X, T, n, alpha, beta);
     default:
         return -ENOSYS;
     }

@@ -29,6 +29,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "daemon/proto.h"
+#include "kernels/cuda.h"
 #include "worker/cmd.h"
 #include "worker/job.h"
 #include "worker/stage.h"
@@ -358,6 +359,25 @@ static int serve(const char *home, const char *sock, int slot, const char *backe
     m.u.hello.has_slot = true;
     m.u.hello.pid = getpid();
     m.u.hello.has_pid = true;
+    if (!strcmp(backend, "cuda")) {
+        /* The slot was given a GPU: report it only if the CUDA backend really finds one
+         * (kernels/cuda.h); otherwise say so and present ourselves as a CPU worker. */
+        struct cuda_device_info gi;
+        const char *why = NULL;
+        if (cuda_device_get_info(&gi, &why) == 0) {
+            proto_set_str(&m.u.hello.gpu_name, &m.u.hello.has_gpu_name, gi.name);
+            m.u.hello.gpu_mem_mb = (int64_t)(gi.mem_total >> 20);
+            m.u.hello.has_gpu_mem_mb = true;
+            log_info("slot %d: cuda device '%s', %lld MiB, compute capability %d.%d", slot, gi.name,
+                     (long long)(gi.mem_total >> 20), gi.cc_major, gi.cc_minor);
+        } else {
+            log_warn("slot %d: --backend cuda but the cuda backend is unavailable (%s); reporting "
+                     "backend cpu",
+                     slot, why ? why : "unknown reason");
+            backend = "cpu";
+            w.backend = backend;
+        }
+    }
     proto_set_str(&m.u.hello.backend, &m.u.hello.has_backend, backend);
     m.u.hello.threads = w.nthreads;
     m.u.hello.has_threads = true;

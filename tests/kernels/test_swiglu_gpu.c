@@ -1,0 +1,164 @@
+/*
+ * test_swiglu_gpu: the CUDA swiglu (kernels/swiglu.cu) against swiglu_ref on fresh random
+ * gates/ups (odd lengths up to 100003, large magnitudes, in place), through the device table
+ * with guarded device buffers and through swiglu(KERN_IMPL_CUDA, ...); special values.
+ *
+ * Tolerance: as test_swiglu. CUDA's expf is within 2 ulp (CUDA C Programming Guide, "Mathematical
+ * Functions": expf maximum ulp error 2, without -use_fast_math), then the add, the divide and
+ * the product by u round once each: |d| <= 8u|ref|; we allow 16u|ref| + 1e-36 (1 + |u|) (for
+ * g < -88.72 exp(-g) overflows fp32 and the result is 0 where the reference is < 2.7e-37 |u|).
+ *
+ * Skips (exit 77, "SKIP: no CUDA device (<reason>)") when the backend is unavailable: no
+ * libexaq_cuda.so, no driver or no device.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "common/util.h"
+#include "kernels/cuda.h"
+#include "kernels/swiglu.h"
+#include "tests/kernels/check.h"
+
+static const struct cuda_api *A;
+
+/* A device-table call that must succeed; prints the backend's message otherwise. */
+#define GPU_OK(call)                                                                               \
+    do {                                                                                           \
+        int gpu_rc_ = (call);                                                                      \
+        if (gpu_rc_) {                                                                             \
+            printf("%s: %d: %s\n", #call, gpu_rc_, A->last_error());                               \
+            fail();                                                                                \
+        }                                                                                          \
+    } while (0)
+/* A loader call (kernels/cuda_loader.c) that must succeed. */
+#define LDR_OK(call)                                                                               \
+    do {                                                                                           \
+        int gpu_rc_ = (call);                                                                      \
+        if (gpu_rc_) {                                                                             \
+            printf("%s: %d: %s\n", #call, gpu_rc_, cuda_last_error());                             \
+            fail();                                                                                \
+        }                                                                                          \
+    } while (0)
+
+/* Checks the sentinels of every allocated buffer, then frees them all. */
+static int gbufs_done(const char *what, struct cuda_gbuf **b, int n)
+{
+    int rc = 0;
+    for (int i = 0; i < n; i++)
+        if (b[i]->base && cuda_gbuf_check(b[i], what) != 0) {
+            printf("%s\n", cuda_last_error());
+            rc = -1;
+        }
+    for (int i = 0; i < n; i++)
+        cuda_gbuf_free(b[i]);
+    return rc;
+}
+
+static const double U = 1.0 / 16777216.0;
+
+static int run_case(size_t n, float gscale, int inplace)
+{
+    char what[128];
+    snprintf(what, sizeof(what), "cuda swiglu n=%zu gscale=%g inplace=%d", n, gscale, inplace);
+    float *g = malloc(sizeof(float) * n), *u = malloc(sizeof(float) * n);
+    float *ref = malloc(sizeof(float) * n), *got = check_buf_new(n);
+    float *bound = malloc(sizeof(float) * n);
+    assert_true(g && u && ref && bound);
+    check_fill_normal(g, n, gscale);
+    check_fill_normal(u, n, 1.0f);
+    swiglu_ref(ref, g, u, n);
+    for (size_t i = 0; i < n; i++)
+        bound[i] = (float)(16 * U * fabs(ref[i]) + 1e-36 * (1 + fabs(u[i])));
+    struct check_tol tol = { 1e-9, 0, 0 }; /* NMSE: backstop */
+
+    struct cuda_gbuf dg, du, dh = { 0 };
+    LDR_OK(cuda_gbuf_new(&dg, n, g));
+    LDR_OK(cuda_gbuf_new(&du, n, u));
+    if (!inplace)
+        LDR_OK(cuda_gbuf_new(&dh, n, NULL));
+    GPU_OK(A->swiglu(inplace ? dg.d : dh.d, dg.d, du.d, n));
+    GPU_OK(A->sync());
+    LDR_OK(cuda_gbuf_get(inplace ? &dg : &dh, got));
+    int rc = check_close(what, got, ref, n, &tol, bound);
+    rc |= check_buf_guards(what, got, n);
+    struct cuda_gbuf *bufs[] = { &dg, &du, &dh };
+    rc |= gbufs_done(what, bufs, 3);
+
+    if (inplace) {
+        memcpy(got, g, sizeof(float) * n);
+        assert_int_equal(swiglu(KERN_IMPL_CUDA, got, got, u, n), 0);
+    } else {
+        assert_int_equal(swiglu(KERN_IMPL_CUDA, got, g, u, n), 0);
+    }
+    rc |= check_close(what, got, ref, n, &tol, bound);
+    rc |= check_buf_guards(what, got, n);
+    free(g);
+    free(u);
+    free(ref);
+    free(bound);
+    check_buf_free(got);
+    return rc;
+}
+
+static void test_swiglu_gpu_vs_ref(void **state)
+{
+    (void)state;
+    static const size_t ns[] = { 1, 7, 8, 9, 1000, 16385, 100003 };
+    int fails = 0, cases = 0;
+    for (size_t a = 0; a < EXAQ_ARRAY_LEN(ns); a++) {
+        fails += run_case(ns[a], 3.0f, check_rand_int(0, 1)) != 0;
+        fails += run_case(ns[a], 40.0f, 0) != 0;
+        cases += 2;
+    }
+    printf("# %d cuda swiglu cases, %d failed\n", cases, fails);
+    assert_int_equal(fails, 0);
+}
+
+static void test_swiglu_gpu_special(void **state)
+{
+    (void)state;
+    float g[12] = { 0.0f,  -200.0f, 200.0f, 1.0f,     -1.0f,     3.0f,
+                    -3.0f, 0.5f,    100.0f, INFINITY, -INFINITY, NAN };
+    float u[12] = { 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1 }, h[12], r[12];
+    assert_int_equal(swiglu(KERN_IMPL_CUDA, h, g, u, 12), 0);
+    swiglu_ref(r, g, u, 12);
+    assert_true(h[0] == 0.0f);
+    assert_true(h[1] <= 0.0f && h[1] > -1e-30f); /* silu(-200) = -200 e^-200 ~ -0 */
+    assert_true(h[2] == 200.0f);
+    assert_true(fabsf(h[3] - 0.7310585786f) < 1e-6f);
+    assert_true(fabsf(h[4] + 0.2689414214f) < 1e-6f);
+    assert_true(h[8] == 200.0f);
+    /* inf / (1 + 0) = inf; -inf / inf = NaN; NaN stays NaN: the reference agrees. */
+    assert_true(h[9] == INFINITY && r[9] == INFINITY);
+    assert_true(isnan(h[10]) && isnan(r[10]));
+    assert_true(isnan(h[11]) && isnan(r[11]));
+    assert_int_equal(swiglu(KERN_IMPL_CUDA, NULL, g, u, 9), -EINVAL);
+    assert_int_equal(A->swiglu(NULL, g, u, 9), -EINVAL);
+    assert_int_equal(swiglu(KERN_IMPL_CUDA, h, g, u, 0), 0);
+}
+
+int main(void)
+{
+    const char *why = NULL;
+    A = cuda_api_get(&why);
+    if (!A) {
+        printf("SKIP: no CUDA device (%s)\n", why);
+        return 77;
+    }
+    printf("# %s\n", A->build);
+    struct cuda_device_info info;
+    if (A->device_info(&info) == 0)
+        printf("# %s, sm_%d%d (kernels sm_%d), %llu MiB\n", info.name, info.cc_major, info.cc_minor,
+               info.kernel_arch, (unsigned long long)(info.mem_total >> 20));
+    check_seed();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_swiglu_gpu_vs_ref),
+        cmocka_unit_test(test_swiglu_gpu_special),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
