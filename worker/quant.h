@@ -2,7 +2,7 @@
  * quant: quantized weights, the quantization grids and their conversions.
  *
  * A `struct qweight` is one quantized Linear as the compressed-tensors formats store it
- * (`/work/shared`-spec "exaone4-and-formats" section 3): integer codes (or FP8 E4M3 bytes), BF16
+ * (the exaone4-and-formats spec, section 3): integer codes (or FP8 E4M3 bytes), BF16
  * scales per tensor / output channel / group, optional signed zero points, optional g_idx, and
  * for W8A8/FP8 the activation scheme. It is the hand-off between the algorithms (RTN, GPTQ,
  * AWQ, SparseGPT: they produce codes and scales), the checkpoint writer/reader
