@@ -176,7 +176,7 @@ static int dir_hash(const char *dir, char out[SHA256_HEX_LEN], int64_t *total)
 struct pstage {
     char key[SHA256_HEX_LEN];
     bool have_artifact; /* artifacts/<key>/result.json exists (checked on the thread pool) */
-    char *dep_key; /* NULL: base model */
+    char *dep_key;      /* NULL: base model */
     const struct lanes_stage *ls;
     char *name;
     bool is_eval;

@@ -21,8 +21,8 @@
 int cmd_logits(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "input", required_argument, NULL, 'i' }, { "ids", required_argument, NULL, 'd' },
-        { "out", required_argument, NULL, 'o' },   { "n", required_argument, NULL, 'n' },
+        { "input", required_argument, NULL, 'i' },   { "ids", required_argument, NULL, 'd' },
+        { "out", required_argument, NULL, 'o' },     { "n", required_argument, NULL, 'n' },
         { "threads", required_argument, NULL, 't' }, { NULL, 0, NULL, 0 },
     };
     const char *input = NULL, *idsf = NULL, *outf = NULL;

@@ -42,7 +42,8 @@ struct job_sink {
 };
 
 /* Runs the job to completion, reporting done or failed exactly once. cancel is polled; when
- * it becomes non-zero (set it with __atomic_store_n from another thread) the stage is stopped and reported as failed with class "cancelled". */
+ * it becomes non-zero (set it with __atomic_store_n from another thread) the stage is stopped and
+ * reported as failed with class "cancelled". */
 void job_run(const struct job *j, const struct job_sink *sink, int *cancel);
 
 /* Kills the process group of the exec command currently running, if any (daemon gone). */
