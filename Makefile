@@ -180,15 +180,18 @@ deps:
 	fi
 
 # ---- tests ----------------------------------------------------------------------------------
+# Sanitized builds run 5-20x slower: EXAQ_SANITIZED=1 tells the compute-heavy integration tests
+# to shrink their data (tests/integ/lib.sh).
 test: deps
 	$(Q)$(MAKE) --no-print-directory CFG=$(CFG) all unit-bins
 	$(Q)EXAQ_BIN=$(CURDIR)/$(BINDIR) EXAQ_TEST_BIN=$(CURDIR)/$(O)/tests \
+	  EXAQ_SANITIZED=$(if $(filter asan tsan,$(CFG)),1,0) \
 	  sh tests/run.sh $(UNIT_BINS) $(INTEG_SH)
 
 check: deps
 	$(Q)$(MAKE) --no-print-directory CFG=asan test
 	$(Q)$(MAKE) --no-print-directory CFG=tsan all
-	$(Q)EXAQ_BIN=$(CURDIR)/build/tsan/bin EXAQ_TSAN=1 \
+	$(Q)EXAQ_BIN=$(CURDIR)/build/tsan/bin EXAQ_TSAN=1 EXAQ_SANITIZED=1 \
 	  sh tests/run.sh $(INTEG_SH)
 
 fuzz: deps

@@ -8,6 +8,9 @@
 #   fail MSG                 print MSG and exit 1
 #   kill9_daemon             kill -9 exaqd (workers notice and exit)
 #   wait_for SECS CMD...     retry CMD every 0.1 s until it succeeds
+#   $SANITIZED               1 under `make check` (EXAQ_SANITIZED=1: ASan or TSan binaries, 5-20x
+#                            slower): the compute-heavy tests shrink their data and keep the
+#                            checks that do not depend on the amount of data
 set -eu
 BIN=${EXAQ_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build/release/bin}
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
@@ -18,6 +21,7 @@ export EXAQ_HEARTBEAT_GRACE_S=${EXAQ_HEARTBEAT_GRACE_S:-10}
 export EXAQ_KILL_GRACE_S=${EXAQ_KILL_GRACE_S:-5}
 OUT=$T/out
 ERR=$T/err
+SANITIZED=${EXAQ_SANITIZED:-0}
 if [ -n "${EXAQ_TSAN:-}" ]; then
     # Debian's libuv closes descriptors with a raw close syscall that TSan cannot see, so it
     # may pair an accept4 on the loop with a later closedir on the thread pool: suppressed.

@@ -6,13 +6,18 @@
 . "$(dirname "$0")/lib.sh"
 D="$SRC/tests/data/tiny-a"
 mkdir -p "$T/w"
+# Under `make check` (sanitized binaries, 5-20x slower) the same lanes run on 4 calibration
+# windows and 2 ppl windows of 128 tokens; the perplexity bounds, which hold only for the full
+# protocol, are then not checked (the metrics, the per-layer GPTQ losses and the sizes are).
+NCAL=128 NWIN=200 SEQ=512
+[ "$SANITIZED" = 1 ] && NCAL=4 NWIN=2 SEQ=128
 cat >"$T/w/lanes.yaml" <<YAML
 version: 1
 sweep: quant
 base_model: $SRC/tests/data/tiny-exaone4
-calibration: {ids: $D/calib.ids.u32, samples: 128, seq_len: 512}
+calibration: {ids: $D/calib.ids.u32, samples: $NCAL, seq_len: $SEQ}
 eval:
-  - ppl: {ids: $D/val.ids.u32, seq_len: 512, max_windows: 200}
+  - ppl: {ids: $D/val.ids.u32, seq_len: $SEQ, max_windows: $NWIN}
 defaults: {retries: 0, timeout_min: 30}
 lanes:
   - {id: rtn_w4_g128, stages: [{quantize: {method: rtn, scheme: W4A16, group_size: 128}}]}
@@ -35,6 +40,11 @@ ppl() {
 check() {
     v=$(ppl "$1")
     echo "$1: ppl $v (bound: $2)"
+    if [ "$SANITIZED" = 1 ]; then
+        awk -v v="$v" 'BEGIN { exit !(v != "missing" && v + 0 > 1 && v + 0 < 1e5) }' ||
+            fail "$1: ppl $v is not a finite perplexity"
+        return 0
+    fi
     awk -v v="$v" -v c="$2" 'BEGIN { split(c, a, " "); lo = a[2] * (1 - a[3]); hi = a[2] * (1 + a[3]);
         if (a[1] == "<=") { lo = -1; hi = a[2] + 0 }
         exit !(v != "missing" && v + 0 >= lo && v + 0 <= hi) }' ||
