@@ -16,7 +16,9 @@
 #   - quantized linears (bench_qmatmul gemv): T=1 GEMV of BF16 vs int8 codes (w8), W4 as int8
 #     codes (w4i8) and packed nibbles (w4, the engine's format), W4 asymmetric, FP8 and W4 with
 #     g_idx, on three L3-resident shapes and one DRAM-resident one; and the speed stage on tiny-a
-#     quantized by the quantize stage (RTN W4A16 g128, RTN W8A16) beside the BF16 one.
+#     quantized by the quantize stage (RTN W4A16 g128, RTN W8A16) beside the BF16 one;
+#   - GPTQ W4A16 g128 of tiny-a through `exaq-worker run quantize`, 128 calibration windows of
+#     512 tokens included (goal: <= 60 s on 2 cores).
 # The rows are also appended to results/bench.csv. Environment: EXAQ_BENCH_TMP (default /tmp),
 # EXAQ_THREADS (threads; default all CPUs). Takes 1-3 minutes on 2 cores (docs/perf.md).
 set -eu
@@ -145,13 +147,30 @@ for q in 'w4a16 {"method":"rtn","scheme":"W4A16","group_size":128}' \
     say "bench: exaq-worker run quantize ${q#* }"
     if "$W" run quantize --input "$TINY" --output "$TMP/tiny-$dt" --spec "${q#* }" \
         >/dev/null 2>"$TMP/err"; then
-        stage speed "$SPEED" tiny-a P128G128R3 "$TMP/tiny-$dt" "$dt" && speed_rows "$dt"
+        stage speed "$SPEED" tiny-a P128G128R3 "$TMP/tiny-$dt/model" "$dt" && speed_rows "$dt"
     else
         say "bench: quantize $dt failed:"
         tail -n 5 "$TMP/err" >&2
     fi
     rm -rf "$TMP/tiny-$dt"
 done
+
+# ---- GPTQ on tiny-a ---------------------------------------------------------------------------
+# GPTQ W4A16 g128 of the whole tiny model, calibration included (128 windows of 512 tokens of
+# calib.ids.u32: read, forward passes for the Hessians, the column loop, the compressed-tensors
+# write), wall time of `exaq-worker run quantize`. Goal: <= 60 s on 2 cores.
+GPTQ="{\"method\":\"gptq\",\"scheme\":\"W4A16\",\"group_size\":128,\"calibration\":{\"ids\":\"$ROOT/$DATA/calib.ids.u32\",\"samples\":128,\"seq_len\":512}}"
+say "bench: exaq-worker run quantize $GPTQ"
+t0=$(now)
+if "$W" run quantize --input "$TINY" --output "$TMP/tiny-gptq" --spec "$GPTQ" >/dev/null 2>"$TMP/err"; then
+    t1=$(now)
+    awk -v a="$t0" -v b="$t1" -v sha="$SHA" -v gpu="$GPU" \
+        'BEGIN { printf "stage_quantize_gptq,tiny-a,128x512,w4a16,%.1f,,%s,%s\n", (b - a) * 1e6, sha, gpu }' >>"$ROWS"
+else
+    say "bench: the GPTQ quantize stage failed:"
+    tail -n 5 "$TMP/err" >&2
+fi
+rm -rf "$TMP/tiny-gptq"
 
 # ---- the table ------------------------------------------------------------------------------
 # Derived figure per op: GFLOP/s from the shape for sgemm/syrk, tokens/s for prefill and the ppl
