@@ -24,41 +24,7 @@
 #include "kernels/cuda.h"
 #include "kernels/rope.h"
 #include "tests/kernels/check.h"
-
-static const struct cuda_api *A;
-
-/* A device-table call that must succeed; prints the backend's message otherwise. */
-#define GPU_OK(call)                                                                               \
-    do {                                                                                           \
-        int gpu_rc_ = (call);                                                                      \
-        if (gpu_rc_) {                                                                             \
-            printf("%s: %d: %s\n", #call, gpu_rc_, A->last_error());                               \
-            fail();                                                                                \
-        }                                                                                          \
-    } while (0)
-/* A loader call (kernels/cuda_loader.c) that must succeed. */
-#define LDR_OK(call)                                                                               \
-    do {                                                                                           \
-        int gpu_rc_ = (call);                                                                      \
-        if (gpu_rc_) {                                                                             \
-            printf("%s: %d: %s\n", #call, gpu_rc_, cuda_last_error());                             \
-            fail();                                                                                \
-        }                                                                                          \
-    } while (0)
-
-/* Checks the sentinels of every allocated buffer, then frees them all. */
-static int gbufs_done(const char *what, struct cuda_gbuf **b, int n)
-{
-    int rc = 0;
-    for (int i = 0; i < n; i++)
-        if (b[i]->base && cuda_gbuf_check(b[i], what) != 0) {
-            printf("%s\n", cuda_last_error());
-            rc = -1;
-        }
-    for (int i = 0; i < n; i++)
-        cuda_gbuf_free(b[i]);
-    return rc;
-}
+#include "tests/kernels/check_gpu.h"
 
 static void make_inv(float *inv, int hd, double theta)
 {
@@ -145,17 +111,8 @@ static void test_rope_gpu_definition(void **state)
 
 int main(void)
 {
-    const char *why = NULL;
-    A = cuda_api_get(&why);
-    if (!A) {
-        printf("SKIP: no CUDA device (%s)\n", why);
+    if (check_gpu_open() < 0)
         return 77;
-    }
-    printf("# %s\n", A->build);
-    struct cuda_device_info info;
-    if (A->device_info(&info) == 0)
-        printf("# %s, sm_%d%d (kernels sm_%d), %llu MiB\n", info.name, info.cc_major, info.cc_minor,
-               info.kernel_arch, (unsigned long long)(info.mem_total >> 20));
     check_seed();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rope_gpu_vs_ref),
