@@ -88,6 +88,17 @@ char *xasprintf(const char *fmt, ...)
     return s;
 }
 
+void err_setf(char **err, const char *fmt, ...)
+{
+    va_list ap;
+    if (!err)
+        return;
+    free(*err);
+    va_start(ap, fmt);
+    *err = xvasprintf(fmt, ap);
+    va_end(ap);
+}
+
 /* ===== buffers ===== */
 
 void buf_init(struct buf *b)

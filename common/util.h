@@ -40,6 +40,9 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 char *xvasprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+/* The error-out convention of the worker and engine APIs: when err is not NULL, replaces *err
+ * (freed first; it must be NULL or a string from an earlier call) with the new message. */
+void err_setf(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Growable byte buffer. buf_init() zeroes; buf_release() frees the data. */
 struct buf {

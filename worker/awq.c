@@ -24,18 +24,6 @@
 #include "common/util.h"
 #include "kernels/matmul.h"
 
-static void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_err(char **err, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err)
-        return;
-    va_start(ap, fmt);
-    *err = xvasprintf(fmt, ap);
-    va_end(ap);
-}
-
 /* ---- exact folds ------------------------------------------------------------------------- */
 
 static const char *const prev_names[AWQ_PREV_COUNT] = {
@@ -124,7 +112,7 @@ int awq_fold_resolve(const struct config *c, enum awq_prev prev, enum model_lin 
         *err = NULL;
     if (!c || !f || (int)prev < 0 || prev >= AWQ_PREV_COUNT || (int)next < 0 ||
         next >= MODEL_LIN_COUNT) {
-        set_err(err, "fold: bad arguments");
+        err_setf(err, "fold: bad arguments");
         return -EINVAL;
     }
     memset(f, 0, sizeof(*f));
@@ -132,8 +120,8 @@ int awq_fold_resolve(const struct config *c, enum awq_prev prev, enum model_lin 
     f->next = next;
     if (prev == AWQ_PREV_UP_PROJ && next == MODEL_LIN_DOWN) {
         if (c->intermediate_size < 1) {
-            set_err(err, "fold mlp.up_proj -> mlp.down_proj: bad intermediate_size %d",
-                    c->intermediate_size);
+            err_setf(err, "fold mlp.up_proj -> mlp.down_proj: bad intermediate_size %d",
+                     c->intermediate_size);
             return -EINVAL;
         }
         f->flow = AWQ_FLOW_CHANNEL;
@@ -144,10 +132,10 @@ int awq_fold_resolve(const struct config *c, enum awq_prev prev, enum model_lin 
     if (prev == AWQ_PREV_V_PROJ && next == MODEL_LIN_O) {
         int nh = c->num_attention_heads, nkv = c->num_key_value_heads, hd = c->head_dim;
         if (nh < 1 || nkv < 1 || hd < 1 || nh % nkv != 0) {
-            set_err(err,
-                    "fold self_attn.v_proj -> self_attn.o_proj: %d query heads are not a "
-                    "multiple of %d KV heads",
-                    nh, nkv);
+            err_setf(err,
+                     "fold self_attn.v_proj -> self_attn.o_proj: %d query heads are not a "
+                     "multiple of %d KV heads",
+                     nh, nkv);
             return -EINVAL;
         }
         f->flow = AWQ_FLOW_GQA;
@@ -157,10 +145,10 @@ int awq_fold_resolve(const struct config *c, enum awq_prev prev, enum model_lin 
         f->head_dim = hd;
         return 0;
     }
-    set_err(err,
-            "cannot fold %s -> %s in EXAONE-4: %s; the only exact folds are "
-            "mlp.up_proj -> mlp.down_proj and self_attn.v_proj -> self_attn.o_proj",
-            awq_prev_name(prev), model_lin_name(next), illegal_reason(prev, next));
+    err_setf(err,
+             "cannot fold %s -> %s in EXAONE-4: %s; the only exact folds are "
+             "mlp.up_proj -> mlp.down_proj and self_attn.v_proj -> self_attn.o_proj",
+             awq_prev_name(prev), model_lin_name(next), illegal_reason(prev, next));
     return -EINVAL;
 }
 
@@ -205,27 +193,27 @@ int awq_fold_apply(struct model *m, int l, enum awq_prev prev, enum model_lin ne
     if (err)
         *err = NULL;
     if (!m || !s || l < 0 || l >= m->n_layers) {
-        set_err(err, "fold: bad model, layer %d or scales", l);
+        err_setf(err, "fold: bad model, layer %d or scales", l);
         return -EINVAL;
     }
     if ((rc = awq_fold_resolve(&m->cfg, prev, next, &f, err)))
         return rc;
     for (int i = 0; i < f.n; i++)
         if (!(s[i] > 0.0f) || !isfinite(s[i])) {
-            set_err(err, "fold %s -> %s: scale %d is %g (must be positive and finite)",
-                    awq_prev_name(prev), model_lin_name(next), i, (double)s[i]);
+            err_setf(err, "fold %s -> %s: scale %d is %g (must be positive and finite)",
+                     awq_prev_name(prev), model_lin_name(next), i, (double)s[i]);
             return -EINVAL;
         }
     if (model_linear_quant(m, l, (enum model_lin)prev) || model_linear_quant(m, l, next)) {
-        set_err(err, "fold %s -> %s: layer %d is already quantized; fold before quantizing",
-                awq_prev_name(prev), model_lin_name(next), l);
+        err_setf(err, "fold %s -> %s: layer %d is already quantized; fold before quantizing",
+                 awq_prev_name(prev), model_lin_name(next), l);
         return -EINVAL;
     }
     Lp = model_linear(m, l, (enum model_lin)prev);
     Ln = model_linear(m, l, next);
     if (Lp->out != f.n || Ln->in != f.next_in) {
-        set_err(err, "fold %s -> %s: layer %d shapes [%d, %d] -> [%d, %d] do not match the config",
-                awq_prev_name(prev), model_lin_name(next), l, Lp->out, Lp->in, Ln->out, Ln->in);
+        err_setf(err, "fold %s -> %s: layer %d shapes [%d, %d] -> [%d, %d] do not match the config",
+                 awq_prev_name(prev), model_lin_name(next), l, Lp->out, Lp->in, Ln->out, Ln->in);
         return -EINVAL;
     }
     Wp = xmalloc((size_t)Lp->out * Lp->in * sizeof(float));
@@ -329,7 +317,7 @@ static int check_scheme(const struct awq_opts *o, char **err)
 {
     if (o->scheme != QSCHEME_W4A16 && o->scheme != QSCHEME_W4A16_ASYM &&
         o->scheme != QSCHEME_W8A16 && o->scheme != QSCHEME_W8A8) {
-        set_err(err, "awq: scheme %s is not an integer weight scheme", qscheme_name(o->scheme));
+        err_setf(err, "awq: scheme %s is not an integer weight scheme", qscheme_name(o->scheme));
         return -EINVAL;
     }
     return 0;
@@ -348,7 +336,7 @@ int awq_search_scale(const struct awq_fold *f, const float *W, int out, const fl
         *err = NULL;
     if (!f || !W || !H || !x_mean || !o || !s || out < 1 || f->n < 1 || f->next_in < 1 ||
         o->n_grid < 1) {
-        set_err(err, "awq: bad search arguments");
+        err_setf(err, "awq: bad search arguments");
         goto out;
     }
     if ((rc = check_scheme(o, err)))
@@ -397,8 +385,8 @@ int awq_search_scale(const struct awq_fold *f, const float *W, int out, const fl
             for (int j = 0; j < in; j++)
                 Ws[(size_t)r * in + j] = W[(size_t)r * in + j] * scol[j];
         if (awq_qdq(Ws, out, in, o->scheme, o->group_size, o->grid, Ws) < 0) {
-            set_err(err, "awq: scheme %s does not allow group size %d for [%d, %d]",
-                    qscheme_name(o->scheme), o->group_size, out, in);
+            err_setf(err, "awq: scheme %s does not allow group size %d for [%d, %d]",
+                     qscheme_name(o->scheme), o->group_size, out, in);
             rc = -EINVAL;
             goto out;
         }
@@ -420,7 +408,7 @@ int awq_search_scale(const struct awq_fold *f, const float *W, int out, const fl
         }
     }
     if (res.best < 0) {
-        set_err(err, "awq: no candidate scale gave a finite loss (NaN in the statistics?)");
+        err_setf(err, "awq: no candidate scale gave a finite loss (NaN in the statistics?)");
         rc = -EINVAL;
         goto out;
     }
@@ -451,7 +439,7 @@ int awq_clip_search(float *W, int out, int in, const float *G, const struct awq_
         *err = NULL;
     if (!W || !G || !o || out < 1 || in < 1 || o->clip_grid < 1 || !(o->max_shrink > 0.0) ||
         o->max_shrink > 1.0) {
-        set_err(err, "awq: bad clip arguments (clip_grid >= 1, max_shrink in (0, 1])");
+        err_setf(err, "awq: bad clip arguments (clip_grid >= 1, max_shrink in (0, 1])");
         goto out;
     }
     if ((rc = check_scheme(o, err)))

@@ -21,19 +21,6 @@
 #include "common/log.h"
 #include "common/util.h"
 
-static void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_err(char **err, const char *fmt, ...)
-{
-    if (!err)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    free(*err);
-    *err = xvasprintf(fmt, ap);
-    va_end(ap);
-}
-
 /* ---- input checks ---------------------------------------------------------------------- */
 
 /* JSON text as Python's json.load accepts it: valid UTF-8 (RFC 3629) and no raw control
@@ -388,7 +375,7 @@ int config_write(const struct config *c, const char *path, char **err)
     int rc = file_write_atomic(path, s, strlen(s));
     free(s);
     if (rc != 0)
-        set_err(err, "cannot write '%s': %s", path, strerror(-rc));
+        err_setf(err, "cannot write '%s': %s", path, strerror(-rc));
     return rc;
 }
 
@@ -406,7 +393,7 @@ static int get_int(const cJSON *o, const char *ctx, const char *k, int required,
     const cJSON *v = field(o, k);
     if (!v || cJSON_IsNull(v)) {
         if (required) {
-            set_err(err, "%s: missing required field '%s%s'", lb, ctx, k);
+            err_setf(err, "%s: missing required field '%s%s'", lb, ctx, k);
             return -EINVAL;
         }
         *out = def;
@@ -414,7 +401,7 @@ static int get_int(const cJSON *o, const char *ctx, const char *k, int required,
     }
     double d = cJSON_IsNumber(v) ? v->valuedouble : NAN;
     if (!cJSON_IsNumber(v) || !isfinite(d) || floor(d) != d || d < min || d > INT_MAX) {
-        set_err(err, "%s: field '%s%s' must be an integer >= %d", lb, ctx, k, min);
+        err_setf(err, "%s: field '%s%s' must be an integer >= %d", lb, ctx, k, min);
         return -EINVAL;
     }
     *out = (int)d;
@@ -427,14 +414,14 @@ static int get_num(const cJSON *o, const char *ctx, const char *k, int required,
     const cJSON *v = field(o, k);
     if (!v || cJSON_IsNull(v)) {
         if (required) {
-            set_err(err, "%s: missing required field '%s%s'", lb, ctx, k);
+            err_setf(err, "%s: missing required field '%s%s'", lb, ctx, k);
             return -EINVAL;
         }
         *out = def;
         return 0;
     }
     if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) {
-        set_err(err, "%s: field '%s%s' must be a number", lb, ctx, k);
+        err_setf(err, "%s: field '%s%s' must be a number", lb, ctx, k);
         return -EINVAL;
     }
     *out = v->valuedouble;
@@ -462,7 +449,7 @@ static int parse_rope_obj(const cJSON *r, const char *ctx, int need_theta, doubl
         t = field(r, "type"); /* older spelling inside rope_scaling */
     if (t && !cJSON_IsNull(t)) {
         if (!cJSON_IsString(t)) {
-            set_err(err, "%s: field '%srope_type' must be a string", lb, ctx);
+            err_setf(err, "%s: field '%srope_type' must be a string", lb, ctx);
             return -EINVAL;
         }
         type = t->valuestring;
@@ -472,7 +459,7 @@ static int parse_rope_obj(const cJSON *r, const char *ctx, int need_theta, doubl
             return -EINVAL;
     }
     if (!(out->theta > 0)) {
-        set_err(err, "%s: field '%srope_theta' must be positive", lb, ctx);
+        err_setf(err, "%s: field '%srope_theta' must be positive", lb, ctx);
         return -EINVAL;
     }
     if (strcmp(type, "default") == 0) {
@@ -480,7 +467,8 @@ static int parse_rope_obj(const cJSON *r, const char *ctx, int need_theta, doubl
         return 0;
     }
     if (strcmp(type, "llama3") != 0) {
-        set_err(err, "%s: rope_type '%s' is not supported (only 'default' and 'llama3')", lb, type);
+        err_setf(err, "%s: rope_type '%s' is not supported (only 'default' and 'llama3')", lb,
+                 type);
         return -EINVAL;
     }
     out->type = CONFIG_ROPE_LLAMA3;
@@ -492,8 +480,8 @@ static int parse_rope_obj(const cJSON *r, const char *ctx, int need_theta, doubl
         return -EINVAL;
     if (!(out->factor > 0) || !(out->low_freq_factor > 0) ||
         !(out->high_freq_factor > out->low_freq_factor)) {
-        set_err(err, "%s: llama3 rope needs factor > 0 and high_freq_factor > low_freq_factor > 0",
-                lb);
+        err_setf(err, "%s: llama3 rope needs factor > 0 and high_freq_factor > low_freq_factor > 0",
+                 lb);
         return -EINVAL;
     }
     return 0;
@@ -510,18 +498,18 @@ static int rope_equal(const struct config_rope *a, const struct config_rope *b)
 static int derive(struct config *o, const cJSON *root, const char *lb, char **err)
 {
     if (!cJSON_IsObject(root)) {
-        set_err(err, "%s: not a JSON object", lb);
+        err_setf(err, "%s: not a JSON object", lb);
         return -EINVAL;
     }
     const cJSON *mt = field(root, "model_type");
     if (mt && !(cJSON_IsString(mt) && strcmp(mt->valuestring, "exaone4") == 0)) {
-        set_err(err, "%s: model_type is '%s', expected 'exaone4'", lb,
-                cJSON_IsString(mt) ? mt->valuestring : "(not a string)");
+        err_setf(err, "%s: model_type is '%s', expected 'exaone4'", lb,
+                 cJSON_IsString(mt) ? mt->valuestring : "(not a string)");
         return -EINVAL;
     }
     const cJSON *act = field(root, "hidden_act");
     if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0)) {
-        set_err(err, "%s: hidden_act must be 'silu'", lb);
+        err_setf(err, "%s: hidden_act must be 'silu'", lb);
         return -EINVAL;
     }
     if (get_int(root, "", "hidden_size", 1, 0, 1, &o->hidden_size, lb, err) ||
@@ -539,21 +527,21 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
         get_num(root, "", "rms_norm_eps", 0, 1e-5, &o->rms_norm_eps, lb, err))
         return -EINVAL;
     if (o->num_attention_heads % o->num_key_value_heads != 0) {
-        set_err(err, "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
-                lb, o->num_attention_heads, o->num_key_value_heads);
+        err_setf(err, "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
+                 lb, o->num_attention_heads, o->num_key_value_heads);
         return -EINVAL;
     }
     if (o->head_dim % 2 != 0) {
-        set_err(err, "%s: head_dim (%d) must be even for rotary embeddings", lb, o->head_dim);
+        err_setf(err, "%s: head_dim (%d) must be even for rotary embeddings", lb, o->head_dim);
         return -EINVAL;
     }
     if (!(o->rms_norm_eps > 0)) {
-        set_err(err, "%s: rms_norm_eps must be positive", lb);
+        err_setf(err, "%s: rms_norm_eps must be positive", lb);
         return -EINVAL;
     }
     const cJSON *tie = field(root, "tie_word_embeddings");
     if (tie && !cJSON_IsBool(tie)) {
-        set_err(err, "%s: tie_word_embeddings must be true or false", lb);
+        err_setf(err, "%s: tie_word_embeddings must be true or false", lb);
         return -EINVAL;
     }
     o->tie_word_embeddings = tie ? cJSON_IsTrue(tie) : 0;
@@ -565,7 +553,7 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
     o->dtype[0] = '\0';
     if (dt && !cJSON_IsNull(dt)) {
         if (!cJSON_IsString(dt) || strlen(dt->valuestring) >= sizeof(o->dtype)) {
-            set_err(err, "%s: dtype must be a string such as \"bfloat16\"", lb);
+            err_setf(err, "%s: dtype must be a string such as \"bfloat16\"", lb);
             return -EINVAL;
         }
         snprintf(o->dtype, sizeof(o->dtype), "%s", dt->valuestring);
@@ -582,7 +570,7 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
             memset(&o->rope, 0, sizeof(o->rope));
             o->rope.theta = th;
         } else if (!cJSON_IsObject(rp)) {
-            set_err(err, "%s: rope_parameters must be an object", lb);
+            err_setf(err, "%s: rope_parameters must be an object", lb);
             return -EINVAL;
         } else if (field(rp, "rope_type") || field(rp, "rope_theta")) {
             if (parse_rope_obj(rp, "rope_parameters.", 1, 0, &o->rope, lb, err))
@@ -597,7 +585,7 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
                 char ctx[96];
                 snprintf(ctx, sizeof(ctx), "rope_parameters.%.60s.", e->string);
                 if (!cJSON_IsObject(e)) {
-                    set_err(err, "%s: rope_parameters.%s must be an object", lb, e->string);
+                    err_setf(err, "%s: rope_parameters.%s must be an object", lb, e->string);
                     return -EINVAL;
                 }
                 if (parse_rope_obj(e, ctx, 1, 0, &r, lb, err))
@@ -605,15 +593,15 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
                 if (n++ == 0)
                     o->rope = r;
                 else if (!rope_equal(&r, &o->rope)) {
-                    set_err(err,
-                            "%s: rope_parameters differ between layer types, which EXAONE-4 "
-                            "does not support",
-                            lb);
+                    err_setf(err,
+                             "%s: rope_parameters differ between layer types, which EXAONE-4 "
+                             "does not support",
+                             lb);
                     return -EINVAL;
                 }
             }
             if (n == 0) {
-                set_err(err, "%s: rope_parameters is empty", lb);
+                err_setf(err, "%s: rope_parameters is empty", lb);
                 return -EINVAL;
             }
         }
@@ -625,7 +613,7 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
         const cJSON *rs = field(root, "rope_scaling");
         if (rs && !cJSON_IsNull(rs)) {
             if (!cJSON_IsObject(rs)) {
-                set_err(err, "%s: rope_scaling must be an object or null", lb);
+                err_setf(err, "%s: rope_scaling must be an object or null", lb);
                 return -EINVAL;
             }
             if (parse_rope_obj(rs, "rope_scaling.", 0, th, &o->rope, lb, err))
@@ -637,7 +625,7 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
             o->rope.type = CONFIG_ROPE_DEFAULT;
         }
         if (!(o->rope.theta > 0)) {
-            set_err(err, "%s: rope_theta must be positive", lb);
+            err_setf(err, "%s: rope_theta must be positive", lb);
             return -EINVAL;
         }
     }
@@ -670,13 +658,13 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
     const cJSON *lt = field(root, "layer_types");
     if (lt && !cJSON_IsNull(lt)) {
         if (!cJSON_IsArray(lt)) {
-            set_err(err, "%s: layer_types must be a list", lb);
+            err_setf(err, "%s: layer_types must be a list", lb);
             return -EINVAL;
         }
         int n = cJSON_GetArraySize(lt);
         if (n != o->num_hidden_layers) {
-            set_err(err, "%s: layer_types has %d entries but num_hidden_layers is %d", lb, n,
-                    o->num_hidden_layers);
+            err_setf(err, "%s: layer_types has %d entries but num_hidden_layers is %d", lb, n,
+                     o->num_hidden_layers);
             return -EINVAL;
         }
         int i = 0;
@@ -688,10 +676,10 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
             else if (cJSON_IsString(e) && strcmp(e->valuestring, "sliding_attention") == 0)
                 o->layer_types[i] = CONFIG_LAYER_SLIDING;
             else {
-                set_err(err,
-                        "%s: layer_types[%d] must be \"full_attention\" or "
-                        "\"sliding_attention\"",
-                        lb, i);
+                err_setf(err,
+                         "%s: layer_types[%d] must be \"full_attention\" or "
+                         "\"sliding_attention\"",
+                         lb, i);
                 return -EINVAL;
             }
             i++;
@@ -699,19 +687,19 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
         o->layer_types_explicit = 1;
     } else {
         if (pattern_is_string && o->sliding_window > 0) {
-            set_err(err,
-                    "%s: layer_types is missing and sliding_window_pattern is a string; "
-                    "transformers cannot derive layer_types from it, list them explicitly",
-                    lb);
+            err_setf(err,
+                     "%s: layer_types is missing and sliding_window_pattern is a string; "
+                     "transformers cannot derive layer_types from it, list them explicitly",
+                     lb);
             return -EINVAL;
         }
         if (o->sliding_window_pattern == 0) {
-            set_err(err,
-                    "%s: layer_types is missing and sliding_window_pattern is %s (sliding_"
-                    "window is %s): the default rule (i+1) %% pattern divides by zero, list "
-                    "layer_types explicitly",
-                    lb, o->sliding_window == 0 ? "0" : "null or 0",
-                    o->sliding_window == 0 ? "null" : "set");
+            err_setf(err,
+                     "%s: layer_types is missing and sliding_window_pattern is %s (sliding_"
+                     "window is %s): the default rule (i+1) %% pattern divides by zero, list "
+                     "layer_types explicitly",
+                     lb, o->sliding_window == 0 ? "0" : "null or 0",
+                     o->sliding_window == 0 ? "null" : "set");
             return -EINVAL;
         }
         for (int i = 0; i < o->num_hidden_layers; i++)
@@ -756,27 +744,27 @@ int config_parse(struct config *c, const char *json, size_t len, const char *lab
     const char *what = NULL;
     long at = text_problem(json, len, &what);
     if (at >= 0) {
-        set_err(err, "%s: not valid JSON text: %s at byte %ld", c->label, what, at);
+        err_setf(err, "%s: not valid JSON text: %s at byte %ld", c->label, what, at);
         config_release(c);
         return -EINVAL;
     }
     const char *end = NULL;
     c->raw = cJSON_ParseWithLengthOpts(json, len, &end, 0);
     if (!c->raw) {
-        set_err(err, "%s: not valid JSON", c->label);
+        err_setf(err, "%s: not valid JSON", c->label);
         config_release(c);
         return -EINVAL;
     }
     for (; end && end < json + len; end++) {
         if (*end != ' ' && *end != '\t' && *end != '\n' && *end != '\r') {
-            set_err(err, "%s: not valid JSON: extra data after the top-level value (byte %ld)",
-                    c->label, (long)(end - json));
+            err_setf(err, "%s: not valid JSON: extra data after the top-level value (byte %ld)",
+                     c->label, (long)(end - json));
             config_release(c);
             return -EINVAL;
         }
     }
     if (!numbers_finite(c->raw)) {
-        set_err(err, "%s: a number is out of range (infinite or NaN)", c->label);
+        err_setf(err, "%s: a number is out of range (infinite or NaN)", c->label);
         config_release(c);
         return -EINVAL;
     }
@@ -802,7 +790,7 @@ int config_load(struct config *c, const char *path, char **err)
     memset(c, 0, sizeof(*c));
     int rc = file_read_all(path, &text, &len);
     if (rc != 0) {
-        set_err(err, "cannot read '%s': %s", path, strerror(-rc));
+        err_setf(err, "cannot read '%s': %s", path, strerror(-rc));
         return rc;
     }
     const char *slash = strrchr(path, '/');
@@ -971,15 +959,15 @@ static const char *layer_type_name(enum config_layer_type t)
 int config_keep_layers(struct config *c, const int *keep, int n, char **err)
 {
     if (n < 1) {
-        set_err(err, "%s: cannot keep %d layers", c->label, n);
+        err_setf(err, "%s: cannot keep %d layers", c->label, n);
         return -EINVAL;
     }
     cJSON *arr = cJSON_CreateArray();
     for (int i = 0; i < n; i++) {
         if (keep[i] < 0 || keep[i] >= c->num_hidden_layers || (i > 0 && keep[i] <= keep[i - 1])) {
             cJSON_Delete(arr);
-            set_err(err, "%s: layer list must be increasing indices below %d", c->label,
-                    c->num_hidden_layers);
+            err_setf(err, "%s: layer list must be increasing indices below %d", c->label,
+                     c->num_hidden_layers);
             return -EINVAL;
         }
         cJSON_AddItemToArray(arr, cJSON_CreateString(layer_type_name(c->layer_types[keep[i]])));

@@ -12,18 +12,6 @@
 #include "common/jw.h"
 #include "common/util.h"
 
-static void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(char **err, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err)
-        return;
-    free(*err);
-    va_start(ap, fmt);
-    *err = xvasprintf(fmt, ap);
-    va_end(ap);
-}
-
 /* ===== packing ===== */
 
 static int per_word(int bits)
@@ -131,21 +119,22 @@ int ctensors_cfg_parse(const cJSON *qc, struct ctensors_cfg *out, char **err)
     memset(out, 0, sizeof(*out));
     qm = jstr(qc, "quant_method");
     if (!qm || strcmp(qm, "compressed-tensors")) {
-        set_err(err,
-                "quantization_config.quant_method is '%s'; only compressed-tensors is supported",
-                qm ? qm : "missing");
+        err_setf(err,
+                 "quantization_config.quant_method is '%s'; only compressed-tensors is supported",
+                 qm ? qm : "missing");
         return -EINVAL;
     }
     sp = cJSON_GetObjectItemCaseSensitive(qc, "sparsity_config");
     if (sp && cJSON_IsObject(sp) && sp->child) {
-        set_err(err,
-                "compressed-tensors sparsity formats are not supported (sparsity_config is set)");
+        err_setf(err,
+                 "compressed-tensors sparsity formats are not supported (sparsity_config is set)");
         return -EINVAL;
     }
     groups = cJSON_GetObjectItemCaseSensitive(qc, "config_groups");
     cJSON_ArrayForEach(g, groups) ngroups++;
     if (ngroups != 1) {
-        set_err(err, "quantization_config has %d config groups; exactly one is supported", ngroups);
+        err_setf(err, "quantization_config has %d config groups; exactly one is supported",
+                 ngroups);
         return -EINVAL;
     }
     g = groups->child;
@@ -153,7 +142,7 @@ int ctensors_cfg_parse(const cJSON *qc, struct ctensors_cfg *out, char **err)
     wt = cJSON_GetObjectItemCaseSensitive(g, "weights");
     ia = cJSON_GetObjectItemCaseSensitive(g, "input_activations");
     if (!fmt || !cJSON_IsObject(wt)) {
-        set_err(err, "quantization_config group lacks 'format' or 'weights'");
+        err_setf(err, "quantization_config group lacks 'format' or 'weights'");
         return -EINVAL;
     }
     bits = jint(wt, "num_bits", 0);
@@ -166,8 +155,8 @@ int ctensors_cfg_parse(const cJSON *qc, struct ctensors_cfg *out, char **err)
                       : !strcmp(strategy, "tensor")  ? 0
                                                      : -2;
     if (out->group_size == -2 || (!strcmp(strategy, "group") && out->group_size <= 0)) {
-        set_err(err, "unsupported weight strategy '%s' (group_size %d)", strategy,
-                jint(wt, "group_size", 0));
+        err_setf(err, "unsupported weight strategy '%s' (group_size %d)", strategy,
+                 jint(wt, "group_size", 0));
         return -EINVAL;
     }
     out->actorder_group = actorder && !strcmp(actorder, "group");
@@ -206,11 +195,11 @@ int ctensors_cfg_parse(const cJSON *qc, struct ctensors_cfg *out, char **err)
     }
     return 0;
 unsupported:
-    set_err(err,
-            "unsupported compressed-tensors scheme (format %s, %s %d-bit %s, strategy %s, "
-            "activations %s); supported: W4A16, W4A16_ASYM, W8A16, W8A8, FP8, FP8_DYNAMIC",
-            fmt, type, bits, sym ? "symmetric" : "asymmetric", strategy,
-            cJSON_IsObject(ia) ? "quantized" : "none");
+    err_setf(err,
+             "unsupported compressed-tensors scheme (format %s, %s %d-bit %s, strategy %s, "
+             "activations %s); supported: W4A16, W4A16_ASYM, W8A16, W8A8, FP8, FP8_DYNAMIC",
+             fmt, type, bits, sym ? "symmetric" : "asymmetric", strategy,
+             cJSON_IsObject(ia) ? "quantized" : "none");
     return -EINVAL;
 }
 
@@ -349,7 +338,7 @@ static const struct st_tensor *need(const struct st_dir *st, const char *prefix,
     char *name = xasprintf("%s.%s", prefix, suffix);
     const struct st_tensor *t = st_dir_find(st, name);
     if (!t) {
-        set_err(err, "quantized checkpoint lacks tensor '%s'", name);
+        err_setf(err, "quantized checkpoint lacks tensor '%s'", name);
         free(name);
         return NULL;
     }
@@ -366,7 +355,7 @@ static const struct st_tensor *need(const struct st_dir *st, const char *prefix,
             for (int i = 0; i < t->ndim && i < 8; i++)
                 o2 += (size_t)snprintf(got + o2, sizeof(got) - o2, "%s%lld", i ? "," : "",
                                        (long long)t->shape[i]);
-            set_err(err, "tensor '%s' has shape [%s], expected [%s]", name, got, want);
+            err_setf(err, "tensor '%s' has shape [%s], expected [%s]", name, got, want);
             free(name);
             return NULL;
         }
@@ -378,8 +367,8 @@ static const struct st_tensor *need(const struct st_dir *st, const char *prefix,
 static int read_scales(const struct st_tensor *t, uint16_t *dst, int64_t n, char **err)
 {
     if (t->numel != n) {
-        set_err(err, "tensor '%s' has %lld values, expected %lld", t->name, (long long)t->numel,
-                (long long)n);
+        err_setf(err, "tensor '%s' has %lld values, expected %lld", t->name, (long long)t->numel,
+                 (long long)n);
         return -EINVAL;
     }
     if (t->dtype == ST_BF16) {
@@ -391,15 +380,15 @@ static int read_scales(const struct st_tensor *t, uint16_t *dst, int64_t n, char
             dst[i] = quant_f32_to_bf16(f[i]);
         free(f);
     } else {
-        set_err(err, "tensor '%s' has dtype %s; scales must be BF16, F16 or F32", t->name,
-                st_dtype_name(t->dtype));
+        err_setf(err, "tensor '%s' has dtype %s; scales must be BF16, F16 or F32", t->name,
+                 st_dtype_name(t->dtype));
         return -EINVAL;
     }
     for (int64_t i = 0; i < n; i++) {
         float s = quant_bf16_to_f32(dst[i]);
         if (!(s > 0) || s != s) {
-            set_err(err, "tensor '%s' holds a non-positive or NaN scale at %lld", t->name,
-                    (long long)i);
+            err_setf(err, "tensor '%s' holds a non-positive or NaN scale at %lld", t->name,
+                     (long long)i);
             return -EINVAL;
         }
     }
@@ -415,8 +404,8 @@ int ctensors_read(const struct st_dir *st, const char *prefix, const struct cten
 
     rc = qweight_init(qw, c->scheme, out, in, gs);
     if (rc < 0) {
-        set_err(err, "%s: cannot set up a %s weight of [%d, %d] with group size %d", prefix,
-                qscheme_name(c->scheme), out, in, gs);
+        err_setf(err, "%s: cannot set up a %s weight of [%d, %d] with group size %d", prefix,
+                 qscheme_name(c->scheme), out, in, gs);
         return rc;
     }
     rc = -EINVAL;
@@ -430,7 +419,7 @@ int ctensors_read(const struct st_dir *st, const char *prefix, const struct cten
         if (!(t = need(st, prefix, "weight_packed", 2, shp, err)))
             goto fail;
         if (t->dtype != ST_I32) {
-            set_err(err, "tensor '%s' must be I32", t->name);
+            err_setf(err, "tensor '%s' must be I32", t->name);
             goto fail;
         }
         ctensors_unpack(t->data, out, in, bits, qw->q);
@@ -441,13 +430,13 @@ int ctensors_read(const struct st_dir *st, const char *prefix, const struct cten
             int64_t b =
                 t->dtype == ST_I64 ? ((const int64_t *)t->data)[1] : ((const int32_t *)t->data)[1];
             if (a != out || b != in) {
-                set_err(err, "%s.weight_shape is [%lld, %lld], expected [%d, %d]", prefix,
-                        (long long)a, (long long)b, out, in);
+                err_setf(err, "%s.weight_shape is [%lld, %lld], expected [%d, %d]", prefix,
+                         (long long)a, (long long)b, out, in);
                 goto fail;
             }
         } else {
             if (t)
-                set_err(err, "%s.weight_shape must be 2 integers", prefix);
+                err_setf(err, "%s.weight_shape must be 2 integers", prefix);
             goto fail;
         }
         if (c->actorder_group) {
@@ -455,15 +444,15 @@ int ctensors_read(const struct st_dir *st, const char *prefix, const struct cten
             if (!(t = need(st, prefix, "weight_g_idx", 1, shp, err)))
                 goto fail;
             if (t->dtype != ST_I32) {
-                set_err(err, "%s.weight_g_idx must be I32", prefix);
+                err_setf(err, "%s.weight_g_idx must be I32", prefix);
                 goto fail;
             }
             qw->g_idx = xmalloc((size_t)in * sizeof(int32_t));
             memcpy(qw->g_idx, t->data, (size_t)in * sizeof(int32_t));
             for (int i = 0; i < in; i++) {
                 if (qw->g_idx[i] < 0 || qw->g_idx[i] >= qw->ngroups) {
-                    set_err(err, "%s.weight_g_idx[%d] = %d is outside [0, %d)", prefix, i,
-                            qw->g_idx[i], qw->ngroups);
+                    err_setf(err, "%s.weight_g_idx[%d] = %d is outside [0, %d)", prefix, i,
+                             qw->g_idx[i], qw->ngroups);
                     goto fail;
                 }
             }
@@ -474,7 +463,7 @@ int ctensors_read(const struct st_dir *st, const char *prefix, const struct cten
             if (!(t = need(st, prefix, "weight_zero_point", 2, shp, err)))
                 goto fail;
             if (t->dtype != ST_I32) {
-                set_err(err, "%s.weight_zero_point must be I32", prefix);
+                err_setf(err, "%s.weight_zero_point must be I32", prefix);
                 goto fail;
             }
             ctensors_unpack_dim0(t->data, out, qw->ngroups, bits, qw->zp);
@@ -489,8 +478,8 @@ int ctensors_read(const struct st_dir *st, const char *prefix, const struct cten
         if (!(t = need(st, prefix, "weight", 2, shp, err)))
             goto fail;
         if (c->scheme == QSCHEME_W8A8 ? t->dtype != ST_I8 : t->dtype != ST_F8_E4M3) {
-            set_err(err, "tensor '%s' has dtype %s, expected %s", t->name, st_dtype_name(t->dtype),
-                    c->scheme == QSCHEME_W8A8 ? "I8" : "F8_E4M3");
+            err_setf(err, "tensor '%s' has dtype %s, expected %s", t->name, st_dtype_name(t->dtype),
+                     c->scheme == QSCHEME_W8A8 ? "I8" : "F8_E4M3");
             goto fail;
         }
         if (qw->is_fp8)
@@ -507,7 +496,7 @@ int ctensors_read(const struct st_dir *st, const char *prefix, const struct cten
         }
         break;
     default:
-        set_err(err, "unsupported scheme");
+        err_setf(err, "unsupported scheme");
         goto fail;
     }
     if (!(t = need(st, prefix, "weight_scale", 1, NULL, err)))
@@ -591,7 +580,7 @@ int ctensors_fill(const struct st_wtensor *t, void *dst, size_t nbytes, char **e
         uint16_t s = quant_f32_to_bf16(qw->input_scale);
         memcpy(dst, &s, 2);
     } else {
-        set_err(err, "ctensors_fill: unknown tensor '%s'", t->name);
+        err_setf(err, "ctensors_fill: unknown tensor '%s'", t->name);
         return -EINVAL;
     }
     return 0;

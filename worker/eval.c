@@ -30,19 +30,6 @@ static void seterr(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-static void set_err_str(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_err_str(char **err, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err)
-        return;
-    va_start(ap, fmt);
-    free(*err);
-    *err = xvasprintf(fmt, ap);
-    va_end(ap);
-}
-
 /* ---- token data -------------------------------------------------------------------------- */
 
 int eval_ids_read(const char *path, int32_t **ids, size_t *n, char *err, size_t errlen)
@@ -203,10 +190,10 @@ int eval_ppl_run(struct model *m, const int32_t *ids, size_t n, int seq_len, int
     int rc = 0;
     memset(res, 0, sizeof(*res));
     if (W < 1) {
-        set_err_str(err,
-                    "%zu tokens are not enough for one perplexity window of seq_len %d (it needs "
-                    "%lld tokens: %d inputs and the next token as the last target)",
-                    n, seq_len, seq_len < 1 ? 0LL : (long long)seq_len + 1, seq_len);
+        err_setf(err,
+                 "%zu tokens are not enough for one perplexity window of seq_len %d (it needs "
+                 "%lld tokens: %d inputs and the next token as the last target)",
+                 n, seq_len, seq_len < 1 ? 0LL : (long long)seq_len + 1, seq_len);
         return -EINVAL;
     }
     nll = xmalloc(sizeof(float) * (size_t)seq_len);
@@ -469,7 +456,7 @@ static int encode(struct eval_mcqa *s, const char *text, size_t len, int32_t **i
     char msg[512] = "";
     int cnt = tok_encode(s->t, text, len, ids, msg, sizeof(msg));
     if (cnt < 0) {
-        set_err_str(err, "item at line %d: cannot tokenize: %s", it->line, msg);
+        err_setf(err, "item at line %d: cannot tokenize: %s", it->line, msg);
         *ids = NULL;
         *n = 0;
         return -EINVAL;
@@ -498,10 +485,10 @@ int eval_mcqa_score(struct eval_mcqa *s, const struct eval_mcqa_item *it, double
          * continuation is encoded alone. */
         int pre = m->cfg.bos_token_id >= 0 ? m->cfg.bos_token_id : m->cfg.eos_token_id;
         if (pre < 0 || pre >= V) {
-            set_err_str(err,
-                        "item at line %d: the prompt is empty (only whitespace) and the model "
-                        "config has no bos_token_id or eos_token_id to use as context",
-                        it->line);
+            err_setf(err,
+                     "item at line %d: the prompt is empty (only whitespace) and the model "
+                     "config has no bos_token_id or eos_token_id to use as context",
+                     it->line);
             rc = -EINVAL;
             goto out;
         }
@@ -535,8 +522,8 @@ int eval_mcqa_score(struct eval_mcqa *s, const struct eval_mcqa_item *it, double
             maxc = ncont[c];
         int64_t bad = eval_ids_check(cont[c], (size_t)ncont[c], V);
         if (bad >= 0) {
-            set_err_str(err, "item at line %d: token id %d is outside the model's vocabulary (%d)",
-                        it->line, cont[c][bad], V);
+            err_setf(err, "item at line %d: token id %d is outside the model's vocabulary (%d)",
+                     it->line, cont[c][bad], V);
             rc = -EINVAL;
             goto out;
         }
@@ -544,18 +531,18 @@ int eval_mcqa_score(struct eval_mcqa *s, const struct eval_mcqa_item *it, double
     {
         int64_t bad = eval_ids_check(ctx, (size_t)nctx, V);
         if (bad >= 0) {
-            set_err_str(err, "item at line %d: token id %d is outside the model's vocabulary (%d)",
-                        it->line, ctx[bad], V);
+            err_setf(err, "item at line %d: token id %d is outside the model's vocabulary (%d)",
+                     it->line, ctx[bad], V);
             rc = -EINVAL;
             goto out;
         }
     }
     /* The longest model input is the context plus all but the last continuation token. */
     if (nctx + maxc - 1 > m->cfg.max_position_embeddings) {
-        set_err_str(err,
-                    "item at line %d: %d context and %d continuation tokens exceed the model's "
-                    "max_position_embeddings (%d)",
-                    it->line, nctx, maxc, m->cfg.max_position_embeddings);
+        err_setf(err,
+                 "item at line %d: %d context and %d continuation tokens exceed the model's "
+                 "max_position_embeddings (%d)",
+                 it->line, nctx, maxc, m->cfg.max_position_embeddings);
         rc = -EINVAL;
         goto out;
     }

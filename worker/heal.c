@@ -27,19 +27,6 @@
 #include "kernels/par.h"
 #include "kernels/syrk.h"
 
-static void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_err(char **err, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err)
-        return;
-    free(*err);
-    va_start(ap, fmt);
-    *err = xvasprintf(fmt, ap);
-    va_end(ap);
-}
-
 /* ---- linear algebra ------------------------------------------------------------------------ */
 
 struct chol_row_arg {
@@ -160,8 +147,8 @@ int heal_refit_solve(double *A, double *B, int in, int out, double ridge, float 
     }
     mean /= in;
     if (!(mean > 0) || !isfinite(mean)) {
-        set_err(err, "refit: the down_proj inputs are all zero or not finite on the calibration "
-                     "data");
+        err_setf(err, "refit: the down_proj inputs are all zero or not finite on the calibration "
+                      "data");
         free(diag);
         return -EINVAL;
     }
@@ -195,10 +182,10 @@ int heal_refit_solve(double *A, double *B, int in, int out, double ridge, float 
                 W[(size_t)o * in + i] = (float)v;
             }
         if (rc)
-            set_err(err, "refit: the solution is not finite");
+            err_setf(err, "refit: the solution is not finite");
     } else {
-        set_err(err, "refit: the normal equations are not positive definite even with ridge %g",
-                lam / mean);
+        err_setf(err, "refit: the normal equations are not positive definite even with ridge %g",
+                 lam / mean);
     }
     if (lam_used)
         *lam_used = lam;
@@ -305,13 +292,13 @@ static int acc_refit(struct heal_state *st, int layer, const float *tgt, char **
             st->hinT[(size_t)i * T + t] = st->hin[(size_t)t * I + i];
     }
     if ((rc = syrk(st->s->impl, st->gram, st->hin, T, I, 1.0f, 0.0f))) {
-        set_err(err, "refit: syrk failed (%d)", rc);
+        err_setf(err, "refit: syrk failed (%d)", rc);
         return rc;
     }
     struct linear Ld;
     linear_init_dense(&Ld, H, T, KERN_F32, st->dT);
     if ((rc = matmul(st->s->impl, st->cross, st->hinT, I, &Ld, 0))) {
-        set_err(err, "refit: matmul failed (%d)", rc);
+        err_setf(err, "refit: matmul failed (%d)", rc);
         return rc;
     }
     for (size_t k = 0; k < (size_t)I * I; k++)
@@ -402,7 +389,7 @@ static int run_pass(struct heal_state *st, int cg, enum collect what, enum measu
         }
         st->done++;
         if (rc == 0 && st->o->tick && st->o->tick(st->o->arg, st->done, st->total)) {
-            set_err(err, "cancelled");
+            err_setf(err, "cancelled");
             rc = -ECANCELED;
         }
     }
@@ -428,7 +415,7 @@ static int fold_norm(struct heal_state *st, int g, char **err)
     for (int c = 0; c < H; c++) {
         float v = round_to_model(st->s, (float)(gain[c] * t[c]));
         if (!isfinite(t[c]) || !isfinite(v)) {
-            set_err(err, "norm fold of layer %d: channel %d gets a non-finite scale", j, c);
+            err_setf(err, "norm fold of layer %d: channel %d gets a non-finite scale", j, c);
             free(t);
             return -EDOM;
         }
@@ -524,22 +511,22 @@ static int check_shapes(const struct model *s, const struct model *t, const int 
         a->num_attention_heads != b->num_attention_heads ||
         a->num_key_value_heads != b->num_key_value_heads || a->head_dim != b->head_dim ||
         a->vocab_size != b->vocab_size) {
-        set_err(err, "the teacher's dimensions differ from the pruned model's");
+        err_setf(err, "the teacher's dimensions differ from the pruned model's");
         return -EINVAL;
     }
     if (n_kept != s->n_layers) {
-        set_err(err, "the pruned model has %d layers but the prune record keeps %d", s->n_layers,
-                n_kept);
+        err_setf(err, "the pruned model has %d layers but the prune record keeps %d", s->n_layers,
+                 n_kept);
         return -EINVAL;
     }
     if (n_kept >= t->n_layers) {
-        set_err(err, "the teacher has %d layers, no more than the pruned model: nothing to heal",
-                t->n_layers);
+        err_setf(err, "the teacher has %d layers, no more than the pruned model: nothing to heal",
+                 t->n_layers);
         return -EINVAL;
     }
     for (int i = 0; i < n_kept; i++) {
         if (kept[i] < 0 || kept[i] >= t->n_layers || (i > 0 && kept[i] <= kept[i - 1])) {
-            set_err(err, "kept layer indices must increase and lie below %d", t->n_layers);
+            err_setf(err, "kept layer indices must increase and lie below %d", t->n_layers);
             return -EINVAL;
         }
     }
@@ -555,7 +542,7 @@ int heal_lsq(struct model *student, struct model *teacher, const int *kept, int 
     memset(rep, 0, sizeof(*rep));
     memset(&st, 0, sizeof(st));
     if (n < 1 || seq_len < 1 || !(o->ridge >= 0) || !isfinite(o->ridge)) {
-        set_err(err, "heal needs calibration windows and a finite ridge >= 0");
+        err_setf(err, "heal needs calibration windows and a finite ridge >= 0");
         return -EINVAL;
     }
     if ((rc = check_shapes(student, teacher, kept, n_kept, err)))
@@ -704,7 +691,7 @@ int heal_lsq(struct model *student, struct model *teacher, const int *kept, int 
     rep->err_before = ref > 0 ? eb / ref : 0;
     rep->err_after = ref > 0 ? ea / ref : 0;
     if (!isfinite(rep->err_after)) {
-        set_err(err, "the healed model produces non-finite hidden states");
+        err_setf(err, "the healed model produces non-finite hidden states");
         rc = -EDOM;
         goto out;
     }

@@ -41,17 +41,6 @@ const char *model_lin_name(enum model_lin w)
     return (int)w >= 0 && w < MODEL_LIN_COUNT ? lin_names[w] : "?";
 }
 
-void model__set_err(char **err, const char *fmt, ...)
-{
-    if (!err)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    free(*err);
-    *err = xvasprintf(fmt, ap);
-    va_end(ap);
-}
-
 /* out/in of each linear for this config. */
 static void lin_shape(const struct config *c, enum model_lin w, int *out, int *in)
 {
@@ -105,23 +94,22 @@ static const struct st_tensor *need(const struct model *m, const char *name, int
         int quant = st_dir_find(m->st, packed) != NULL;
         free(packed);
         if (quant)
-            model__set_err(err,
-                           "%s: tensor '%s' is stored quantized (weight_packed); quantized "
-                           "checkpoints are not supported by the engine yet",
-                           m->dir, name);
+            err_setf(err,
+                     "%s: tensor '%s' is stored quantized (weight_packed); quantized "
+                     "checkpoints are not supported by the engine yet",
+                     m->dir, name);
         else
-            model__set_err(err, "%s: missing tensor '%s'", m->dir, name);
+            err_setf(err, "%s: missing tensor '%s'", m->dir, name);
         return NULL;
     }
     int ok = d1 < 0 ? t->ndim == 1 && t->shape[0] == d0
                     : t->ndim == 2 && t->shape[0] == d0 && t->shape[1] == d1;
     if (!ok) {
         if (d1 < 0)
-            model__set_err(err, "%s: tensor '%s' should have shape [%lld]", m->dir, name,
-                           (long long)d0);
+            err_setf(err, "%s: tensor '%s' should have shape [%lld]", m->dir, name, (long long)d0);
         else
-            model__set_err(err, "%s: tensor '%s' should have shape [%lld, %lld]", m->dir, name,
-                           (long long)d0, (long long)d1);
+            err_setf(err, "%s: tensor '%s' should have shape [%lld, %lld]", m->dir, name,
+                     (long long)d0, (long long)d1);
         return NULL;
     }
     return t;
@@ -135,10 +123,10 @@ static int load_dense(struct model *m, const char *name, int out, int in, struct
         return -EINVAL;
     enum kern_dtype kd;
     if (kern_dtype_of(t->dtype, &kd) != 0) {
-        model__set_err(err,
-                       "%s: tensor '%s' has dtype %s; the engine computes from BF16, F16 or "
-                       "F32 weights (quantized formats are not supported yet)",
-                       m->dir, name, st_dtype_name(t->dtype));
+        err_setf(err,
+                 "%s: tensor '%s' has dtype %s; the engine computes from BF16, F16 or "
+                 "F32 weights (quantized formats are not supported yet)",
+                 m->dir, name, st_dtype_name(t->dtype));
         return -EINVAL;
     }
     linear_init_dense(L, out, in, kd, t->data);
@@ -151,8 +139,8 @@ static float *load_vec(struct model *m, const char *name, int n, char **err)
     if (!t)
         return NULL;
     if (t->dtype != ST_BF16 && t->dtype != ST_F16 && t->dtype != ST_F32) {
-        model__set_err(err, "%s: tensor '%s' has dtype %s, expected a float type", m->dir, name,
-                       st_dtype_name(t->dtype));
+        err_setf(err, "%s: tensor '%s' has dtype %s, expected a float type", m->dir, name,
+                 st_dtype_name(t->dtype));
         return NULL;
     }
     float *v = xcalloc((size_t)n, sizeof(float));
@@ -341,8 +329,7 @@ void model_kv_reset(struct model_kv *kv)
 static int check_lw(const struct model *m, int l, enum model_lin w, char **err)
 {
     if (l < 0 || l >= m->n_layers || (int)w < 0 || w >= MODEL_LIN_COUNT) {
-        model__set_err(err, "no linear %d in layer %d (the model has %d layers)", (int)w, l,
-                       m->n_layers);
+        err_setf(err, "no linear %d in layer %d (the model has %d layers)", (int)w, l, m->n_layers);
         return -EINVAL;
     }
     return 0;
@@ -361,7 +348,7 @@ int model_linear_get_f32(const struct model *m, int l, enum model_lin w, float *
         return -EINVAL;
     int rc = linear_to_f32(&m->layers[l].lin[w], out);
     if (rc)
-        model__set_err(err, "layer %d %s: this weight format has no fp32 decoder", l, lin_names[w]);
+        err_setf(err, "layer %d %s: this weight format has no fp32 decoder", l, lin_names[w]);
     return rc;
 }
 
@@ -431,14 +418,14 @@ int model_linear_set_quant(struct model *m, int l, enum model_lin w, struct qwei
         return -EINVAL;
     lin_shape(&m->cfg, w, &out, &in);
     if (take->out != out || take->in != in) {
-        model__set_err(err, "layer %d %s: quantized weight is [%d, %d], expected [%d, %d]", l,
-                       lin_names[w], take->out, take->in, out, in);
+        err_setf(err, "layer %d %s: quantized weight is [%d, %d], expected [%d, %d]", l,
+                 lin_names[w], take->out, take->in, out, in);
         return -EINVAL;
     }
     rc = quant_linear_init(&nl, take);
     if (rc) {
-        model__set_err(err, "layer %d %s: quantized weight is inconsistent (%s, %d bits, group %d)",
-                       l, lin_names[w], qscheme_name(take->scheme), take->bits, take->group_size);
+        err_setf(err, "layer %d %s: quantized weight is inconsistent (%s, %d bits, group %d)", l,
+                 lin_names[w], qscheme_name(take->scheme), take->bits, take->group_size);
         return rc;
     }
     /* The linear borrows take's arrays; they move (pointers unchanged) into the model's copy. */
@@ -478,8 +465,8 @@ int model_linear_replace(struct model *m, int l, enum model_lin w, struct linear
         return -EINVAL;
     struct linear *L = &m->layers[l].lin[w];
     if (take->out != L->out || take->in != L->in) {
-        model__set_err(err, "layer %d %s: replacement is [%d, %d], expected [%d, %d]", l,
-                       lin_names[w], take->out, take->in, L->out, L->in);
+        err_setf(err, "layer %d %s: replacement is [%d, %d], expected [%d, %d]", l, lin_names[w],
+                 take->out, take->in, L->out, L->in);
         return -EINVAL;
     }
     linear_release(L);
@@ -585,7 +572,7 @@ static int save_fill(void *arg, const struct st_wtensor *t, void *dst, size_t nb
     float *row = xmalloc(sizeof(float) * (size_t)L->in + 1);
     if (L->fmt != LINEAR_FMT_DENSE) {
         free(row);
-        model__set_err(err, "tensor '%s': saving this weight format is not supported yet", t->name);
+        err_setf(err, "tensor '%s': saving this weight format is not supported yet", t->name);
         return -ENOSYS;
     }
     size_t esz = kern_dtype_size(L->dtype), osz = st_dtype_size(t->dtype);
@@ -621,9 +608,8 @@ static int quant_config(const struct model *m, struct config *qc, char **err)
             bool q0 = L->quant[fused[f][0]] != NULL;
             for (int k = 1; k < 3; k++)
                 if ((L->quant[fused[f][k]] != NULL) != q0) {
-                    model__set_err(err,
-                                   "layer %d: %s and %s must be quantized alike (vLLM fuses them)",
-                                   l, lin_names[fused[f][0]], lin_names[fused[f][k]]);
+                    err_setf(err, "layer %d: %s and %s must be quantized alike (vLLM fuses them)",
+                             l, lin_names[fused[f][0]], lin_names[fused[f][k]]);
                     goto fail;
                 }
         }
@@ -640,11 +626,11 @@ static int quant_config(const struct model *m, struct config *qc, char **err)
                 first = q;
             } else if (q->scheme != first->scheme || q->group_size != first->group_size ||
                        (q->g_idx != NULL) != (first->g_idx != NULL)) {
-                model__set_err(err,
-                               "layer %d %s: mixed quantization schemes in one model are not "
-                               "supported (%s g%d vs %s g%d)",
-                               l, lin_names[w], qscheme_name(q->scheme), q->group_size,
-                               qscheme_name(first->scheme), first->group_size);
+                err_setf(err,
+                         "layer %d %s: mixed quantization schemes in one model are not "
+                         "supported (%s g%d vs %s g%d)",
+                         l, lin_names[w], qscheme_name(q->scheme), q->group_size,
+                         qscheme_name(first->scheme), first->group_size);
                 goto fail;
             }
         }
@@ -654,7 +640,7 @@ static int quant_config(const struct model *m, struct config *qc, char **err)
         int r = config_set_json(qc, "quantization_config", json);
         free(json);
         if (r < 0) {
-            model__set_err(err, "cannot set quantization_config");
+            err_setf(err, "cannot set quantization_config");
             goto fail;
         }
     } else {
@@ -692,7 +678,7 @@ int model_save(const struct model *m, const char *dir, const struct model_save_o
     if (opts)
         o = *opts;
     if (o.dtype != ST_BF16 && o.dtype != ST_F16 && o.dtype != ST_F32) {
-        model__set_err(err, "model_save: dtype must be BF16, F16 or F32");
+        err_setf(err, "model_save: dtype must be BF16, F16 or F32");
         return -EINVAL;
     }
     const struct config *c = &m->cfg;
@@ -773,7 +759,7 @@ int model_save(const struct model *m, const char *dir, const struct model_save_o
                 char *dst = path_join(dir, aux_files[i]);
                 int r = file_copy(src, dst);
                 if (r != 0 && rc == 0) {
-                    model__set_err(err, "cannot copy '%s' to '%s': %s", src, dst, strerror(-r));
+                    err_setf(err, "cannot copy '%s' to '%s': %s", src, dst, strerror(-r));
                     rc = r;
                 }
                 free(dst);

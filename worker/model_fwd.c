@@ -99,9 +99,8 @@ static void rnd(const struct model *m, float *x, size_t n)
 static int kcheck(int rc, const char *what, char **err)
 {
     if (rc)
-        model__set_err(err, "%s kernel failed: %s", what,
-                       rc == -ENOSYS ? "not available for this backend or format"
-                                     : "invalid arguments");
+        err_setf(err, "%s kernel failed: %s", what,
+                 rc == -ENOSYS ? "not available for this backend or format" : "invalid arguments");
     return rc;
 }
 
@@ -129,7 +128,7 @@ static int call_hook(const struct model_hooks *h, int l, enum model_hook_point p
         return 0;
     int rc = h->fn(h->arg, l, pt, x, T, n);
     if (rc)
-        model__set_err(err, "layer %d: forward stopped by a hook (code %d)", l, rc);
+        err_setf(err, "layer %d: forward stopped by a hook (code %d)", l, rc);
     return rc;
 }
 
@@ -164,8 +163,8 @@ int model_embed(const struct model *m, const int32_t *ids, int T, float *x, char
     size_t esz = kern_dtype_size(m->embed.dtype);
     for (int t = 0; t < T; t++) {
         if (ids[t] < 0 || ids[t] >= c->vocab_size) {
-            model__set_err(err, "token id %d at position %d is outside the vocabulary (size %d)",
-                           ids[t], t, c->vocab_size);
+            err_setf(err, "token id %d at position %d is outside the vocabulary (size %d)", ids[t],
+                     t, c->vocab_size);
             return -EINVAL;
         }
     }
@@ -181,7 +180,7 @@ int model_layer_forward(struct model *m, int l, float *x, int T, int pos0, struc
 {
     const struct config *c = &m->cfg;
     if (l < 0 || l >= m->n_layers || T < 1 || pos0 < 0) {
-        model__set_err(err, "model_layer_forward: bad layer %d, T %d or pos0 %d", l, T, pos0);
+        err_setf(err, "model_layer_forward: bad layer %d, T %d or pos0 %d", l, T, pos0);
         return -EINVAL;
     }
     struct model_layer *L = &m->layers[l];
@@ -190,17 +189,16 @@ int model_layer_forward(struct model *m, int l, float *x, int T, int pos0, struc
     int rc;
     if (kv) {
         if (kv->n_layers != m->n_layers || kv->n_kv_heads != nkv || kv->head_dim != hd) {
-            model__set_err(err, "KV cache does not match the model's shape");
+            err_setf(err, "KV cache does not match the model's shape");
             return -EINVAL;
         }
         if (pos0 > kv->len[l]) {
-            model__set_err(err, "layer %d: KV cache holds %d positions, cannot append at %d", l,
-                           kv->len[l], pos0);
+            err_setf(err, "layer %d: KV cache holds %d positions, cannot append at %d", l,
+                     kv->len[l], pos0);
             return -EINVAL;
         }
         if (pos0 + T > kv->cap) {
-            model__set_err(err, "KV cache capacity %d exceeded (%d positions needed)", kv->cap,
-                           pos0 + T);
+            err_setf(err, "KV cache capacity %d exceeded (%d positions needed)", kv->cap, pos0 + T);
             return -ENOSPC;
         }
     }
@@ -325,20 +323,20 @@ int model_forward(struct model *m, const int32_t *ids, int T, struct model_kv *k
                   char **err)
 {
     if (T < 1 || !ids || (which != MODEL_LOGITS_NONE && !logits)) {
-        model__set_err(err, "model_forward: need T >= 1 tokens and a logits buffer");
+        err_setf(err, "model_forward: need T >= 1 tokens and a logits buffer");
         return -EINVAL;
     }
     int pos0 = 0;
     if (kv) {
         if (kv->n_layers != m->n_layers) {
-            model__set_err(err, "KV cache has %d layers, the model %d", kv->n_layers, m->n_layers);
+            err_setf(err, "KV cache has %d layers, the model %d", kv->n_layers, m->n_layers);
             return -EINVAL;
         }
         pos0 = kv->n_layers > 0 ? kv->len[0] : 0;
         for (int l = 1; l < kv->n_layers; l++)
             if (kv->len[l] != pos0) {
-                model__set_err(err, "KV cache layers hold different lengths (%d and %d)", pos0,
-                               kv->len[l]);
+                err_setf(err, "KV cache layers hold different lengths (%d and %d)", pos0,
+                         kv->len[l]);
                 return -EINVAL;
             }
     }
@@ -372,13 +370,13 @@ int model_log_softmax(struct model *m, float *logits, int rows, char **err)
 int model_nll(struct model *m, const int32_t *ids, int n, float *nll, char **err)
 {
     if (n < 2) {
-        model__set_err(err, "model_nll: need at least 2 tokens");
+        err_setf(err, "model_nll: need at least 2 tokens");
         return -EINVAL;
     }
     int T = n - 1, V = m->cfg.vocab_size;
     if (ids[n - 1] < 0 || ids[n - 1] >= V) {
-        model__set_err(err, "token id %d at position %d is outside the vocabulary (size %d)",
-                       ids[n - 1], n - 1, V);
+        err_setf(err, "token id %d at position %d is outside the vocabulary (size %d)", ids[n - 1],
+                 n - 1, V);
         return -EINVAL;
     }
     int rc = run_layers(m, ids, T, NULL, 0, NULL, err);
@@ -411,7 +409,7 @@ int model_generate_greedy(struct model *m, const int32_t *prompt, int n_prompt, 
                           int32_t *out, char **err)
 {
     if (n_prompt < 1 || n_new < 0) {
-        model__set_err(err, "model_generate_greedy: need a prompt");
+        err_setf(err, "model_generate_greedy: need a prompt");
         return -EINVAL;
     }
     if (n_new == 0)

@@ -20,6 +20,5 @@ struct model_ws {
 
 void model__ws_reserve(struct model *m, int rows);
 void model__ws_free(struct model *m);
-void model__set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

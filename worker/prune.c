@@ -15,19 +15,6 @@
 
 #include "common/util.h"
 
-static void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_err(char **err, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err)
-        return;
-    free(*err);
-    va_start(ap, fmt);
-    *err = xvasprintf(fmt, ap);
-    va_end(ap);
-}
-
 /* ---- block influence ------------------------------------------------------------------------ */
 
 /* Sum over the T rows of 1 - cos(a[t], b[t]); a zero row counts as cos 0.5 (ShortGPT nan). */
@@ -55,7 +42,7 @@ int prune_block_influence(struct model *m, const int32_t *ids, int n, int seq_le
 {
     int L = m->n_layers, H = m->cfg.hidden_size, rc = 0;
     if (n < 1 || seq_len < 1 || L < 1) {
-        set_err(err, "block influence needs at least one calibration window and one layer");
+        err_setf(err, "block influence needs at least one calibration window and one layer");
         return -EINVAL;
     }
     size_t nx = (size_t)seq_len * H;
@@ -71,7 +58,7 @@ int prune_block_influence(struct model *m, const int32_t *ids, int n, int seq_le
                 bi[l] += sum_one_minus_cos(prev, x, seq_len, H);
         }
         if (rc == 0 && tick && tick(arg, w + 1, n)) {
-            set_err(err, "cancelled");
+            err_setf(err, "cancelled");
             rc = -ECANCELED;
         }
     }
@@ -108,9 +95,9 @@ static int cmp_int(const void *a, const void *b)
 int prune_select_smallest(const double *bi, int n_layers, int n_remove, int *removed, char **err)
 {
     if (n_remove < 1 || n_remove >= n_layers) {
-        set_err(err,
-                "cannot remove %d of %d layers: at least one layer must be removed and one kept",
-                n_remove, n_layers);
+        err_setf(err,
+                 "cannot remove %d of %d layers: at least one layer must be removed and one kept",
+                 n_remove, n_layers);
         return -EINVAL;
     }
     struct bi_idx *v = xmalloc(sizeof(*v) * (size_t)n_layers);
@@ -131,7 +118,7 @@ int prune_keep_from_removed(int n_layers, const int *removed, int n_removed, int
                             char **err)
 {
     if (n_removed < 1) {
-        set_err(err, "no layer to remove");
+        err_setf(err, "no layer to remove");
         return -EINVAL;
     }
     char *gone = xcalloc((size_t)n_layers + 1, 1);
@@ -139,18 +126,18 @@ int prune_keep_from_removed(int n_layers, const int *removed, int n_removed, int
     for (int i = 0; i < n_removed && rc == 0; i++) {
         int l = removed[i];
         if (l < 0 || l >= n_layers) {
-            set_err(err, "layer index %d is out of range (the model has %d layers, 0..%d)", l,
-                    n_layers, n_layers - 1);
+            err_setf(err, "layer index %d is out of range (the model has %d layers, 0..%d)", l,
+                     n_layers, n_layers - 1);
             rc = -EINVAL;
         } else if (gone[l]) {
-            set_err(err, "layer index %d is listed twice", l);
+            err_setf(err, "layer index %d is listed twice", l);
             rc = -EINVAL;
         } else {
             gone[l] = 1;
         }
     }
     if (rc == 0 && n_removed >= n_layers) {
-        set_err(err, "removing all %d layers would leave an empty model", n_layers);
+        err_setf(err, "removing all %d layers would leave an empty model", n_layers);
         rc = -EINVAL;
     }
     if (rc == 0) {
@@ -216,7 +203,7 @@ int prune_record_write(const char *dir, const struct prune_record *r, const char
     if (extra_json) {
         extra = cJSON_Parse(extra_json);
         if (!cJSON_IsObject(extra)) {
-            set_err(err, "internal: extra record fields are not a JSON object");
+            err_setf(err, "internal: extra record fields are not a JSON object");
             rc = -EINVAL;
             goto out;
         }
@@ -237,7 +224,7 @@ int prune_record_write(const char *dir, const struct prune_record *r, const char
         free(t2);
     }
     if (rc < 0)
-        set_err(err, "cannot write '%s': %s", path, strerror(-rc));
+        err_setf(err, "cannot write '%s': %s", path, strerror(-rc));
 out:
     cJSON_free(text);
     cJSON_Delete(extra);
@@ -275,15 +262,15 @@ int prune_record_read(const char *dir, struct prune_record *r, char **err)
     int rc = -EINVAL;
     memset(r, 0, sizeof(*r));
     if (!is_file(path)) {
-        set_err(err,
-                "'%s' is missing: the model in '%s' was not made by a prune stage (heal must "
-                "follow prune in the lane)",
-                PRUNE_RECORD_FILE, dir);
+        err_setf(err,
+                 "'%s' is missing: the model in '%s' was not made by a prune stage (heal must "
+                 "follow prune in the lane)",
+                 PRUNE_RECORD_FILE, dir);
         rc = -ENOENT;
         goto out;
     }
     if (file_read_all(path, &text, NULL) < 0) {
-        set_err(err, "cannot read '%s': %s", path, strerror(errno));
+        err_setf(err, "cannot read '%s': %s", path, strerror(errno));
         rc = -EIO;
         goto out;
     }
@@ -292,7 +279,7 @@ int prune_record_read(const char *dir, struct prune_record *r, char **err)
     n = cJSON_GetObjectItemCaseSensitive(o, "source_layers");
     if (!cJSON_IsObject(o) || !cJSON_IsString(s) || !s->valuestring[0] || !cJSON_IsNumber(n) ||
         n->valueint < 2 || n->valueint > 100000) {
-        set_err(err, "'%s' is malformed (needs \"source\" and \"source_layers\")", path);
+        err_setf(err, "'%s' is malformed (needs \"source\" and \"source_layers\")", path);
         goto out;
     }
     r->source = xstrdup(s->valuestring);
@@ -302,10 +289,10 @@ int prune_record_read(const char *dir, struct prune_record *r, char **err)
         read_index_array(cJSON_GetObjectItemCaseSensitive(o, "removed"), r->n_source, &r->removed,
                          &r->n_removed) < 0 ||
         r->n_kept < 1 || r->n_removed < 1 || r->n_kept + r->n_removed != r->n_source) {
-        set_err(err,
-                "'%s' is malformed: \"kept\" and \"removed\" must be increasing layer indices "
-                "that together cover the %d source layers",
-                path, r->n_source);
+        err_setf(err,
+                 "'%s' is malformed: \"kept\" and \"removed\" must be increasing layer indices "
+                 "that together cover the %d source layers",
+                 path, r->n_source);
         goto out;
     }
     {
@@ -318,7 +305,7 @@ int prune_record_read(const char *dir, struct prune_record *r, char **err)
             dup |= seen[r->removed[i]];
         free(seen);
         if (dup) {
-            set_err(err, "'%s' is malformed: a layer is both kept and removed", path);
+            err_setf(err, "'%s' is malformed: a layer is both kept and removed", path);
             goto out;
         }
     }

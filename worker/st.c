@@ -74,19 +74,6 @@ struct st_file {
     char **meta_keys, **meta_vals;
 };
 
-static void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_err(char **err, const char *fmt, ...)
-{
-    if (!err)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    free(*err);
-    *err = xvasprintf(fmt, ap);
-    va_end(ap);
-}
-
 static const char *base_name(const char *p)
 {
     const char *s = strrchr(p, '/');
@@ -202,29 +189,29 @@ static int parse_entry(const char *lb, const cJSON *e, struct st_tensor *t, uint
                        char **err)
 {
     if (!cJSON_IsObject(e)) {
-        set_err(err, "%s: tensor '%s' is not a JSON object", lb, t->name);
+        err_setf(err, "%s: tensor '%s' is not a JSON object", lb, t->name);
         return -EINVAL;
     }
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
     const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
     const cJSON *of = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
     if (!cJSON_IsString(dt)) {
-        set_err(err, "%s: tensor '%s' has no string 'dtype'", lb, t->name);
+        err_setf(err, "%s: tensor '%s' has no string 'dtype'", lb, t->name);
         return -EINVAL;
     }
     if (st_dtype_parse(dt->valuestring, &t->dtype) != 0) {
-        set_err(err, "%s: tensor '%s' has unknown or unsupported dtype '%.40s'", lb, t->name,
-                dt->valuestring);
+        err_setf(err, "%s: tensor '%s' has unknown or unsupported dtype '%.40s'", lb, t->name,
+                 dt->valuestring);
         return -EINVAL;
     }
     if (!cJSON_IsArray(sh)) {
-        set_err(err, "%s: tensor '%s' has no 'shape' array", lb, t->name);
+        err_setf(err, "%s: tensor '%s' has no 'shape' array", lb, t->name);
         return -EINVAL;
     }
     int nd = cJSON_GetArraySize(sh);
     if (nd > ST_MAX_DIMS) {
-        set_err(err, "%s: tensor '%s' has %d dimensions (at most %d supported)", lb, t->name, nd,
-                ST_MAX_DIMS);
+        err_setf(err, "%s: tensor '%s' has %d dimensions (at most %d supported)", lb, t->name, nd,
+                 ST_MAX_DIMS);
         return -EINVAL;
     }
     t->ndim = nd;
@@ -235,13 +222,13 @@ static int parse_entry(const char *lb, const cJSON *e, struct st_tensor *t, uint
     {
         uint64_t v;
         if (!json_uint(d, &v)) {
-            set_err(err, "%s: tensor '%s' shape entry %d is not a non-negative integer", lb,
-                    t->name, i);
+            err_setf(err, "%s: tensor '%s' shape entry %d is not a non-negative integer", lb,
+                     t->name, i);
             return -EINVAL;
         }
         t->shape[i++] = (int64_t)v;
         if (numel != 0 && v != 0 && numel > UINT64_MAX / v) {
-            set_err(err, "%s: tensor '%s' shape overflows the element count", lb, t->name);
+            err_setf(err, "%s: tensor '%s' shape overflows the element count", lb, t->name);
             return -EINVAL;
         }
         numel *= v;
@@ -250,20 +237,20 @@ static int parse_entry(const char *lb, const cJSON *e, struct st_tensor *t, uint
     if (numel > (uint64_t)INT64_MAX ||
         __builtin_mul_overflow(numel, (uint64_t)st_dtype_size(t->dtype), &nbytes) ||
         nbytes > (uint64_t)SIZE_MAX) {
-        set_err(err, "%s: tensor '%s' shape times element size overflows", lb, t->name);
+        err_setf(err, "%s: tensor '%s' shape times element size overflows", lb, t->name);
         return -EINVAL;
     }
     t->numel = (int64_t)numel;
     t->nbytes = (size_t)nbytes;
     if (!cJSON_IsArray(of) || cJSON_GetArraySize(of) != 2 || !json_uint(of->child, &off[0]) ||
         !json_uint(of->child->next, &off[1])) {
-        set_err(err, "%s: tensor '%s' needs 'data_offsets' [BEGIN, END] of non-negative integers",
-                lb, t->name);
+        err_setf(err, "%s: tensor '%s' needs 'data_offsets' [BEGIN, END] of non-negative integers",
+                 lb, t->name);
         return -EINVAL;
     }
     if (off[1] < off[0]) {
-        set_err(err, "%s: tensor '%s' data_offsets [%llu,%llu] end before they begin", lb, t->name,
-                (unsigned long long)off[0], (unsigned long long)off[1]);
+        err_setf(err, "%s: tensor '%s' data_offsets [%llu,%llu] end before they begin", lb, t->name,
+                 (unsigned long long)off[0], (unsigned long long)off[1]);
         return -EINVAL;
     }
     if (off[1] - off[0] != nbytes) {
@@ -273,12 +260,12 @@ static int parse_entry(const char *lb, const cJSON *e, struct st_tensor *t, uint
         for (int k = 0; k < nd && p < sizeof(shape) - 24; k++)
             p += (size_t)snprintf(shape + p, sizeof(shape) - p, "%s%lld", k ? "," : "",
                                   (long long)t->shape[k]);
-        set_err(err,
-                "%s: tensor '%s' data_offsets [%llu,%llu] hold %llu bytes but dtype %s and shape "
-                "[%s] need %llu",
-                lb, t->name, (unsigned long long)off[0], (unsigned long long)off[1],
-                (unsigned long long)(off[1] - off[0]), st_dtype_name(t->dtype), shape,
-                (unsigned long long)nbytes);
+        err_setf(err,
+                 "%s: tensor '%s' data_offsets [%llu,%llu] hold %llu bytes but dtype %s and shape "
+                 "[%s] need %llu",
+                 lb, t->name, (unsigned long long)off[0], (unsigned long long)off[1],
+                 (unsigned long long)(off[1] - off[0]), st_dtype_name(t->dtype), shape,
+                 (unsigned long long)nbytes);
         return -EINVAL;
     }
     return 0;
@@ -290,30 +277,30 @@ static int parse_image(struct st_file *f, const unsigned char *buf, size_t len, 
     cJSON *root = NULL;
     int rc = -EINVAL;
     if (len < 8) {
-        set_err(err, "%s: file too small (%zu bytes) to hold the 8-byte header length", lb, len);
+        err_setf(err, "%s: file too small (%zu bytes) to hold the 8-byte header length", lb, len);
         return -EINVAL;
     }
     uint64_t hn = 0;
     for (int i = 7; i >= 0; i--)
         hn = (hn << 8) | buf[i];
     if (hn > ST_MAX_HEADER) {
-        set_err(err, "%s: header length %llu exceeds the limit of %llu bytes", lb,
-                (unsigned long long)hn, (unsigned long long)ST_MAX_HEADER);
+        err_setf(err, "%s: header length %llu exceeds the limit of %llu bytes", lb,
+                 (unsigned long long)hn, (unsigned long long)ST_MAX_HEADER);
         return -EINVAL;
     }
     if (hn > len - 8) {
-        set_err(err, "%s: header length %llu exceeds the file size (%zu bytes)", lb,
-                (unsigned long long)hn, len);
+        err_setf(err, "%s: header length %llu exceeds the file size (%zu bytes)", lb,
+                 (unsigned long long)hn, len);
         return -EINVAL;
     }
     const unsigned char *h = buf + 8;
     if (hn == 0 || h[0] != '{') {
-        set_err(err, "%s: header is not a JSON object (it must start with '{')", lb);
+        err_setf(err, "%s: header is not a JSON object (it must start with '{')", lb);
         return -EINVAL;
     }
     size_t bad;
     if (!utf8_valid(h, (size_t)hn, &bad)) {
-        set_err(err, "%s: header is not valid UTF-8 (byte %zu)", lb, bad);
+        err_setf(err, "%s: header is not valid UTF-8 (byte %zu)", lb, bad);
         return -EINVAL;
     }
     const char *end = NULL;
@@ -323,18 +310,18 @@ static int parse_image(struct st_file *f, const unsigned char *buf, size_t len, 
         long at = ep && ep >= (const char *)h && ep <= (const char *)h + hn
                       ? (long)(ep - (const char *)h)
                       : -1;
-        set_err(err, "%s: header is not valid JSON (near byte %ld)", lb, at);
+        err_setf(err, "%s: header is not valid JSON (near byte %ld)", lb, at);
         goto fail;
     }
     for (const char *p = end; p < (const char *)h + hn; p++) {
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            set_err(err, "%s: header has trailing bytes after the JSON object (byte %ld)", lb,
-                    (long)(p - (const char *)h));
+            err_setf(err, "%s: header has trailing bytes after the JSON object (byte %ld)", lb,
+                     (long)(p - (const char *)h));
             goto fail;
         }
     }
     if (!cJSON_IsObject(root)) {
-        set_err(err, "%s: header is not a JSON object", lb);
+        err_setf(err, "%s: header is not a JSON object", lb);
         goto fail;
     }
     int count = 0, seen_meta = 0;
@@ -342,18 +329,18 @@ static int parse_image(struct st_file *f, const unsigned char *buf, size_t len, 
     cJSON_ArrayForEach(e, root)
     {
         if (!e->string) {
-            set_err(err, "%s: header has an entry without a name", lb);
+            err_setf(err, "%s: header has an entry without a name", lb);
             goto fail;
         }
         if (strcmp(e->string, "__metadata__") == 0) {
             if (seen_meta++) {
-                set_err(err, "%s: duplicate key '__metadata__'", lb);
+                err_setf(err, "%s: duplicate key '__metadata__'", lb);
                 goto fail;
             }
             if (cJSON_IsNull(e))
                 continue;
             if (!cJSON_IsObject(e)) {
-                set_err(err, "%s: __metadata__ is not an object", lb);
+                err_setf(err, "%s: __metadata__ is not an object", lb);
                 goto fail;
             }
             const cJSON *m;
@@ -363,8 +350,8 @@ static int parse_image(struct st_file *f, const unsigned char *buf, size_t len, 
             cJSON_ArrayForEach(m, e)
             {
                 if (!cJSON_IsString(m) || !m->string) {
-                    set_err(err, "%s: __metadata__ value '%.60s' is not a string", lb,
-                            m->string ? m->string : "");
+                    err_setf(err, "%s: __metadata__ value '%.60s' is not a string", lb,
+                             m->string ? m->string : "");
                     goto fail;
                 }
                 f->meta_keys[f->nmeta] = xstrdup(m->string);
@@ -400,7 +387,7 @@ static int parse_image(struct st_file *f, const unsigned char *buf, size_t len, 
     qsort(f->by_name, (size_t)f->n, sizeof(*f->by_name), cmp_name);
     for (int i = 1; i < f->n; i++) {
         if (strcmp(f->by_name[i - 1]->name, f->by_name[i]->name) == 0) {
-            set_err(err, "%s: duplicate tensor name '%s'", lb, f->by_name[i]->name);
+            err_setf(err, "%s: duplicate tensor name '%s'", lb, f->by_name[i]->name);
             goto fail;
         }
     }
@@ -413,24 +400,24 @@ static int parse_image(struct st_file *f, const unsigned char *buf, size_t len, 
     for (int i = 0; i < f->n; i++) {
         uint64_t b = (uint64_t)(uintptr_t)ord[i]->data, en = b + ord[i]->nbytes;
         if (b < pos) {
-            set_err(err,
-                    "%s: tensor '%s' data_offsets [%llu,%llu] overlap the previous tensor '%s'", lb,
-                    ord[i]->name, (unsigned long long)b, (unsigned long long)en, ord[i - 1]->name);
+            err_setf(
+                err, "%s: tensor '%s' data_offsets [%llu,%llu] overlap the previous tensor '%s'",
+                lb, ord[i]->name, (unsigned long long)b, (unsigned long long)en, ord[i - 1]->name);
             free(ord);
             goto fail;
         }
         if (b > pos) {
             if (i == 0)
-                set_err(err,
-                        "%s: tensor '%s' data_offsets [%llu,%llu] leave a hole at the start "
-                        "of the data (the first tensor must begin at 0)",
-                        lb, ord[i]->name, (unsigned long long)b, (unsigned long long)en);
+                err_setf(err,
+                         "%s: tensor '%s' data_offsets [%llu,%llu] leave a hole at the start "
+                         "of the data (the first tensor must begin at 0)",
+                         lb, ord[i]->name, (unsigned long long)b, (unsigned long long)en);
             else
-                set_err(err,
-                        "%s: tensor '%s' data_offsets [%llu,%llu] leave a hole after the "
-                        "previous tensor '%s' (which ends at %llu)",
-                        lb, ord[i]->name, (unsigned long long)b, (unsigned long long)en,
-                        ord[i - 1]->name, (unsigned long long)pos);
+                err_setf(err,
+                         "%s: tensor '%s' data_offsets [%llu,%llu] leave a hole after the "
+                         "previous tensor '%s' (which ends at %llu)",
+                         lb, ord[i]->name, (unsigned long long)b, (unsigned long long)en,
+                         ord[i - 1]->name, (unsigned long long)pos);
             free(ord);
             goto fail;
         }
@@ -439,10 +426,10 @@ static int parse_image(struct st_file *f, const unsigned char *buf, size_t len, 
     free(ord);
     uint64_t data_len = len - 8 - hn;
     if (pos != data_len) {
-        set_err(err,
-                "%s: header describes %llu data bytes but the file holds %llu after the "
-                "header (8 + N + last END must equal the file size)",
-                lb, (unsigned long long)pos, (unsigned long long)data_len);
+        err_setf(err,
+                 "%s: header describes %llu data bytes but the file holds %llu after the "
+                 "header (8 + N + last END must equal the file size)",
+                 lb, (unsigned long long)pos, (unsigned long long)data_len);
         goto fail;
     }
     /* Resolve data pointers; copy the rare misaligned tensor. */
@@ -454,7 +441,7 @@ static int parse_image(struct st_file *f, const unsigned char *buf, size_t len, 
         if (al > 1 && ((uintptr_t)p % al) != 0 && t->nbytes > 0) {
             void *c = NULL;
             if (posix_memalign(&c, 64, t->nbytes) != 0 || !c) {
-                set_err(err, "%s: out of memory copying misaligned tensor '%s'", lb, t->name);
+                err_setf(err, "%s: out of memory copying misaligned tensor '%s'", lb, t->name);
                 rc = -ENOMEM;
                 goto fail;
             }
@@ -495,19 +482,19 @@ int st_file_open(struct st_file **out, const char *path, char **err)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
-        set_err(err, "cannot open '%s': %s", path, strerror(e));
+        err_setf(err, "cannot open '%s': %s", path, strerror(e));
         return -e;
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
         close(fd);
-        set_err(err, "cannot stat '%s': %s", path, strerror(e));
+        err_setf(err, "cannot stat '%s': %s", path, strerror(e));
         return -e;
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        set_err(err, "'%s' is not a regular file", path);
+        err_setf(err, "'%s' is not a regular file", path);
         return -EINVAL;
     }
     struct st_file *f = xcalloc(1, sizeof(*f));
@@ -517,8 +504,8 @@ int st_file_open(struct st_file **out, const char *path, char **err)
     int rc;
     if (len < 8) {
         close(fd);
-        set_err(err, "%s: file too small (%zu bytes) to hold the 8-byte header length", f->label,
-                len);
+        err_setf(err, "%s: file too small (%zu bytes) to hold the 8-byte header length", f->label,
+                 len);
         st_file_free(f);
         return -EINVAL;
     }
@@ -526,7 +513,7 @@ int st_file_open(struct st_file **out, const char *path, char **err)
     close(fd);
     if (m == MAP_FAILED) {
         int e = errno;
-        set_err(err, "cannot map '%s': %s", path, strerror(e));
+        err_setf(err, "cannot map '%s': %s", path, strerror(e));
         st_file_free(f);
         return -e;
     }
@@ -634,8 +621,8 @@ static int index_all(struct st_dir *d, char **err)
     qsort(d->by_name, (size_t)d->n, sizeof(*d->by_name), cmp_name);
     for (int i = 1; i < d->n; i++) {
         if (strcmp(d->by_name[i - 1]->name, d->by_name[i]->name) == 0) {
-            set_err(err, "tensor '%s' appears in both '%s' and '%s'", d->by_name[i]->name,
-                    d->by_name[i - 1]->file->label, d->by_name[i]->file->label);
+            err_setf(err, "tensor '%s' appears in both '%s' and '%s'", d->by_name[i]->name,
+                     d->by_name[i - 1]->file->label, d->by_name[i]->file->label);
             return -EINVAL;
         }
     }
@@ -650,18 +637,18 @@ static int open_index(struct st_dir *d, const char *dir, const char *ipath, char
     char **names = NULL;
     int nnames = 0, rc = file_read_all(ipath, &text, &len);
     if (rc != 0) {
-        set_err(err, "cannot read '%s': %s", ipath, strerror(-rc));
+        err_setf(err, "cannot read '%s': %s", ipath, strerror(-rc));
         return rc;
     }
     rc = -EINVAL;
     root = cJSON_ParseWithLength(text, len);
     if (!root || !cJSON_IsObject(root)) {
-        set_err(err, "model.safetensors.index.json: not a JSON object");
+        err_setf(err, "model.safetensors.index.json: not a JSON object");
         goto out;
     }
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     if (!cJSON_IsObject(wm)) {
-        set_err(err, "model.safetensors.index.json: missing 'weight_map' object");
+        err_setf(err, "model.safetensors.index.json: missing 'weight_map' object");
         goto out;
     }
     const cJSON *e;
@@ -670,16 +657,16 @@ static int open_index(struct st_dir *d, const char *dir, const char *ipath, char
     cJSON_ArrayForEach(e, wm)
     {
         if (!cJSON_IsString(e) || !e->string) {
-            set_err(err, "model.safetensors.index.json: weight_map entry '%s' is not a file name",
-                    e->string ? e->string : "");
+            err_setf(err, "model.safetensors.index.json: weight_map entry '%s' is not a file name",
+                     e->string ? e->string : "");
             goto out;
         }
         const char *fn = e->valuestring;
         if (!*fn || strchr(fn, '/') || strcmp(fn, "..") == 0 || strcmp(fn, ".") == 0) {
-            set_err(err,
-                    "model.safetensors.index.json: weight_map file name '%s' is not a plain "
-                    "file name",
-                    fn);
+            err_setf(err,
+                     "model.safetensors.index.json: weight_map file name '%s' is not a plain "
+                     "file name",
+                     fn);
             goto out;
         }
         names[nnames++] = e->valuestring;
@@ -690,10 +677,10 @@ static int open_index(struct st_dir *d, const char *dir, const char *ipath, char
             continue;
         char *p = path_join(dir, names[i]);
         if (!is_file(p)) {
-            set_err(err,
-                    "model.safetensors.index.json: weight_map names '%s', which does not "
-                    "exist",
-                    names[i]);
+            err_setf(err,
+                     "model.safetensors.index.json: weight_map names '%s', which does not "
+                     "exist",
+                     names[i]);
             free(p);
             goto out;
         }
@@ -712,10 +699,10 @@ static int open_index(struct st_dir *d, const char *dir, const char *ipath, char
             if (strcmp(d->files[i]->label, e->valuestring) == 0)
                 t = st_file_find(d->files[i], e->string);
         if (!t) {
-            set_err(err,
-                    "model.safetensors.index.json: tensor '%s' is mapped to '%s' but that "
-                    "file does not contain it",
-                    e->string, e->valuestring);
+            err_setf(err,
+                     "model.safetensors.index.json: tensor '%s' is mapped to '%s' but that "
+                     "file does not contain it",
+                     e->string, e->valuestring);
             goto out;
         }
         d->by_name[d->n++] = (struct st_tensor *)t;
@@ -723,8 +710,8 @@ static int open_index(struct st_dir *d, const char *dir, const char *ipath, char
     qsort(d->by_name, (size_t)d->n, sizeof(*d->by_name), cmp_name);
     for (int i = 1; i < d->n; i++) {
         if (strcmp(d->by_name[i - 1]->name, d->by_name[i]->name) == 0) {
-            set_err(err, "model.safetensors.index.json: tensor '%s' is mapped twice",
-                    d->by_name[i]->name);
+            err_setf(err, "model.safetensors.index.json: tensor '%s' is mapped twice",
+                     d->by_name[i]->name);
             goto out;
         }
     }
@@ -749,7 +736,7 @@ int st_dir_open(struct st_dir **out, const char *path, char **err)
         goto done;
     }
     if (!is_dir(path)) {
-        set_err(err, "model directory '%s' does not exist", path);
+        err_setf(err, "model directory '%s' does not exist", path);
         rc = -ENOENT;
         goto done;
     }
@@ -769,7 +756,7 @@ int st_dir_open(struct st_dir **out, const char *path, char **err)
     DIR *dh = opendir(path);
     if (!dh) {
         rc = -errno;
-        set_err(err, "cannot list '%s': %s", path, strerror(-rc));
+        err_setf(err, "cannot list '%s': %s", path, strerror(-rc));
         goto done;
     }
     char **names = NULL;
@@ -792,7 +779,7 @@ int st_dir_open(struct st_dir **out, const char *path, char **err)
         free(names[i]);
     free(names);
     if (rc == 0 && nn == 0) {
-        set_err(err, "no safetensors files in '%s'", path);
+        err_setf(err, "no safetensors files in '%s'", path);
         rc = -ENOENT;
     }
     if (rc == 0)
@@ -967,17 +954,17 @@ int st_write_file(const char *path, const struct st_wtensor *ts, int n, st_fill_
         int ok;
         st_wtensor_nbytes(&ts[i], &ok);
         if (!ts[i].name || !*ts[i].name || strcmp(ts[i].name, "__metadata__") == 0) {
-            set_err(err, "%s: invalid tensor name '%s'", base_name(path),
-                    ts[i].name ? ts[i].name : "(null)");
+            err_setf(err, "%s: invalid tensor name '%s'", base_name(path),
+                     ts[i].name ? ts[i].name : "(null)");
             goto out;
         }
         if (!ok) {
-            set_err(err, "%s: tensor '%s' has an invalid dtype or shape", base_name(path),
-                    ts[i].name);
+            err_setf(err, "%s: tensor '%s' has an invalid dtype or shape", base_name(path),
+                     ts[i].name);
             goto out;
         }
         if (!ts[i].data && !fill) {
-            set_err(err, "%s: tensor '%s' has no data", base_name(path), ts[i].name);
+            err_setf(err, "%s: tensor '%s' has no data", base_name(path), ts[i].name);
             goto out;
         }
         wo[i].align = st_dtype_size(ts[i].dtype);
@@ -989,7 +976,7 @@ int st_write_file(const char *path, const struct st_wtensor *ts, int n, st_fill_
         order[i] = wo[i].idx;
     for (int i = 1; i < n; i++) {
         if (strcmp(ts[order[i]].name, ts[order[i - 1]].name) == 0) {
-            set_err(err, "%s: duplicate tensor name '%s'", base_name(path), ts[order[i]].name);
+            err_setf(err, "%s: duplicate tensor name '%s'", base_name(path), ts[order[i]].name);
             goto out;
         }
     }
@@ -1017,22 +1004,22 @@ int st_write_file(const char *path, const struct st_wtensor *ts, int n, st_fill_
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         rc = -errno;
-        set_err(err, "cannot create '%s': %s", tmp, strerror(-rc));
+        err_setf(err, "cannot create '%s': %s", tmp, strerror(-rc));
         goto out;
     }
     unsigned char lenb[8];
     for (int i = 0; i < 8; i++)
         lenb[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
     if ((rc = write_all_fd(fd, lenb, 8)) != 0 || (rc = write_all_fd(fd, h.data, h.len)) != 0) {
-        set_err(err, "cannot write '%s': %s", tmp, strerror(-rc));
+        err_setf(err, "cannot write '%s': %s", tmp, strerror(-rc));
         goto out;
     }
     if (fill && maxb > 0) {
         scratch = malloc((size_t)maxb);
         if (!scratch) {
             rc = -ENOMEM;
-            set_err(err, "%s: out of memory (%llu bytes for one tensor)", base_name(path),
-                    (unsigned long long)maxb);
+            err_setf(err, "%s: out of memory (%llu bytes for one tensor)", base_name(path),
+                     (unsigned long long)maxb);
             goto out;
         }
     }
@@ -1048,25 +1035,25 @@ int st_write_file(const char *path, const struct st_wtensor *ts, int n, st_fill_
             src = scratch;
         }
         if ((rc = write_all_fd(fd, src, nb)) != 0) {
-            set_err(err, "cannot write '%s': %s", tmp, strerror(-rc));
+            err_setf(err, "cannot write '%s': %s", tmp, strerror(-rc));
             goto out;
         }
     }
     if (fsync(fd) != 0) {
         rc = -errno;
-        set_err(err, "cannot sync '%s': %s", tmp, strerror(-rc));
+        err_setf(err, "cannot sync '%s': %s", tmp, strerror(-rc));
         goto out;
     }
     if (close(fd) != 0) {
         fd = -1;
         rc = -errno;
-        set_err(err, "cannot close '%s': %s", tmp, strerror(-rc));
+        err_setf(err, "cannot close '%s': %s", tmp, strerror(-rc));
         goto out;
     }
     fd = -1;
     if (rename(tmp, path) != 0) {
         rc = -errno;
-        set_err(err, "cannot rename '%s' to '%s': %s", tmp, path, strerror(-rc));
+        err_setf(err, "cannot rename '%s' to '%s': %s", tmp, path, strerror(-rc));
         goto out;
     }
     char *dir = path_dirname(path);
@@ -1107,7 +1094,7 @@ int st_write_dir(const char *dir, const struct st_wtensor *ts, int n, uint64_t m
 {
     int rc;
     if (!is_dir(dir)) {
-        set_err(err, "output directory '%s' does not exist", dir);
+        err_setf(err, "output directory '%s' does not exist", dir);
         return -ENOENT;
     }
     /* Remove stale weight files so readers never mix old and new shards. */
@@ -1130,7 +1117,8 @@ int st_write_dir(const char *dir, const struct st_wtensor *ts, int n, uint64_t m
         int ok;
         total += st_wtensor_nbytes(&ts[i], &ok);
         if (!ok) {
-            set_err(err, "tensor '%s' has an invalid dtype or shape", ts[i].name ? ts[i].name : "");
+            err_setf(err, "tensor '%s' has an invalid dtype or shape",
+                     ts[i].name ? ts[i].name : "");
             return -EINVAL;
         }
     }
@@ -1186,7 +1174,7 @@ int st_write_dir(const char *dir, const struct st_wtensor *ts, int n, uint64_t m
         char *p = path_join(dir, "model.safetensors.index.json");
         rc = file_write_atomic(p, j.data, j.len);
         if (rc != 0)
-            set_err(err, "cannot write '%s': %s", p, strerror(-rc));
+            err_setf(err, "cannot write '%s': %s", p, strerror(-rc));
         free(p);
         buf_release(&j);
     }

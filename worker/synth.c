@@ -16,19 +16,6 @@
 #include "kernels/kern.h"
 #include "worker/st.h"
 
-static void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_err(char **err, const char *fmt, ...)
-{
-    if (!err)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    free(*err);
-    *err = xvasprintf(fmt, ap);
-    va_end(ap);
-}
-
 void synth_opts_default(struct synth_opts *o)
 {
     memset(o, 0, sizeof(*o));
@@ -145,7 +132,7 @@ int synth_write(const struct synth_opts *o, const char *dir, char **err)
     struct config cfg;
     int rc = mkdir_p(dir, 0755);
     if (rc != 0) {
-        set_err(err, "cannot create '%s': %s", dir, strerror(-rc));
+        err_setf(err, "cannot create '%s': %s", dir, strerror(-rc));
         return rc;
     }
     char *json = config_json(o);
@@ -213,14 +200,14 @@ int synth_write(const struct synth_opts *o, const char *dir, char **err)
                           cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id);
     rc = file_write_atomic(p, gen, strlen(gen));
     if (rc != 0)
-        set_err(err, "cannot write '%s': %s", p, strerror(-rc));
+        err_setf(err, "cannot write '%s': %s", p, strerror(-rc));
     free(gen);
     free(p);
     if (rc == 0 && o->tokenizer_path) {
         p = path_join(dir, "tokenizer.json");
         rc = file_copy(o->tokenizer_path, p);
         if (rc != 0)
-            set_err(err, "cannot copy '%s' to '%s': %s", o->tokenizer_path, p, strerror(-rc));
+            err_setf(err, "cannot copy '%s' to '%s': %s", o->tokenizer_path, p, strerror(-rc));
         free(p);
     }
 out:
