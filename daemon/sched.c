@@ -859,6 +859,8 @@ char *sched_status_json(struct daemon *d, struct dsweep *only)
             jw_knum(&w, "gpu_mem_gb", s->gpu_mem_gb);
         if (s->pid > 0)
             jw_kint(&w, "pid", s->pid);
+        if (s->threads > 0)
+            jw_kint(&w, "threads", s->threads);
         if (s->att)
             jw_kint(&w, "attempt", s->att->id);
         jw_obj_end(&w);

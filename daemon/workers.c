@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "daemon/store.h"
@@ -149,7 +150,7 @@ static void spawn_worker(struct daemon *d, struct slot *s)
 {
     uv_process_options_t opt;
     uv_stdio_container_t stdio[3];
-    char slotbuf[16], hb[32], devbuf[32];
+    char slotbuf[16], hb[32], devbuf[32], thbuf[40];
     char *args[12];
     char **env;
     extern char **environ;
@@ -170,7 +171,7 @@ static void spawn_worker(struct daemon *d, struct slot *s)
     args[n] = NULL;
     for (char **e = environ; *e; e++)
         ne++;
-    env = xcalloc((size_t)ne + 4, sizeof(char *));
+    env = xcalloc((size_t)ne + 5, sizeof(char *));
     ne = 0;
     for (char **e = environ; *e; e++)
         if (!str_starts_with(*e, "CUDA_VISIBLE_DEVICES=") &&
@@ -178,6 +179,14 @@ static void spawn_worker(struct daemon *d, struct slot *s)
             env[ne++] = *e;
     snprintf(hb, sizeof(hb), "EXAQ_HEARTBEAT_S=%g", d->hb_interval_s);
     env[ne++] = hb;
+    if (!getenv("EXAQ_THREADS")) {
+        /* The slots share the CPUs: each worker's compute threads get an equal part, so N
+         * slots never run N x ncpu threads (an EXAQ_THREADS of the daemon's passes through). */
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        snprintf(thbuf, sizeof(thbuf), "EXAQ_THREADS=%ld",
+                 EXAQ_MAX(1, (ncpu > 0 ? ncpu : 1) / d->nslots));
+        env[ne++] = thbuf;
+    }
     if (s->device >= 0) {
         snprintf(devbuf, sizeof(devbuf), "CUDA_VISIBLE_DEVICES=%d", s->device);
         env[ne++] = devbuf;

@@ -342,6 +342,13 @@ static int serve(const char *home, const char *sock, int slot, const char *backe
     w.slot = slot;
     w.backend = backend;
     w.nthreads = ncpu > 0 ? (int)ncpu : 1;
+    {
+        /* exaqd gives each slot its share of the CPUs (daemon/workers.c). */
+        const char *th = getenv("EXAQ_THREADS");
+        int64_t v;
+        if (th && parse_i64(th, &v) == 0 && v >= 1 && v <= 4096)
+            w.nthreads = (int)v;
+    }
     w.hb_s = 5;
     {
         const char *hb = getenv("EXAQ_HEARTBEAT_S");

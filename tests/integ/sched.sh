@@ -90,4 +90,16 @@ wait_for 10 sh -c "ctl() { \"$BIN/exaqctl\" \"\$@\"; }; ctl logs $F f | grep -q 
 timeout 20 "$BIN/exaqctl" logs "$F" f -f >"$T/follow.out" 2>&1 || fail "logs -f did not end with the stage"
 grep -q "tick-5" "$T/follow.out" || fail "logs -f missed later lines: $(cat "$T/follow.out")"
 grep -q "exaq: done" "$T/follow.out" || fail "logs -f stopped before the stage ended"
+# N slots share the CPUs: each worker runs max(1, ncpu / N) compute threads.
+pid=$(daemon_pid)
+expect_rc 0 ctl shutdown
+wait_for 20 gone "$pid" || fail "exaqd did not stop"
+unset EXAQ_THREADS
+start_daemon --slots 2
+want=$(($(getconf _NPROCESSORS_ONLN) / 2))
+[ "$want" -ge 1 ] || want=1
+wait_for 20 sh -c "\"$BIN/exaqctl\" status --json | jq -e '[.daemon.slots[].threads] | length == 2 and all(. != null)' >/dev/null" ||
+    fail "the workers did not report their threads: $(status_json | jq -c .daemon.slots)"
+got=$(status_json | jq -c '[.daemon.slots[].threads]')
+[ "$got" = "[$want,$want]" ] || fail "2 slots on $(getconf _NPROCESSORS_ONLN) CPUs: threads $got, want $want each"
 echo "sched ok"
