@@ -559,18 +559,6 @@ struct gptq_ctx {
     int i1, b, B;
 };
 
-/* Scale and zero point of one range on the qweight's integer grid. */
-static void fit_range(const struct qweight *w, enum qgrid g, float mn, float mx, uint16_t *s,
-                      int8_t *z)
-{
-    if (w->symmetric) {
-        *s = quant_scale_sym(fmaxf(-mn, mx), w->bits, g);
-        *z = 0;
-    } else {
-        quant_scale_asym(mn, mx, w->bits, s, z);
-    }
-}
-
 static ALWAYS_INLINE void axpy_neg(float *restrict y, const float *restrict x, float a, int n)
 {
     v8f va = { a, a, a, a, a, a, a, a };
@@ -607,7 +595,7 @@ static void fit_dynamic(struct gptq_ctx *x, int pos, int r0, int r1)
     for (int t = 0; t < n; t++) {
         size_t k = (size_t)(r0 + t) * w->ngroups + g;
         int8_t z;
-        fit_range(w, x->o->grid, mn[t], mx[t], &w->scale[k], &z);
+        qweight_fit_range(w, x->o->grid, mn[t], mx[t], &w->scale[k], &z);
         if (w->zp)
             w->zp[k] = z;
         x->cur_s[r0 + t] = kern_bf16_to_f32(w->scale[k]);
@@ -995,29 +983,7 @@ int gptq_quantize_prep(struct qweight *w, const float *W, const struct gptq_prep
         x.pm = static_groups ? PM_STATIC : PM_DYNAMIC;
     if (x.pm == PM_TENSOR || x.pm == PM_CHANNEL) {
         /* Fitted on the original W before the dead-column fix, like IST find_params(W). */
-        float tmn = 0.0f, tmx = 0.0f;
-        for (int i = 0; i < r; i++) {
-            float mn = 0.0f, mx = 0.0f;
-            const float *row = W + (size_t)i * c;
-            for (int j = 0; j < c; j++) {
-                mn = row[j] < mn ? row[j] : mn;
-                mx = row[j] > mx ? row[j] : mx;
-            }
-            if (x.pm == PM_CHANNEL) {
-                int8_t z;
-                fit_range(w, o->grid, mn, mx, &w->scale[i], &z);
-                if (w->zp)
-                    w->zp[i] = z;
-            }
-            tmn = fminf(tmn, mn);
-            tmx = fmaxf(tmx, mx);
-        }
-        if (x.pm == PM_TENSOR) {
-            int8_t z;
-            fit_range(w, o->grid, tmn, tmx, &w->scale[0], &z);
-            if (w->zp)
-                w->zp[0] = z;
-        }
+        qweight_fit_rows(w, o->grid, W, r, c, x.pm == PM_CHANNEL);
     } else if (x.pm == PM_STATIC) {
         /* Groups fitted up front on W0: contiguous original columns, or (act-order "group")
          * consecutive permuted positions. */
@@ -1037,7 +1003,7 @@ int gptq_quantize_prep(struct qweight *w, const float *W, const struct gptq_prep
                 }
                 size_t k = (size_t)i * w->ngroups + g;
                 int8_t z;
-                fit_range(w, o->grid, mn, mx, &w->scale[k], &z);
+                qweight_fit_range(w, o->grid, mn, mx, &w->scale[k], &z);
                 if (w->zp)
                     w->zp[k] = z;
             }

@@ -135,6 +135,44 @@ void quant_scale_asym(float xmin, float xmax, int bits, uint16_t *scale, int8_t 
     *zp = (int8_t)rintf(z);
 }
 
+void qweight_fit_range(const struct qweight *w, enum qgrid g, float mn, float mx, uint16_t *scale,
+                       int8_t *zp)
+{
+    if (w->symmetric) {
+        *scale = quant_scale_sym(fmaxf(-mn, mx), w->bits, g);
+        *zp = 0;
+    } else {
+        quant_scale_asym(mn, mx, w->bits, scale, zp);
+    }
+}
+
+void qweight_fit_rows(struct qweight *w, enum qgrid g, const float *W, int r, int c,
+                      bool per_channel)
+{
+    float tmn = 0.0f, tmx = 0.0f;
+    int8_t z;
+    for (int i = 0; i < r; i++) {
+        float mn = 0.0f, mx = 0.0f;
+        const float *row = W + (size_t)i * c;
+        for (int j = 0; j < c; j++) {
+            mn = row[j] < mn ? row[j] : mn;
+            mx = row[j] > mx ? row[j] : mx;
+        }
+        if (per_channel) {
+            qweight_fit_range(w, g, mn, mx, &w->scale[i], &z);
+            if (w->zp)
+                w->zp[i] = z;
+        }
+        tmn = fminf(tmn, mn);
+        tmx = fmaxf(tmx, mx);
+    }
+    if (!per_channel) {
+        qweight_fit_range(w, g, tmn, tmx, &w->scale[0], &z);
+        if (w->zp)
+            w->zp[0] = z;
+    }
+}
+
 int quant_code(float x, float scale, int zp, int bits)
 {
     float qmin = (float)-(1 << (bits - 1)), qmax = (float)((1 << (bits - 1)) - 1);

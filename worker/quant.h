@@ -89,6 +89,14 @@ void quant_rtn(struct qweight *w, const float *W, enum qgrid g);
 uint16_t quant_scale_sym(float absmax, int bits, enum qgrid g);
 void quant_scale_asym(float xmin, float xmax, int bits, uint16_t *scale, int8_t *zp);
 int quant_code(float x, float scale, int zp, int bits); /* clamp then round half to even */
+/* The scale and zero point of one range [mn, mx] on w's grid: symmetric (zero point 0) or
+ * asymmetric, by w->symmetric. Used by GPTQ and SparseGPT. */
+void qweight_fit_range(const struct qweight *w, enum qgrid g, float mn, float mx, uint16_t *scale,
+                       int8_t *zp);
+/* Per-channel (per_channel) or per-tensor scales and zero points of w fitted on W [r][c]: each
+ * range is [min(0, min W), max(0, max W)] over the row or the whole tensor. */
+void qweight_fit_rows(struct qweight *w, enum qgrid g, const float *W, int r, int c,
+                      bool per_channel);
 
 /* FP8 E4M3FN: round to nearest even, saturating at +-448, NaN stays NaN. */
 uint8_t fp8_e4m3_from_f32(float x);

@@ -176,17 +176,6 @@ static ALWAYS_INLINE void axpy_neg(float *restrict y, const float *restrict x, f
         y[t] -= a * x[t];
 }
 
-static void fit_range(const struct qweight *w, enum qgrid g, float mn, float mx, uint16_t *s,
-                      int8_t *z)
-{
-    if (w->symmetric) {
-        *s = quant_scale_sym(fmaxf(-mn, mx), w->bits, g);
-        *z = 0;
-    } else {
-        quant_scale_asym(mn, mx, w->bits, s, z);
-    }
-}
-
 /* SGP_DYNAMIC: fit the group starting at column pos for rows r0..r1 on the updated values
  * (W1 inside the current block, W beyond it), the known masked entries counted as 0. */
 static void fit_dynamic(struct sg_ctx *x, int pos, int r0, int r1)
@@ -210,7 +199,7 @@ static void fit_dynamic(struct sg_ctx *x, int pos, int r0, int r1)
     for (int t = 0; t < n; t++) {
         size_t k = (size_t)(r0 + t) * w->ngroups + g;
         int8_t z;
-        fit_range(w, x->o->grid, mn[t], mx[t], &w->scale[k], &z);
+        qweight_fit_range(w, x->o->grid, mn[t], mx[t], &w->scale[k], &z);
         if (w->zp)
             w->zp[k] = z;
         x->cur_s[r0 + t] = kern_bf16_to_f32(w->scale[k]);
@@ -491,32 +480,8 @@ int sparsegpt_prune(const float *W, int out, const struct gptq_prep *p,
             for (int j = 0; j < c; j++)
                 if (v.dead[j])
                     W0[(size_t)i * c + j] = 0.0f;
-    if (x.pm == SGP_CHANNEL || x.pm == SGP_TENSOR) {
-        /* On the original W, like IST find_params(W) before the loop. */
-        float tmn = 0.0f, tmx = 0.0f;
-        for (int i = 0; i < r; i++) {
-            float mn = 0.0f, mx = 0.0f;
-            const float *row = W + (size_t)i * c;
-            for (int j = 0; j < c; j++) {
-                mn = row[j] < mn ? row[j] : mn;
-                mx = row[j] > mx ? row[j] : mx;
-            }
-            if (x.pm == SGP_CHANNEL) {
-                int8_t z;
-                fit_range(qw, o->grid, mn, mx, &qw->scale[i], &z);
-                if (qw->zp)
-                    qw->zp[i] = z;
-            }
-            tmn = fminf(tmn, mn);
-            tmx = fmaxf(tmx, mx);
-        }
-        if (x.pm == SGP_TENSOR) {
-            int8_t z;
-            fit_range(qw, o->grid, tmn, tmx, &qw->scale[0], &z);
-            if (qw->zp)
-                qw->zp[0] = z;
-        }
-    }
+    if (x.pm == SGP_CHANNEL || x.pm == SGP_TENSOR) /* on the original W, like IST find_params(W) */
+        qweight_fit_rows(qw, o->grid, W, r, c, x.pm == SGP_CHANNEL);
 
     x.WT = xmalloc(rc_n * sizeof(float));
     x.RT = xmalloc(rc_n * sizeof(float));

@@ -273,6 +273,50 @@ static void test_rtn_asym(void **state)
     qweight_release(&w);
 }
 
+/* qweight_fit_rows (GPTQ and SparseGPT's per-channel / per-tensor ranges), by hand: each range
+ * includes 0, asymmetric ranges give (scale, zero point) as quant_scale_asym, symmetric ones
+ * use max(-min, max). */
+static void test_fit_rows(void **state)
+{
+    (void)state;
+    const float W[3 * 4] = { -3,    12, 0.5, 1.5, /* row 0: [-3, 12] */
+                             1,     2,  3,   7.5, /* row 1: [0, 7.5] */
+                             -3.75, -1, -2,  0 }; /* row 2: [-3.75, 0] */
+    struct qweight w;
+    uint16_t s;
+    int8_t z;
+    /* Asymmetric, per channel: the same values as RTN's groups in test_rtn_asym. */
+    assert_int_equal(qweight_init(&w, QSCHEME_W4A16_ASYM, 3, 4, -1), 0);
+    qweight_fit_rows(&w, QGRID_ABSMAX_HALF, W, 3, 4, true);
+    const int8_t zp[3] = { -5, -8, 7 };
+    const uint16_t sc[3] = { 0x3f80, 0x3f00, 0x3e80 };
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(w.zp[i], zp[i]);
+        assert_int_equal(w.scale[i], sc[i]);
+    }
+    qweight_release(&w);
+    /* Asymmetric, per tensor: one range [-3.75, 12], written to the first scale and zero point
+     * (the scheme has no per-tensor layout; GPTQ's per-tensor mode uses the fit the same way). */
+    assert_int_equal(qweight_init(&w, QSCHEME_W4A16_ASYM, 3, 4, -1), 0);
+    qweight_fit_rows(&w, QGRID_ABSMAX_HALF, W, 3, 4, false);
+    quant_scale_asym(-3.75f, 12.0f, 4, &s, &z);
+    assert_int_equal(w.scale[0], s);
+    assert_int_equal(w.zp[0], z);
+    qweight_release(&w);
+    /* Symmetric, per tensor: absmax 12; per channel: 12, 7.5, 3.75. */
+    assert_int_equal(qweight_init(&w, QSCHEME_W4A16, 3, 4, -1), 0);
+    qweight_fit_rows(&w, QGRID_ABSMAX_HALF, W, 3, 4, false);
+    assert_int_equal(w.scale[0], quant_scale_sym(12.0f, 4, QGRID_ABSMAX_HALF));
+    qweight_release(&w);
+    assert_int_equal(qweight_init(&w, QSCHEME_W4A16, 3, 4, -1), 0);
+    qweight_fit_rows(&w, QGRID_ABSMAX_HALF, W, 3, 4, true);
+    const float am[3] = { 12.0f, 7.5f, 3.75f };
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(w.scale[i], quant_scale_sym(am[i], 4, QGRID_ABSMAX_HALF));
+    assert_null(w.zp);
+    qweight_release(&w);
+}
+
 static void test_rtn_int8_channel(void **state)
 {
     (void)state;
@@ -556,6 +600,7 @@ int main(void)
         cmocka_unit_test(test_rtn_sym_qmax),
         cmocka_unit_test(test_rtn_sym_half),
         cmocka_unit_test(test_rtn_asym),
+        cmocka_unit_test(test_fit_rows),
         cmocka_unit_test(test_rtn_int8_channel),
         cmocka_unit_test(test_rtn_fp8),
         cmocka_unit_test(test_rtn_large),
