@@ -37,31 +37,7 @@
 #include "kernels/matmul.h"
 #include "kernels/par.h"
 #include "kernels/syrk.h"
-
-/* Vector helpers below are always inlined, so no vector crosses a call boundary. */
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-#define ALWAYS_INLINE inline __attribute__((always_inline))
-
-#if defined(__x86_64__) || defined(__i386__)
-#define TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define TARGET_AVX2
-#endif
-
-/* True when the AVX2+FMA clones may run (EXAQ_GPTQ_GENERIC=1 forces the generic code, which
- * the tests use to cover both). */
-static int use_avx2(void)
-{
-    const char *e = getenv("EXAQ_GPTQ_GENERIC");
-    if (e && *e == '1')
-        return 0;
-#if defined(__x86_64__) || defined(__i386__)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
-}
+#include "worker/colloop.h"
 
 /* ---- Hessian -------------------------------------------------------------------------------- */
 
@@ -111,7 +87,6 @@ void hess_finish(struct hessian *h)
 /* ---- double micro-kernel and packed GEMM ---------------------------------------------------- */
 
 typedef double v4d __attribute__((vector_size(32)));
-typedef float v8f __attribute__((vector_size(32)));
 
 #define DMR   6   /* micro-tile rows */
 #define DNR   8   /* micro-tile columns (two 4-double vectors) */
@@ -489,7 +464,7 @@ int chol_lower(double *A, int n)
     if (!A || n <= 0)
         return -1;
     struct la_ws ws = { 0 };
-    ws.dk = use_avx2() ? dk_avx2 : dk_generic;
+    ws.dk = colloop_use_avx2() ? dk_avx2 : dk_generic;
     int rc = chol_lower_ws(A, n, (size_t)n, &ws);
     ws_release(&ws);
     return rc;
@@ -509,7 +484,7 @@ int chol_inverse_upper(const double *A, int n, double *U)
             ui[j] = 0.0;
     }
     struct la_ws ws = { 0 };
-    ws.dk = use_avx2() ? dk_avx2 : dk_generic;
+    ws.dk = colloop_use_avx2() ? dk_avx2 : dk_generic;
     int rc = upper_inv_factor_inplace(U, n, &ws);
     ws_release(&ws);
     return rc;
@@ -558,21 +533,6 @@ struct gptq_ctx {
     double *loss_row; /* [r] */
     int i1, b, B;
 };
-
-static ALWAYS_INLINE void axpy_neg(float *restrict y, const float *restrict x, float a, int n)
-{
-    v8f va = { a, a, a, a, a, a, a, a };
-    int t = 0;
-    for (; t + 8 <= n; t += 8) {
-        v8f xv, yv;
-        memcpy(&xv, x + t, sizeof(xv));
-        memcpy(&yv, y + t, sizeof(yv));
-        yv -= va * xv;
-        memcpy(y + t, &yv, sizeof(yv));
-    }
-    for (; t < n; t++)
-        y[t] -= a * x[t];
-}
 
 /* PM_DYNAMIC: fit the group that starts at position pos for rows r0..r1 on W (columns of the
  * current block from W1 when groups_on_w1). */
@@ -887,7 +847,7 @@ int gptq_prepare(const float *H, int n, const struct gptq_opts *o, struct gptq_p
 
     /* Hinv with the damping retry (x10 up to 1.0), else RTN (Hinv = I, as llm-compressor). */
     p->U = xmalloc(sizeof(double) * (size_t)n * n);
-    ws.dk = use_avx2() ? dk_avx2 : dk_generic;
+    ws.dk = colloop_use_avx2() ? dk_avx2 : dk_generic;
     double damp = o->dampening;
     for (;;) {
         p->lambda = damp * mean_diag;
@@ -1030,7 +990,7 @@ int gptq_quantize_prep(struct qweight *w, const float *W, const struct gptq_prep
                     dst[i] = src[(size_t)i * c];
             }
 
-    par_fn block_fn = use_avx2() ? block_task_avx2 : block_task_generic;
+    par_fn block_fn = colloop_use_avx2() ? block_task_avx2 : block_task_generic;
     int ntask = (r + GPTQ_ROWS - 1) / GPTQ_ROWS;
     for (int i1 = 0; i1 < c; i1 += B) {
         int i2 = EXAQ_MIN(c, i1 + B), b = i2 - i1;

@@ -21,35 +21,10 @@
 #include "kernels/kern.h"
 #include "kernels/matmul.h"
 #include "kernels/par.h"
-
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-#define ALWAYS_INLINE inline __attribute__((always_inline))
-
-#if defined(__x86_64__) || defined(__i386__)
-#define TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define TARGET_AVX2
-#endif
+#include "worker/colloop.h"
 
 /* Rows owned by one task of the column loop. */
 #define SG_ROWS 64
-
-typedef float v8f __attribute__((vector_size(32)));
-
-/* AVX2+FMA clone of the column loop when the CPU has it (EXAQ_GPTQ_GENERIC=1 forces the generic
- * code, as for GPTQ). */
-static int use_avx2(void)
-{
-    const char *e = getenv("EXAQ_GPTQ_GENERIC");
-    if (e && *e == '1')
-        return 0;
-#if defined(__x86_64__) || defined(__i386__)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
-}
 
 void sparsegpt_opts_default(struct sparsegpt_opts *o)
 {
@@ -160,21 +135,6 @@ struct sg_ctx {
     int *cur_z;       /* [r] */
     double *loss_row; /* [r] */
 };
-
-static ALWAYS_INLINE void axpy_neg(float *restrict y, const float *restrict x, float a, int n)
-{
-    v8f va = { a, a, a, a, a, a, a, a };
-    int t = 0;
-    for (; t + 8 <= n; t += 8) {
-        v8f xv, yv;
-        memcpy(&xv, x + t, sizeof(xv));
-        memcpy(&yv, y + t, sizeof(yv));
-        yv -= va * xv;
-        memcpy(y + t, &yv, sizeof(yv));
-    }
-    for (; t < n; t++)
-        y[t] -= a * x[t];
-}
 
 /* SGP_DYNAMIC: fit the group starting at column pos for rows r0..r1 on the updated values
  * (W1 inside the current block, W beyond it), the known masked entries counted as 0. */
@@ -500,7 +460,7 @@ int sparsegpt_prune(const float *W, int out, const struct gptq_prep *p,
         for (int j = 0; j < c; j++)
             x.WT[(size_t)j * r + i] = W0[(size_t)i * c + j];
 
-    par_fn block_fn = use_avx2() ? block_task_avx2 : block_task_generic;
+    par_fn block_fn = colloop_use_avx2() ? block_task_avx2 : block_task_generic;
     int ntask = (r + SG_ROWS - 1) / SG_ROWS;
     for (int i1 = 0; i1 < c; i1 += B) {
         int i2 = EXAQ_MIN(c, i1 + B), b = i2 - i1;
