@@ -27,6 +27,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "kernels/cuda.h"
+
+/* The CPU tests call each dispatch function once with KERN_IMPL_CUDA: it computes (0) where
+ * the CUDA backend loads, and returns -ENOSYS everywhere else (the _gpu tests check the
+ * results). */
+#define assert_cuda_dispatch(call) assert_int_equal((call), cuda_api_get(NULL) ? 0 : -ENOSYS)
+
 struct check_tol {
     double nmse;
     double atol; /* times max|ref| */

@@ -63,4 +63,16 @@ static inline int check_gpu_open(void)
     return 0;
 }
 
+/* Releases the backend's device state (stream, cuBLAS handle, scratch) so that
+ * `compute-sanitizer --leak-check full` sees only what a test forgot to free. Returns the tests'
+ * status, or 1 when the shutdown itself fails. */
+static inline int check_gpu_close(int rc)
+{
+    if (A && A->shutdown() != 0) {
+        printf("shutdown: %s\n", A->last_error());
+        return 1;
+    }
+    return rc;
+}
+
 #endif

@@ -228,5 +228,5 @@ int main(void)
         cmocka_unit_test(test_attention_gpu_vs_ref),
         cmocka_unit_test(test_attention_gpu_errors),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return check_gpu_close(cmocka_run_group_tests(tests, NULL, NULL));
 }

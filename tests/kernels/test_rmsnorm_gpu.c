@@ -131,5 +131,5 @@ int main(void)
         cmocka_unit_test(test_rmsnorm_gpu_shapes),
         cmocka_unit_test(test_rmsnorm_gpu_special),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return check_gpu_close(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -118,5 +118,5 @@ int main(void)
         cmocka_unit_test(test_rope_gpu_vs_ref),
         cmocka_unit_test(test_rope_gpu_definition),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return check_gpu_close(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -117,5 +117,5 @@ int main(void)
         cmocka_unit_test(test_swiglu_gpu_vs_ref),
         cmocka_unit_test(test_swiglu_gpu_special),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return check_gpu_close(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -134,5 +134,5 @@ int main(void)
         cmocka_unit_test(test_syrk_gpu_shapes),
         cmocka_unit_test(test_syrk_gpu_errors),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return check_gpu_close(cmocka_run_group_tests(tests, NULL, NULL));
 }
