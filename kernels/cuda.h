@@ -33,7 +33,7 @@
 extern "C" {
 #endif
 
-#define CUDA_ABI_VERSION  1u
+#define CUDA_ABI_VERSION  2u
 #define CUDA_ENTRY_SYMBOL "exaq_cuda_get_api"
 #define CUDA_LIB_NAME     "libexaq_cuda.so"
 
@@ -44,6 +44,28 @@ extern "C" {
 #define CUDA_DTYPE_F32  0
 #define CUDA_DTYPE_BF16 1
 #define CUDA_DTYPE_F16  2
+
+/* Quantized weight formats of qmatmul; the same values as enum linear_fmt (kernels/matmul.h). */
+#define CUDA_QFMT_INT  1
+#define CUDA_QFMT_INT4 2
+#define CUDA_QFMT_FP8  3
+
+/* A quantized `struct linear` (kernels/matmul.h) with its arrays in device memory: same
+ * meaning, same layouts. The weight is W[n][c] = (q - zp) * scale (FP8: e4m3(q) * scale) in
+ * fp32 from the BF16 scale of row n, group g_idx[c] (or c / group_size; 0 per channel and per
+ * tensor); the code of original column c sits at stored position pinv[c] (or c). */
+struct cuda_qlin {
+    int fmt;               /* CUDA_QFMT_* */
+    int out, in, bits;     /* bits: INT 2..8, INT4 <= 4, FP8 8 */
+    int group_size;        /* > 0, -1 (per output channel) or 0 (per tensor) */
+    int ngroups;           /* columns of scale/zp */
+    const void *w;         /* INT: int8 [out][in]; INT4: rows of linear_int4_row_bytes(in) bytes
+                              of two's-complement nibbles; FP8: E4M3FN bytes [out][in] */
+    const uint16_t *scale; /* BF16 [out][ngroups], [1] per tensor */
+    const int8_t *zp;      /* the shape of scale, or NULL */
+    const int32_t *g_idx;  /* [in] or NULL */
+    const int32_t *pinv;   /* [in] or NULL */
+};
 
 struct cuda_device_info {
     char name[256]; /* cudaDeviceProp.name */
@@ -110,6 +132,9 @@ struct cuda_api {
     /* H = beta * H + alpha * X^T X, X [T][n]; the full symmetric matrix is written (the upper
      * triangle is computed, then mirrored, as syrk_cpu does); beta == 0 does not read H. */
     int (*syrk)(float *H, const float *X, int T, int n, float alpha, float beta);
+    /* y[T][out] (+)= x[T][in] . W^T for a quantized weight: W is dequantized exactly to fp32 on
+     * the device (a chunk of rows at a time) and multiplied in fp32, the CPU semantics. */
+    int (*qmatmul)(float *y, const float *x, int T, const struct cuda_qlin *w, int accumulate);
 };
 
 /* The one symbol the library exports. */
@@ -119,6 +144,7 @@ const struct cuda_api *exaq_cuda_get_api(void);
 /* ---- loader (kernels/cuda_loader.c; C only, never inside the library) ------------------- */
 
 struct attn_args;
+struct linear;
 
 /*
  * Loads and initialises the backend on first call (thread-safe, once per process) and returns
@@ -146,6 +172,9 @@ int cuda_host_attention(const struct attn_args *a);
 int cuda_host_matmul(float *y, const float *x, int T, int out, int in, int dtype, const void *w,
                      int accumulate);
 int cuda_host_syrk(float *H, const float *X, int T, int n, float alpha, float beta);
+/* A quantized linear (LINEAR_FMT_INT, INT4 or FP8): its codes, scales, zero points and column
+ * maps are uploaded with x. */
+int cuda_host_qmatmul(float *y, const float *x, int T, const struct linear *L, int accumulate);
 
 /*
  * Test support: a device buffer of n floats with CUDA_GUARD_FLOATS sentinel floats
@@ -287,6 +316,7 @@ int cudak_matmul(float *y, const float *x, int T, int out, int in, int dtype, co
 int cudak_matmul_bf16(float *y, const float *x, int T, int out, int in, int dtype, const void *w,
                       int accumulate);
 int cudak_syrk(float *H, const float *X, int T, int n, float alpha, float beta);
+int cudak_qmatmul(float *y, const float *x, int T, const struct cuda_qlin *w, int accumulate);
 }
 #endif /* __CUDACC__ */
 

@@ -410,6 +410,7 @@ static struct cuda_api make_api(void)
     a.matmul = cudak_matmul;
     a.matmul_bf16 = cudak_matmul_bf16;
     a.syrk = cudak_syrk;
+    a.qmatmul = cudak_qmatmul;
     return a;
 }
 

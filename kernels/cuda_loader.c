@@ -24,6 +24,11 @@
 
 #include "kernels/attention.h"
 #include "kernels/kern.h"
+#include "kernels/matmul.h"
+
+_Static_assert(CUDA_QFMT_INT == LINEAR_FMT_INT && CUDA_QFMT_INT4 == LINEAR_FMT_INT4 &&
+                   CUDA_QFMT_FP8 == LINEAR_FMT_FP8,
+               "cuda.h CUDA_QFMT_* must equal enum linear_fmt");
 
 _Static_assert(CUDA_DTYPE_F32 == KERN_F32 && CUDA_DTYPE_BF16 == KERN_BF16 &&
                    CUDA_DTYPE_F16 == KERN_F16,
@@ -424,6 +429,61 @@ int cuda_host_syrk(float *H, const float *X, int T, int n, float alpha, float be
     API(a->copy_h2d(b.base + ox, X, nx));
     API(a->syrk(dh, (const float *)(b.base + ox), T, n, alpha, beta));
     API(a->copy_d2h(H, dh, nh));
+out:
+    return end(a, &b, rc);
+}
+
+int cuda_host_qmatmul(float *y, const float *x, int T, const struct linear *L, int accumulate)
+{
+    if (L->fmt != LINEAR_FMT_INT && L->fmt != LINEAR_FMT_INT4 && L->fmt != LINEAR_FMT_FP8) {
+        set_err("qmatmul: format %d is not quantized", (int)L->fmt);
+        return -EINVAL;
+    }
+    int rc;
+    const struct cuda_api *a = begin(&rc);
+    if (!a)
+        return rc;
+    struct dev_block b = { 0, NULL };
+    size_t rows = (size_t)L->out;
+    size_t nw =
+        L->fmt == LINEAR_FMT_INT4 ? rows * linear_int4_row_bytes(L->in) : rows * (size_t)L->in;
+    size_t ns = L->group_size == 0 ? 1 : rows * (size_t)L->ngroups;
+    size_t nx = sizeof(float) * (size_t)T * (size_t)L->in;
+    size_t ny = sizeof(float) * (size_t)T * rows;
+    size_t ni = sizeof(int32_t) * (size_t)L->in;
+    size_t ox = view(&b, nx), ow = view(&b, nw), os = view(&b, ns * sizeof(uint16_t));
+    size_t oz = L->zp ? view(&b, ns) : 0, og = L->g_idx ? view(&b, ni) : 0;
+    size_t op = L->pinv ? view(&b, ni) : 0, oy = view(&b, ny);
+    if (ny == 0)
+        goto out;
+    API(block_alloc(a, &b));
+    struct cuda_qlin q = {
+        .fmt = (int)L->fmt,
+        .out = L->out,
+        .in = L->in,
+        .bits = L->bits,
+        .group_size = L->group_size,
+        .ngroups = L->ngroups,
+        .w = b.base + ow,
+        .scale = (const uint16_t *)(b.base + os),
+        .zp = L->zp ? (const int8_t *)(b.base + oz) : NULL,
+        .g_idx = L->g_idx ? (const int32_t *)(b.base + og) : NULL,
+        .pinv = L->pinv ? (const int32_t *)(b.base + op) : NULL,
+    };
+    float *dy = (float *)(b.base + oy);
+    API(a->copy_h2d(b.base + ox, x, nx));
+    API(a->copy_h2d(b.base + ow, L->w, nw));
+    API(a->copy_h2d(b.base + os, L->scale, ns * sizeof(uint16_t)));
+    if (L->zp)
+        API(a->copy_h2d(b.base + oz, L->zp, ns));
+    if (L->g_idx)
+        API(a->copy_h2d(b.base + og, L->g_idx, ni));
+    if (L->pinv)
+        API(a->copy_h2d(b.base + op, L->pinv, ni));
+    if (accumulate)
+        API(a->copy_h2d(dy, y, ny));
+    API(a->qmatmul(dy, (const float *)(b.base + ox), T, &q, accumulate));
+    API(a->copy_d2h(y, dy, ny));
 out:
     return end(a, &b, rc);
 }

@@ -44,8 +44,9 @@ enum linear_fmt {
 /*
  * LINEAR_FMT_INT4 layout: each row is cut into blocks of 16 columns, 8 bytes per block (a last
  * partial block still takes 8 bytes). Byte i of block b holds column 16b+i in its low nibble and
- * column 16b+8+i in its high nibble, each as the unsigned value q + 8 (0..15). Eight bytes
- * widened to 32-bit lanes give columns 16b..16b+7 with `& 15` and 16b+8..16b+15 with `>> 4`.
+ * column 16b+8+i in its high nibble, each as the 4-bit two's complement of q (q & 15). Eight
+ * bytes sign-extended to 32-bit lanes give columns 16b+8..16b+15 with an arithmetic `>> 4` and
+ * 16b..16b+7 with `<< 28` then an arithmetic `>> 28`.
  */
 static inline size_t linear_int4_row_bytes(int in)
 {

@@ -358,10 +358,10 @@ int matmul(enum kern_impl impl, float *y, const float *x, int T, const struct li
         matmul_cpu(y, x, T, L, accumulate);
         return 0;
     case KERN_IMPL_CUDA:
-        /* Dense weights only (quantized formats have no CUDA kernel yet); host pointers:
-         * upload, run, download (kernels/cuda.h); -ENOSYS without a usable CUDA backend. */
+        /* Host pointers: upload, run, download (kernels/cuda.h); -ENOSYS without a usable
+         * CUDA backend. */
         if (L->fmt != LINEAR_FMT_DENSE)
-            return -ENOSYS;
+            return cuda_host_qmatmul(y, x, T, L, accumulate);
         return cuda_host_matmul(y, x, T, L->out, L->in, (int)L->dtype, L->w, accumulate);
     default:
         return -ENOSYS;

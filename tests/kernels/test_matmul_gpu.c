@@ -4,7 +4,7 @@
  * off, one shape large enough (4200 x 4096) to be widened in two scratch chunks; through the
  * device table with guarded device buffers and through matmul(KERN_IMPL_CUDA, ...). Also the
  * bf16-activation variant (matmul_bf16) against matmul_ref on the bf16-rounded x, NaN/inf
- * propagation, and the dispatch's answers for quantized formats (-ENOSYS) and bad arguments.
+ * propagation, and the dispatch's answers for a small quantized weight and bad arguments.
  *
  * Tolerance (v1): every product and sum is fp32 (no TF32: CUBLAS_DEFAULT_MATH), so Higham's
  * dot-product bound holds for cuBLAS's order: |d| <= 2 gamma_K sum |x_k w_k| (+ |y0| with
@@ -237,7 +237,8 @@ static void test_matmul_gpu_dispatch(void **state)
     assert_true(y[0] == 2 && y[3] == 8);
     assert_int_equal(matmul(KERN_IMPL_CUDA, y, x, 2, &L0, 0), 0);
     assert_true(y[0] == 0 && y[1] == 0 && y[2] == 0 && y[3] == 0);
-    /* Quantized formats have no CUDA kernel yet. */
+    /* A quantized linear computes on the GPU too (test_qmatmul_gpu has the full check):
+     * W = q * scale per channel = [[0.5, -0.5], [0.5, 0]]. */
     int8_t q[4] = { 1, -1, 2, 0 };
     uint16_t sc[2] = { kern_f32_to_bf16(0.5f), kern_f32_to_bf16(0.25f) };
     struct linear_qsrc src = {
@@ -245,7 +246,8 @@ static void test_matmul_gpu_dispatch(void **state)
     };
     struct linear LQ;
     assert_int_equal(linear_init_quant(&LQ, &src, LINEAR_FMT_INT), 0);
-    assert_int_equal(matmul(KERN_IMPL_CUDA, y, x, 2, &LQ, 0), -ENOSYS);
+    assert_int_equal(matmul(KERN_IMPL_CUDA, y, x, 2, &LQ, 0), 0);
+    assert_true(y[0] == -0.5f && y[1] == 0.5f && y[2] == -0.5f && y[3] == 1.5f);
     linear_release(&LQ);
     assert_int_equal(A->matmul(y, x, 2, 2, 2, 7, w, 0), -EINVAL); /* unknown dtype */
     assert_true(strstr(A->last_error(), "dtype") != NULL);
@@ -262,5 +264,5 @@ int main(void)
         cmocka_unit_test(test_matmul_gpu_nan_inf),
         cmocka_unit_test(test_matmul_gpu_dispatch),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return check_gpu_close(cmocka_run_group_tests(tests, NULL, NULL));
 }
