@@ -1,11 +1,17 @@
 /*
- * cmd_logits: `exaq-worker logits --input DIR --ids FILE --out FILE [--n N] [--threads N]`.
+ * cmd_logits: `exaq-worker logits --input DIR --ids FILE --out FILE [--n N] [--threads N]
+ *             [--impl cpu|cuda] [--weights-only]`.
  *
  * Runs one forward pass of the model in DIR (any format the engine loads, quantized
  * compressed-tensors included) over the first N ids of FILE (little-endian uint32, as the
  * eval data) and writes the logits as float32 [N][vocab] little-endian to --out. It exists to
  * cross-check the engine against other implementations (docs/quantization.md shows the
- * transformers comparison).
+ * transformers comparison) and its kernels against each other:
+ *   --impl cuda      run every kernel through the CUDA backend (docs/cuda.md); fails with the
+ *                    backend's reason when there is none;
+ *   --weights-only   leave the activations of W8A8/FP8 linears unquantized, so that a loader
+ *                    comparison sees the weights and scales alone (activation fake-quantization
+ *                    amplifies any rounding difference between two implementations).
  */
 #include "worker/cmd.h"
 
@@ -15,6 +21,7 @@
 #include <string.h>
 
 #include "common/util.h"
+#include "kernels/cuda.h"
 #include "worker/calib.h"
 #include "worker/model.h"
 
@@ -23,7 +30,8 @@ int cmd_logits(int argc, char **argv)
     static const struct option opts[] = {
         { "input", required_argument, NULL, 'i' },   { "ids", required_argument, NULL, 'd' },
         { "out", required_argument, NULL, 'o' },     { "n", required_argument, NULL, 'n' },
-        { "threads", required_argument, NULL, 't' }, { NULL, 0, NULL, 0 },
+        { "threads", required_argument, NULL, 't' }, { "impl", required_argument, NULL, 'm' },
+        { "weights-only", no_argument, NULL, 'w' },  { NULL, 0, NULL, 0 },
     };
     const char *input = NULL, *idsf = NULL, *outf = NULL;
     int64_t n = 64, threads = 0, nids = 0, v;
@@ -32,7 +40,7 @@ int cmd_logits(int argc, char **argv)
     struct model_opts mo = { 0, KERN_IMPL_CPU, 0 };
     char err[512], *merr = NULL;
     float *logits = NULL;
-    int c, rc = 1;
+    int c, rc = 1, weights_only = 0;
 
     optind = 1; /* argv[0] is "logits" */
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -59,14 +67,34 @@ int cmd_logits(int argc, char **argv)
                 return 1;
             }
             break;
+        case 'm':
+            if (!strcmp(optarg, "cpu")) {
+                mo.impl = KERN_IMPL_CPU;
+            } else if (!strcmp(optarg, "cuda")) {
+                mo.impl = KERN_IMPL_CUDA;
+            } else {
+                fprintf(stderr, "exaq-worker logits: --impl wants cpu or cuda, not '%s'\n", optarg);
+                return 1;
+            }
+            break;
+        case 'w':
+            weights_only = 1;
+            break;
         default:
             return 1;
         }
     }
     if (!input || !idsf || !outf) {
         fprintf(stderr, "usage: exaq-worker logits --input DIR --ids FILE --out FILE [--n N] "
-                        "[--threads N]\n");
+                        "[--threads N] [--impl cpu|cuda] [--weights-only]\n");
         return 1;
+    }
+    if (mo.impl == KERN_IMPL_CUDA) {
+        const char *why = NULL;
+        if (!cuda_api_get(&why)) {
+            fprintf(stderr, "exaq-worker logits: --impl cuda: %s\n", why ? why : "unavailable");
+            return 1;
+        }
     }
     if (calib_read_ids(idsf, &ids, &nids, err, sizeof(err)) < 0) {
         fprintf(stderr, "exaq-worker logits: %s\n", err);
@@ -82,6 +110,11 @@ int cmd_logits(int argc, char **argv)
         fprintf(stderr, "exaq-worker logits: %s\n", merr ? merr : "cannot load the model");
         goto out;
     }
+    if (weights_only)
+        for (int l = 0; l < m->n_layers; l++)
+            for (int w = 0; w < MODEL_LIN_COUNT; w++)
+                if (m->layers[l].quant[w])
+                    m->layers[l].quant[w]->act = QACT_NONE;
     logits = malloc((size_t)n * m->cfg.vocab_size * sizeof(float));
     if (!logits) {
         fprintf(stderr, "exaq-worker logits: out of memory\n");

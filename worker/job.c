@@ -432,7 +432,7 @@ static int run_native(struct jctx *x, const struct stage_def *def, const char *m
     ctx.output_dir = model_out;
     ctx.stage_dir = x->j->stage_dir;
     ctx.nthreads = x->j->nthreads > 0 ? x->j->nthreads : 1;
-    ctx.backend = STAGE_BACKEND_CPU;
+    ctx.backend = x->j->cuda ? STAGE_BACKEND_CUDA : STAGE_BACKEND_CPU;
     ctx.cancel_flag = x->cancel;
     ctx.ops = &ops;
     ctx.ops_arg = x;

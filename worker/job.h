@@ -22,6 +22,7 @@ struct job {
     char *devices, *cwd, *sweep, *lane, *stage; /* may be NULL */
     bool produces_model;
     int nthreads;
+    bool cuda; /* the slot has a GPU (--backend cuda): the eval stages may use it */
 };
 
 struct job_metric {

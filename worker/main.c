@@ -3,6 +3,7 @@
  *
  *   exaq-worker serve --home DIR --socket PATH --slot N [--backend cpu|cuda]
  *   exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] [--threads N]
+ *                   [--backend cpu|cuda]
  *   exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny] [--layers N] [--hybrid] [--v5]
  *                     [--seed N] [--tokenizer FILE] [--max-shard-mb N]
  *   exaq-worker --version
@@ -236,6 +237,7 @@ static void start_job(struct worker *w, struct proto_msg *m)
     take(&w->job.stage, &jm->stage);
     w->job.produces_model = jm->produces_model;
     w->job.nthreads = w->nthreads;
+    w->job.cuda = !strcmp(w->backend, "cuda");
     w->cancel = 0;
     w->finished = 0;
     w->reported = 0;
@@ -482,13 +484,12 @@ static void r_failed(void *arg, int64_t a, const char *cls, const char *msg)
 static int run_one(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "input", required_argument, NULL, 'i' },
-        { "output", required_argument, NULL, 'o' },
-        { "spec", required_argument, NULL, 's' },
-        { "threads", required_argument, NULL, 't' },
-        { NULL, 0, NULL, 0 },
+        { "input", required_argument, NULL, 'i' },   { "output", required_argument, NULL, 'o' },
+        { "spec", required_argument, NULL, 's' },    { "threads", required_argument, NULL, 't' },
+        { "backend", required_argument, NULL, 'b' }, { NULL, 0, NULL, 0 },
     };
     const char *input = NULL, *output = NULL, *spec = "{}";
+    bool cuda = false;
     int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), c, status = 1;
     const struct stage_def *def;
     struct job j;
@@ -516,13 +517,20 @@ static int run_one(int argc, char **argv)
             }
             threads = (int)v;
             break;
+        case 'b':
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda")) {
+                fprintf(stderr, "exaq-worker: --backend wants cpu or cuda, not '%s'\n", optarg);
+                return 1;
+            }
+            cuda = !strcmp(optarg, "cuda");
+            break;
         default:
             return 1;
         }
     }
     if (argc < 2 || !input) {
         fprintf(stderr, "usage: exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] "
-                        "[--threads N]\n");
+                        "[--threads N] [--backend cpu|cuda]\n");
         return 1;
     }
     def = stage_find(argv[1]);
@@ -549,6 +557,7 @@ static int run_one(int argc, char **argv)
     j.log = xasprintf("%s/log.txt", tmpl);
     j.produces_model = def->produces_model;
     j.nthreads = threads;
+    j.cuda = cuda;
     if (output && is_dir(output)) {
         fprintf(stderr, "exaq-worker: '%s' already exists\n", output);
         return 1;
@@ -726,6 +735,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: exaq-worker serve --home DIR --socket PATH --slot N [--backend cpu|cuda]\n"
             "       exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] [--threads N]\n"
+            "                       [--backend cpu|cuda]\n"
             "       exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny] [--layers N]\n"
             "                   [--hybrid] [--v5] [--seed N] [--tokenizer FILE]\n"
             "                   [--max-shard-mb N]\n"

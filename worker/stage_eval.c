@@ -20,6 +20,7 @@
 #include <cJSON.h>
 
 #include "common/util.h"
+#include "kernels/cuda.h"
 #include "worker/eval.h"
 #include "worker/model.h"
 
@@ -69,14 +70,33 @@ static int spec_str(struct stage_ctx *ctx, const cJSON *root, const char *name, 
     return 0;
 }
 
-static int load_model(struct stage_ctx *ctx, struct model **m)
+/*
+ * Loads the stage's model. On a slot with a GPU (STAGE_BACKEND_CUDA) and when `gpu` is set, the
+ * engine's kernels run on it (KERN_IMPL_CUDA: op by op through the host wrappers of
+ * kernels/cuda.h, the weights copied per call; docs/cuda.md). The speed stage passes gpu = 0:
+ * decode through those copies would measure PCIe, not the engine, until the device-resident
+ * decode exists.
+ */
+static int load_model(struct stage_ctx *ctx, struct model **m, int gpu)
 {
     struct model_opts o = { ctx->nthreads > 0 ? ctx->nthreads : 1, KERN_IMPL_CPU, 0 };
     char *err = NULL;
     int rc;
-    if (ctx->backend != STAGE_BACKEND_CPU)
-        stage_log(ctx, "%s: only the CPU engine exists in this build; running on the CPU",
-                  ctx->kind);
+    if (ctx->backend == STAGE_BACKEND_CUDA) {
+        const char *why = NULL;
+        if (!gpu)
+            stage_log(ctx,
+                      "%s: runs on the CPU (the GPU engine has no device-resident decode "
+                      "yet)",
+                      ctx->kind);
+        else if (!cuda_api_get(&why))
+            stage_log(ctx, "%s: the CUDA backend is unavailable (%s); running on the CPU",
+                      ctx->kind, why ? why : "unknown reason");
+        else
+            o.impl = KERN_IMPL_CUDA;
+    }
+    stage_log(ctx, "%s: engine kernels on the %s", ctx->kind,
+              o.impl == KERN_IMPL_CUDA ? "GPU (cuda)" : "CPU");
     rc = model_load(m, ctx->input_dir, &o, &err);
     if (rc) {
         rc = stage_fail(ctx, rc == -ENOMEM ? STAGE_ERR_OOM : STAGE_ERR_ERROR,
@@ -130,7 +150,7 @@ int stage_ppl_run(struct stage_ctx *ctx)
         rc = stage_fail(ctx, STAGE_ERR_ERROR, "ppl stage: give exactly one of 'ids' and 'text'");
         goto out;
     }
-    if ((rc = load_model(ctx, &m)))
+    if ((rc = load_model(ctx, &m, 1)))
         goto out;
     if (seq_len > m->cfg.max_position_embeddings) {
         rc = stage_fail(ctx, STAGE_ERR_ERROR,
@@ -218,7 +238,7 @@ int stage_mcqa_run(struct stage_ctx *ctx)
         rc = stage_fail(ctx, STAGE_ERR_ERROR, "mcqa stage: %s", msg);
         goto out;
     }
-    if ((rc = load_model(ctx, &m)))
+    if ((rc = load_model(ctx, &m, 1)))
         goto out;
     if (!(t = eval_tok_load(ctx->input_dir, msg, sizeof(msg)))) {
         rc = stage_fail(ctx, STAGE_ERR_ERROR, "mcqa stage: %s", msg);
@@ -338,7 +358,7 @@ int stage_speed_run(struct stage_ctx *ctx)
         (rc = spec_int(ctx, spec, "gen_tokens", 128, 1, 1 << 24, &G)) ||
         (rc = spec_int(ctx, spec, "repeats", 3, 1, 100000, &R)))
         goto out;
-    if ((rc = load_model(ctx, &m)))
+    if ((rc = load_model(ctx, &m, 0)))
         goto out;
     if (P + G > m->cfg.max_position_embeddings) {
         rc = stage_fail(ctx, STAGE_ERR_ERROR,
