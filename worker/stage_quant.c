@@ -979,6 +979,10 @@ int stage_quantize_run(struct stage_ctx *ctx)
         goto out;
     stage_log(ctx, "quantize: %s %s, group size %d, %d layers", jstr(spec, "method", "gptq"),
               q.dense ? "none" : qscheme_name(q.scheme), q.group_size, m->n_layers);
+    if (q.gptq.actorder == GPTQ_ACTORDER_GROUP)
+        stage_log(ctx, "warning: actorder 'group' writes weight_g_idx, which compressed-tensors "
+                       "0.19 and newer reject (\"actorder='group' has been removed\"); "
+                       "actorder 'static' loads everywhere");
     if ((rc = quantize_model(ctx, m, &q, ignored)))
         goto out;
     stage_progress(ctx, m->n_layers, m->n_layers, "saving");
