@@ -147,11 +147,13 @@ def check(model_dir, ours, ours_wo, ids, device):
     print(f"  noise floor (the loader against itself, inputs perturbed by {PERTURB:g}, worst of "
           f"3): {floor:.4%}, argmax agreement {floor_a:.2%}")
     if device != "cpu":
-        # The same loader on the CPU: the same code summing in another order at every op.
-        model.to("cpu")
+        # The same loader on the CPU: the same code summing in another order at every op (a
+        # second copy loaded there, since a dispatched model may keep moving inputs to the GPU).
+        cpu_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                         device_map="cpu").eval()
         with torch.no_grad():
-            on_cpu = model(ids.cpu()).logits[0].float().numpy()
-        model.to(device)
+            on_cpu = cpu_model(ids.cpu()).logits[0].float().cpu().numpy()
+        del cpu_model
         xr, xa = rel(ref, on_cpu), agree(ref, on_cpu)
         floor, floor_a = max(floor, xr), min(floor_a, xa)
         print(f"  noise floor (the loader on the CPU against itself on the GPU): {xr:.4%}, "
@@ -203,7 +205,7 @@ def main():
             ok &= check(parts[0], parts[1], parts[2] if len(parts) > 2 else None, ids, device)
         except Exception as e:  # a loader failure after loading (in the forward pass)
             msg = str(e).strip().splitlines()
-            print(f"  FAIL: {type(e).__name__}: {msg[0] if msg else ''}")
+            print(f"{parts[0]}: FAIL: {type(e).__name__}: {msg[0] if msg else ''}")
             ok = False
     sys.exit(0 if ok else 1)
 
