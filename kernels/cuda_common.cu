@@ -8,8 +8,8 @@
  * caller (the worker) decides what a failure costs. A sticky error (an illegal address in a
  * kernel) leaves the context unusable; every later call then fails with the same message.
  *
- * COMPILED, NEVER EXECUTED: no GPU was available when this was written (docs/cuda.md). The
- * no-driver path of init() was exercised on a machine without a driver.
+ * Run on an H100 (sm_90) by every GPU test, also under compute-sanitizer (docs/cuda.md); the
+ * no-driver path of init() runs on every machine without a driver.
  */
 #include "kernels/cuda.h"
 

@@ -11,7 +11,8 @@
  *                   order, so the result is within an ulp or two of lse_ref; fp64 throughput
  *                   hardly matters for a memory-bound row scan.
  *
- * COMPILED, NEVER EXECUTED (no GPU was available when it was written; docs/cuda.md).
+ * Checked on an H100 (sm_90) by its tests/kernels test, also under compute-sanitizer
+ * (docs/cuda.md).
  */
 #include "kernels/cuda.h"
 
