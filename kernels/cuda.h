@@ -209,6 +209,9 @@ cublasHandle_t cudak__cublas(void);
 /* Sets *p to a device scratch block of at least `bytes` (grow-only, freed by shutdown; the next
  * call may replace it). 0 or the failure. */
 int cudak__scratch(size_t bytes, void **p);
+/* Scratch for a chunk of rows: *rows = min(nrows, max(1, cap / row_bytes)) rows of row_bytes
+ * each (nrows >= 1), then cudak__scratch of that size. */
+int cudak__scratch_rows(size_t row_bytes, size_t nrows, size_t cap, size_t *rows, void **p);
 /* Whether init succeeded; the ops return cudak__not_ready() otherwise. */
 int cudak__ready(void);
 int cudak__not_ready(void);

@@ -138,6 +138,17 @@ cublasHandle_t cudak__cublas(void)
     return g.cublas;
 }
 
+int cudak__scratch_rows(size_t row_bytes, size_t nrows, size_t cap, size_t *rows, void **p)
+{
+    size_t r = cap / row_bytes;
+    if (r < 1)
+        r = 1;
+    if (r > nrows)
+        r = nrows;
+    *rows = r;
+    return cudak__scratch(r * row_bytes, p);
+}
+
 int cudak__scratch(size_t bytes, void **p)
 {
     *p = NULL;

@@ -86,14 +86,10 @@ extern "C" int cudak_matmul(float *y, const float *x, int T, int out, int in, in
                                   in, x, in, &beta, y, out));
         return 0;
     }
-    size_t row_bytes = sizeof(float) * (size_t)in;
-    size_t rows = MM_SCRATCH_BYTES / row_bytes;
-    if (rows < 1)
-        rows = 1;
-    if (rows > (size_t)out)
-        rows = (size_t)out;
+    size_t rows;
     void *scratch;
-    rc = cudak__scratch(rows * row_bytes, &scratch);
+    rc = cudak__scratch_rows(sizeof(float) * (size_t)in, (size_t)out, MM_SCRATCH_BYTES, &rows,
+                             &scratch);
     if (rc)
         return rc;
     float *wf = (float *)scratch;
@@ -125,14 +121,10 @@ extern "C" int cudak_matmul_bf16(float *y, const float *x, int T, int out, int i
     if (in == 0)
         return empty_product(y, T, out, accumulate);
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    size_t row_bytes = sizeof(unsigned short) * (size_t)in;
-    size_t rows = MM_SCRATCH_BYTES / row_bytes;
-    if (rows < 1)
-        rows = 1;
-    if (rows > (size_t)T)
-        rows = (size_t)T;
+    size_t rows;
     void *scratch;
-    rc = cudak__scratch(rows * row_bytes, &scratch);
+    rc = cudak__scratch_rows(sizeof(unsigned short) * (size_t)in, (size_t)T, MM_SCRATCH_BYTES,
+                             &rows, &scratch);
     if (rc)
         return rc;
     unsigned short *xb = (unsigned short *)scratch;

@@ -101,14 +101,10 @@ extern "C" int cudak_qmatmul(float *y, const float *x, int T, const struct cuda_
         return 0;
     }
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    size_t row_bytes = sizeof(float) * (size_t)in;
-    size_t rows = QMM_SCRATCH_BYTES / row_bytes;
-    if (rows < 1)
-        rows = 1;
-    if (rows > (size_t)out)
-        rows = (size_t)out;
+    size_t rows;
     void *scratch;
-    rc = cudak__scratch(rows * row_bytes, &scratch);
+    rc = cudak__scratch_rows(sizeof(float) * (size_t)in, (size_t)out, QMM_SCRATCH_BYTES, &rows,
+                             &scratch);
     if (rc)
         return rc;
     float *wf = (float *)scratch;
