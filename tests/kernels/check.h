@@ -100,6 +100,23 @@ static inline int check_rand_int(int lo, int hi) /* inclusive */
 #define CHECK_NMSE_MIN_N  64
 #define CHECK_GUARD_VALUE 1234567.875f
 
+/* max_i |a_i| and max_i |a_i - b_i|, in double. */
+static inline double check_max_abs(const float *a, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, fabs((double)a[i]));
+    return m;
+}
+
+static inline double check_max_diff(const float *a, const float *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, fabs((double)a[i] - (double)b[i]));
+    return m;
+}
+
 /* A buffer of n floats with CHECK_GUARD sentinel floats before and after; free with
  * check_buf_free. The payload is filled with NaN so a kernel that skips an element is seen. */
 static inline float *check_buf_new(size_t n)

@@ -22,31 +22,7 @@
 #include "kernels/matmul.h"
 #include "kernels/par.h"
 #include "tests/kernels/check.h"
-
-static void *make_weights(enum kern_dtype dt, int out, int in, float *wf)
-{
-    size_t n = (size_t)out * in;
-    void *w = malloc(n * kern_dtype_size(dt));
-    assert_non_null(w);
-    for (size_t i = 0; i < n; i++) {
-        float v = check_normal();
-        switch (dt) {
-        case KERN_F32:
-            ((float *)w)[i] = v;
-            wf[i] = v;
-            break;
-        case KERN_BF16:
-            ((uint16_t *)w)[i] = kern_f32_to_bf16(v);
-            wf[i] = kern_bf16_to_f32(((uint16_t *)w)[i]);
-            break;
-        case KERN_F16:
-            ((uint16_t *)w)[i] = kern_f32_to_f16(v);
-            wf[i] = kern_f16_to_f32(((uint16_t *)w)[i]);
-            break;
-        }
-    }
-    return w;
-}
+#include "tests/kernels/mm_test.h"
 
 static int run_case(enum kern_dtype dt, int T, int out, int in, int accumulate)
 {
@@ -58,7 +34,7 @@ static int run_case(enum kern_dtype dt, int T, int out, int in, int accumulate)
     assert_non_null(x);
     assert_non_null(wf);
     check_fill_normal(x, (size_t)T * in, 1.0f);
-    void *w = make_weights(dt, out, in, wf);
+    void *w = mm_make_weights(dt, out, in, wf);
     struct linear L;
     linear_init_dense(&L, out, in, dt, w);
 
@@ -76,25 +52,7 @@ static int run_case(enum kern_dtype dt, int T, int out, int in, int accumulate)
     assert_int_equal(matmul(KERN_IMPL_REF, ref, x, T, &L, accumulate), 0);
 
     /* Higham bound from |x| and |W| in fp32 (exact weights), see the file comment. */
-    float *ax = malloc(sizeof(float) * (size_t)T * in),
-          *aw = malloc(sizeof(float) * (size_t)out * in);
-    float *bound = malloc(sizeof(float) * ny);
-    assert_non_null(ax);
-    assert_non_null(aw);
-    assert_non_null(bound);
-    for (size_t i = 0; i < (size_t)T * in; i++)
-        ax[i] = fabsf(x[i]);
-    for (size_t i = 0; i < (size_t)out * in; i++)
-        aw[i] = fabsf(wf[i]);
-    struct linear LA;
-    linear_init_dense(&LA, out, in, KERN_F32, aw);
-    matmul_ref(bound, ax, T, &LA, 0);
-    const double u = 1.0 / 16777216.0;
-    double terms = in + (accumulate ? 1 : 0);
-    double gamma = terms * u / (1.0 - terms * u);
-    for (size_t i = 0; i < ny; i++)
-        bound[i] = (float)(2.0 * gamma * (bound[i] + (accumulate ? fabs(y0[i]) : 0.0)) +
-                           u * fabs(ref[i]) + 1e-30);
+    float *bound = mm_bound_new(x, wf, y0, ref, T, out, in, accumulate, 0, 2.0);
     struct check_tol tol = { 1e-9, 0, 0 };
     int rc = check_close(what, got, ref, ny, &tol, bound);
     rc |= check_buf_guards(what, got, ny);
@@ -104,8 +62,6 @@ static int run_case(enum kern_dtype dt, int T, int out, int in, int accumulate)
     free(y0);
     check_buf_free(got);
     free(ref);
-    free(ax);
-    free(aw);
     free(bound);
     return rc;
 }

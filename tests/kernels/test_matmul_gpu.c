@@ -31,55 +31,7 @@
 #include "kernels/matmul.h"
 #include "tests/kernels/check.h"
 #include "tests/kernels/check_gpu.h"
-
-static void *make_weights(enum kern_dtype dt, int out, int in, float *wf)
-{
-    size_t n = (size_t)out * in;
-    void *w = malloc(n * kern_dtype_size(dt) + 4);
-    assert_non_null(w);
-    for (size_t i = 0; i < n; i++) {
-        float v = check_normal();
-        switch (dt) {
-        case KERN_F32:
-            ((float *)w)[i] = v;
-            wf[i] = v;
-            break;
-        case KERN_BF16:
-            ((uint16_t *)w)[i] = kern_f32_to_bf16(v);
-            wf[i] = kern_bf16_to_f32(((uint16_t *)w)[i]);
-            break;
-        case KERN_F16:
-            ((uint16_t *)w)[i] = kern_f32_to_f16(v);
-            wf[i] = kern_f16_to_f32(((uint16_t *)w)[i]);
-            break;
-        }
-    }
-    return w;
-}
-
-/* bound[i] = k_gamma * gamma_K * (sum |x||w| + |y0|) + u |ref|. */
-static void make_bound(float *bound, const float *x, const float *wf, const float *y0,
-                       const float *ref, int T, int out, int in, int accumulate, double k_gamma)
-{
-    float *ax = malloc(sizeof(float) * ((size_t)T * in + 1));
-    float *aw = malloc(sizeof(float) * ((size_t)out * in + 1));
-    assert_true(ax && aw);
-    for (size_t i = 0; i < (size_t)T * in; i++)
-        ax[i] = fabsf(x[i]);
-    for (size_t i = 0; i < (size_t)out * in; i++)
-        aw[i] = fabsf(wf[i]);
-    struct linear LA;
-    linear_init_dense(&LA, out, in, KERN_F32, aw);
-    matmul_ref(bound, ax, T, &LA, 0);
-    const double u = 1.0 / 16777216.0;
-    double terms = in + (accumulate ? 1 : 0);
-    double gamma = terms * u / (1.0 - terms * u);
-    for (size_t i = 0; i < (size_t)T * out; i++)
-        bound[i] = (float)(k_gamma * gamma * (bound[i] + (accumulate ? fabs(y0[i]) : 0.0)) +
-                           u * fabs(ref[i]) + 1e-30);
-    free(ax);
-    free(aw);
-}
+#include "tests/kernels/mm_test.h"
 
 /* variant 0: matmul (exact fp32 semantics), 1: matmul_bf16 (x rounded to bf16). */
 static int run_case(enum kern_dtype dt, int T, int out, int in, int accumulate, int variant)
@@ -91,10 +43,10 @@ static int run_case(enum kern_dtype dt, int T, int out, int in, int accumulate, 
     float *x = malloc(sizeof(float) * (nx + 1)),
           *wf = malloc(sizeof(float) * ((size_t)out * in + 1));
     float *y0 = malloc(sizeof(float) * ny), *ref = malloc(sizeof(float) * ny);
-    float *bound = malloc(sizeof(float) * ny), *got = check_buf_new(ny);
-    assert_true(x && wf && y0 && ref && bound);
+    float *got = check_buf_new(ny);
+    assert_true(x && wf && y0 && ref);
     check_fill_normal(x, nx, 1.0f);
-    void *w = make_weights(dt, out, in, wf);
+    void *w = mm_make_weights(dt, out, in, wf);
     struct linear L;
     linear_init_dense(&L, out, in, dt, w);
     check_fill_normal(y0, ny, 4.0f);
@@ -109,7 +61,7 @@ static int run_case(enum kern_dtype dt, int T, int out, int in, int accumulate, 
     }
     memcpy(ref, y0, sizeof(float) * ny);
     matmul_ref(ref, xr, T, &L, accumulate);
-    make_bound(bound, xr, wf, y0, ref, T, out, in, accumulate, variant ? 8.0 : 2.0);
+    float *bound = mm_bound_new(xr, wf, y0, ref, T, out, in, accumulate, 0, variant ? 8.0 : 2.0);
     struct check_tol tol = { 1e-9, 0, 0 };
 
     /* Device level: guarded x, y; the weights are a plain device block. */

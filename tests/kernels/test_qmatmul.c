@@ -51,6 +51,7 @@
 #include "kernels/matmul.h"
 #include "kernels/par.h"
 #include "tests/kernels/check.h"
+#include "tests/kernels/mm_test.h"
 #include "tests/kernels/qmat.h"
 #include "worker/model.h"
 #include "worker/quant.h"
@@ -105,25 +106,8 @@ static int run_case(enum linear_fmt fmt, int bits, int gs, int with_zp, int with
     }
     assert_int_equal(matmul(KERN_IMPL_CPU, got, x, T, &L, accumulate), 0);
 
-    /* Higham bound (file comment) from |x| . |W|^T in double. */
-    float *ax = malloc(sizeof(float) * (size_t)T * in), *aw = malloc(sizeof(float) * n);
-    float *bound = malloc(sizeof(float) * ny);
-    assert_non_null(ax);
-    assert_non_null(aw);
-    assert_non_null(bound);
-    for (size_t i = 0; i < (size_t)T * in; i++)
-        ax[i] = fabsf(x[i]);
-    for (size_t i = 0; i < n; i++)
-        aw[i] = fabsf(m.w[i]);
-    struct linear LA;
-    linear_init_dense(&LA, out, in, KERN_F32, aw);
-    matmul_ref(bound, ax, T, &LA, 0);
-    const double u = 1.0 / 16777216.0;
-    double terms = in + 2 + (accumulate ? 1 : 0);
-    double gamma = terms * u / (1.0 - terms * u);
-    for (size_t i = 0; i < ny; i++)
-        bound[i] = (float)(2.0 * gamma * (bound[i] + (accumulate ? fabs(y0[i]) : 0.0)) +
-                           u * fabs(ref[i]) + 1e-30);
+    /* Higham bound (file comment): in + 2 roundings on any term's path. */
+    float *bound = mm_bound_new(x, m.w, y0, ref, T, out, in, accumulate, 2, 2.0);
     struct check_tol tol = { 1e-9, 0, 0 };
     rc |= check_close(what, got, ref, ny, &tol, bound);
     rc |= check_buf_guards(what, got, ny);
@@ -150,8 +134,6 @@ static int run_case(enum linear_fmt fmt, int bits, int gs, int with_zp, int with
     free(ref);
     free(refd);
     check_buf_free(got);
-    free(ax);
-    free(aw);
     free(bound);
     return rc;
 }
@@ -338,22 +320,6 @@ static void test_qmatmul_fp8_codes(void **state)
 
 /* ---- engine level ---------------------------------------------------------------------- */
 
-static double max_abs(const float *a, size_t n)
-{
-    double m = 0;
-    for (size_t i = 0; i < n; i++)
-        m = fmax(m, fabs((double)a[i]));
-    return m;
-}
-
-static double max_diff(const float *a, const float *b, size_t n)
-{
-    double m = 0;
-    for (size_t i = 0; i < n; i++)
-        m = fmax(m, fabs((double)a[i] - (double)b[i]));
-    return m;
-}
-
 /*
  * Quantizes every linear of mq with scheme s (RTN) and gives md the exact dequantization as
  * dense F32 (see the file comment for the W8A8 / FP8 construction).
@@ -428,8 +394,8 @@ static double decode_diff(struct model *a, struct model *b, const int32_t *ids, 
     for (int i = P; i < P + G; i++) {
         assert_int_equal(model_forward(a, ids + i, 1, ka, MODEL_LOGITS_LAST, la, NULL, &err), 0);
         assert_int_equal(model_forward(b, ids + i, 1, kb, MODEL_LOGITS_LAST, lb, NULL, &err), 0);
-        d = fmax(d, max_diff(la, lb, (size_t)V));
-        *mx = fmax(*mx, max_abs(lb, (size_t)V));
+        d = fmax(d, check_max_diff(la, lb, (size_t)V));
+        *mx = fmax(*mx, check_max_abs(lb, (size_t)V));
     }
     model_kv_free(ka);
     model_kv_free(kb);
@@ -458,7 +424,7 @@ static void engine_case(enum qscheme s, int gs)
     assert_non_null(lb);
     assert_int_equal(model_forward(mq, ids, P, NULL, MODEL_LOGITS_ALL, la, NULL, &err), 0);
     assert_int_equal(model_forward(md, ids, P, NULL, MODEL_LOGITS_ALL, lb, NULL, &err), 0);
-    double dp = max_diff(la, lb, (size_t)P * V), mp = max_abs(lb, (size_t)P * V);
+    double dp = check_max_diff(la, lb, (size_t)P * V), mp = check_max_abs(lb, (size_t)P * V);
     free(la);
     free(lb);
 

@@ -29,6 +29,7 @@
 #include "kernels/matmul.h"
 #include "tests/kernels/check.h"
 #include "tests/kernels/check_gpu.h"
+#include "tests/kernels/mm_test.h"
 #include "tests/kernels/qmat.h"
 
 /* Device copies of a quantized linear's arrays, described as a struct cuda_qlin. */
@@ -90,32 +91,17 @@ static int run_case(enum linear_fmt fmt, int bits, int gs, int with_zp, int with
     struct linear L;
     qmat_make(&m, fmt, bits, out, in, gs, with_zp, with_gidx);
     assert_int_equal(qmat_linear(&L, &m), 0);
-    size_t nx = (size_t)T * in, ny = (size_t)T * out, n = (size_t)out * in;
+    size_t nx = (size_t)T * in, ny = (size_t)T * out;
     float *x = malloc(sizeof(float) * (nx + 1)), *y0 = malloc(sizeof(float) * ny);
-    float *ref = malloc(sizeof(float) * ny), *bound = malloc(sizeof(float) * ny);
+    float *ref = malloc(sizeof(float) * ny);
     float *got = check_buf_new(ny);
-    assert_true(x && y0 && ref && bound);
+    assert_true(x && y0 && ref);
     check_fill_normal(x, nx, 1.0f);
     check_fill_normal(y0, ny, 0.5f);
     memcpy(ref, y0, sizeof(float) * ny);
     assert_int_equal(matmul(KERN_IMPL_REF, ref, x, T, &L, accumulate), 0);
 
-    /* Higham bound (file comment) from |x| . |W|^T. */
-    float *ax = malloc(sizeof(float) * (nx + 1)), *aw = malloc(sizeof(float) * (n + 1));
-    assert_true(ax && aw);
-    for (size_t i = 0; i < nx; i++)
-        ax[i] = fabsf(x[i]);
-    for (size_t i = 0; i < n; i++)
-        aw[i] = fabsf(m.w[i]);
-    struct linear LA;
-    linear_init_dense(&LA, out, in, KERN_F32, aw);
-    matmul_ref(bound, ax, T, &LA, 0);
-    const double u = 1.0 / 16777216.0;
-    double terms = in + (accumulate ? 1 : 0);
-    double gamma = terms * u / (1.0 - terms * u);
-    for (size_t i = 0; i < ny; i++)
-        bound[i] = (float)(2.0 * gamma * (bound[i] + (accumulate ? fabs(y0[i]) : 0.0)) +
-                           u * fabs(ref[i]) + 1e-30);
+    float *bound = mm_bound_new(x, m.w, y0, ref, T, out, in, accumulate, 0, 2.0);
     struct check_tol tol = { 1e-9, 0, 0 };
 
     /* Device level: guarded x and y, the weight's arrays as plain device blocks. */
@@ -174,8 +160,6 @@ static int run_case(enum linear_fmt fmt, int bits, int gs, int with_zp, int with
     free(y0);
     free(ref);
     free(bound);
-    free(ax);
-    free(aw);
     check_buf_free(got);
     return rc;
 }

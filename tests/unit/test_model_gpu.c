@@ -28,6 +28,7 @@
 #include "common/util.h"
 #include "kernels/cuda.h"
 #include "kernels/par.h"
+#include "tests/kernels/check.h"
 #include "worker/model.h"
 #include "worker/quant.h"
 #include "worker/st.h"
@@ -44,22 +45,6 @@ static struct model *load(void)
         printf("load %s: %s\n", TINY, err);
     assert_int_equal(rc, 0);
     free(err);
-    return m;
-}
-
-static double max_abs(const float *a, size_t n)
-{
-    double m = 0;
-    for (size_t i = 0; i < n; i++)
-        m = fmax(m, fabs((double)a[i]));
-    return m;
-}
-
-static double max_diff(const float *a, const float *b, size_t n)
-{
-    double m = 0;
-    for (size_t i = 0; i < n; i++)
-        m = fmax(m, fabs((double)a[i] - (double)b[i]));
     return m;
 }
 
@@ -101,7 +86,8 @@ static void test_golden_on_gpu(void **state)
     const int T = 320, V = m->cfg.vocab_size;
     float *gpu = logits(m, KERN_IMPL_CUDA, ids, T), *cpu = logits(m, KERN_IMPL_CPU, ids, T);
     size_t n = (size_t)T * V;
-    double dg = max_diff(gpu, gl, n), mg = max_abs(gl, n), dc = max_diff(gpu, cpu, n);
+    double dg = check_max_diff(gpu, gl, n), mg = check_max_abs(gl, n),
+           dc = check_max_diff(gpu, cpu, n);
     int agree = 0;
     for (int t = 0; t < T; t++)
         agree += argmax(gpu + (size_t)t * V, V) == argmax(gl + (size_t)t * V, V);
@@ -133,10 +119,10 @@ static void test_kv_decode_on_gpu(void **state)
     struct model_kv *kv = model_kv_new(m, P + G);
     assert_non_null(kv);
     assert_int_equal(model_forward(m, ids, P, kv, MODEL_LOGITS_NONE, NULL, NULL, &err), 0);
-    double d = 0, mx = max_abs(full, (size_t)(P + G) * V);
+    double d = 0, mx = check_max_abs(full, (size_t)(P + G) * V);
     for (int i = P; i < P + G; i++) {
         assert_int_equal(model_forward(m, ids + i, 1, kv, MODEL_LOGITS_LAST, step, NULL, &err), 0);
-        d = fmax(d, max_diff(step, full + (size_t)i * V, (size_t)V));
+        d = fmax(d, check_max_diff(step, full + (size_t)i * V, (size_t)V));
     }
     printf("# GPU KV decode vs full pass: max|diff| %.3g = %.3g of max|logit|\n", d, d / mx);
     assert_true(d <= 1e-4 * mx);
@@ -178,7 +164,7 @@ static void quant_case(enum qscheme s, int gs, double bound)
         ids[i] = (int32_t)((7 + 53 * i) % V);
     float *gpu = logits(m, KERN_IMPL_CUDA, ids, T), *cpu = logits(m, KERN_IMPL_CPU, ids, T);
     size_t n = (size_t)T * V;
-    double d = max_diff(gpu, cpu, n), mx = max_abs(cpu, n);
+    double d = check_max_diff(gpu, cpu, n), mx = check_max_abs(cpu, n);
     printf("# %s: GPU vs CPU max|diff| %.3g = %.3g of max|logit| (bound %g)\n", qscheme_name(s), d,
            d / mx, bound);
     if (!(d <= bound * mx))
