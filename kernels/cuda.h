@@ -241,6 +241,39 @@ int cudak__launched(const char *file, int line, const char *kernel);
             return cudak_rc_;                                                                      \
     } while (0)
 
+/* y = 0 for an empty product (in == 0), or y unchanged when accumulating. */
+static inline int cudak_empty_product(float *y, int T, int out, int accumulate)
+{
+    if (!accumulate)
+        CUDAK_CHECK(cudaMemsetAsync(y, 0, sizeof(float) * (size_t)T * out, cudak__stream()));
+    return 0;
+}
+
+/* y[T][out] (+)= x[T][in] . W^T in fp32 (CUBLAS_DEFAULT_MATH: no TF32), W produced a chunk of
+ * rows at a time into fp32 scratch of at most cap bytes: fill(dst, r0, m) launches the kernel
+ * named `kernel` that writes rows r0..r0+m-1 of W to dst; each chunk is then one Sgemm into its
+ * rows of y (cuBLAS is column-major: op(A) = W^T read as [in x m], ldc = out). */
+template <typename Fill>
+static int cudak_sgemm_rows(float *y, const float *x, int T, int out, int in, int accumulate,
+                            size_t cap, const char *kernel, Fill fill)
+{
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    size_t rows;
+    void *scratch;
+    int rc = cudak__scratch_rows(sizeof(float) * (size_t)in, (size_t)out, cap, &rows, &scratch);
+    if (rc)
+        return rc;
+    float *wf = (float *)scratch;
+    for (size_t r0 = 0; r0 < (size_t)out; r0 += rows) {
+        size_t m = (size_t)out - r0 < rows ? (size_t)out - r0 : rows;
+        fill(wf, r0, m);
+        CUDAK_LAUNCHED(kernel);
+        CUBLASK_CHECK(cublasSgemm(cudak__cublas(), CUBLAS_OP_T, CUBLAS_OP_N, (int)m, T, in, &one,
+                                  wf, in, x, in, &beta, y + r0, out));
+    }
+    return 0;
+}
+
 /* Block-wide helpers (blockDim.x a multiple of 32, at most 1024). `sh` holds 32 values. */
 static __device__ __forceinline__ float cudak_warp_sum(float v)
 {

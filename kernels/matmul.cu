@@ -59,14 +59,6 @@ static int check_args(const char *what, const float *y, const float *x, int T, i
     return 0;
 }
 
-/* in == 0: every dot product is empty, so y = 0 (or unchanged when accumulating). */
-static int empty_product(float *y, int T, int out, int accumulate)
-{
-    if (!accumulate)
-        CUDAK_CHECK(cudaMemsetAsync(y, 0, sizeof(float) * (size_t)T * out, cudak__stream()));
-    return 0;
-}
-
 extern "C" int cudak_matmul(float *y, const float *x, int T, int out, int in, int dtype,
                             const void *w, int accumulate)
 {
@@ -78,7 +70,7 @@ extern "C" int cudak_matmul(float *y, const float *x, int T, int out, int in, in
     if (T == 0 || out == 0)
         return 0;
     if (in == 0)
-        return empty_product(y, T, out, accumulate);
+        return cudak_empty_product(y, T, out, accumulate);
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     cublasHandle_t hb = cudak__cublas();
     if (dtype == CUDA_DTYPE_F32) {
@@ -86,24 +78,14 @@ extern "C" int cudak_matmul(float *y, const float *x, int T, int out, int in, in
                                   in, x, in, &beta, y, out));
         return 0;
     }
-    size_t rows;
-    void *scratch;
-    rc = cudak__scratch_rows(sizeof(float) * (size_t)in, (size_t)out, MM_SCRATCH_BYTES, &rows,
-                             &scratch);
-    if (rc)
-        return rc;
-    float *wf = (float *)scratch;
-    for (size_t r0 = 0; r0 < (size_t)out; r0 += rows) {
-        size_t m = (size_t)out - r0 < rows ? (size_t)out - r0 : rows;
-        size_t nel = m * (size_t)in;
-        const unsigned short *src = (const unsigned short *)w + r0 * (size_t)in;
-        mm_widen_kernel_v1<<<cudak_grid(nel, MM_THREADS), MM_THREADS, 0, cudak__stream()>>>(
-            wf, src, dtype, nel);
-        CUDAK_LAUNCHED("mm_widen_kernel_v1");
-        CUBLASK_CHECK(cublasSgemm(hb, CUBLAS_OP_T, CUBLAS_OP_N, (int)m, T, in, &one, wf, in, x, in,
-                                  &beta, y + r0, out));
-    }
-    return 0;
+    return cudak_sgemm_rows(
+        y, x, T, out, in, accumulate, MM_SCRATCH_BYTES, "mm_widen_kernel_v1",
+        [&](float *dst, size_t r0, size_t m) {
+            size_t nel = m * (size_t)in;
+            const unsigned short *src = (const unsigned short *)w + r0 * (size_t)in;
+            mm_widen_kernel_v1<<<cudak_grid(nel, MM_THREADS), MM_THREADS, 0, cudak__stream()>>>(
+                dst, src, dtype, nel);
+        });
 }
 
 extern "C" int cudak_matmul_bf16(float *y, const float *x, int T, int out, int in, int dtype,
@@ -119,7 +101,7 @@ extern "C" int cudak_matmul_bf16(float *y, const float *x, int T, int out, int i
     if (T == 0 || out == 0)
         return 0;
     if (in == 0)
-        return empty_product(y, T, out, accumulate);
+        return cudak_empty_product(y, T, out, accumulate);
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     size_t rows;
     void *scratch;

@@ -95,27 +95,12 @@ extern "C" int cudak_qmatmul(float *y, const float *x, int T, const struct cuda_
     int out = L->out, in = L->in;
     if (T == 0 || out == 0)
         return 0;
-    if (in == 0) {
-        if (!accumulate)
-            CUDAK_CHECK(cudaMemsetAsync(y, 0, sizeof(float) * (size_t)T * out, cudak__stream()));
-        return 0;
-    }
-    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    size_t rows;
-    void *scratch;
-    rc = cudak__scratch_rows(sizeof(float) * (size_t)in, (size_t)out, QMM_SCRATCH_BYTES, &rows,
-                             &scratch);
-    if (rc)
-        return rc;
-    float *wf = (float *)scratch;
-    for (size_t r0 = 0; r0 < (size_t)out; r0 += rows) {
-        size_t m = (size_t)out - r0 < rows ? (size_t)out - r0 : rows;
-        size_t nel = m * (size_t)in;
-        qmm_dequant_kernel_v1<<<cudak_grid(nel, QMM_THREADS), QMM_THREADS, 0, cudak__stream()>>>(
-            wf, *L, r0, m);
-        CUDAK_LAUNCHED("qmm_dequant_kernel_v1");
-        CUBLASK_CHECK(cublasSgemm(cudak__cublas(), CUBLAS_OP_T, CUBLAS_OP_N, (int)m, T, in, &one,
-                                  wf, in, x, in, &beta, y + r0, out));
-    }
-    return 0;
+    if (in == 0)
+        return cudak_empty_product(y, T, out, accumulate);
+    return cudak_sgemm_rows(y, x, T, out, in, accumulate, QMM_SCRATCH_BYTES,
+                            "qmm_dequant_kernel_v1", [&](float *dst, size_t r0, size_t m) {
+                                size_t nel = m * (size_t)in;
+                                qmm_dequant_kernel_v1<<<cudak_grid(nel, QMM_THREADS), QMM_THREADS,
+                                                        0, cudak__stream()>>>(dst, *L, r0, m);
+                            });
 }
