@@ -108,6 +108,43 @@ static inline int qmat_linear(struct linear *L, const struct qmat *m)
     return linear_init_quant(L, &src, m->fmt);
 }
 
+/* The formats, group sizes and shapes the quantized-matmul tests draw their cases from. */
+static const struct {
+    enum linear_fmt fmt;
+    int bits;
+} QMAT_FMTS[] = {
+    { LINEAR_FMT_INT, 8 }, { LINEAR_FMT_INT, 4 }, { LINEAR_FMT_INT4, 4 }, { LINEAR_FMT_FP8, 8 }
+};
+/* 40 is 8 mod 16 (half an INT4 block), 7 is odd (the generic path), -1 channel, 0 tensor. */
+static const int QMAT_GROUPS[] = { 32, 64, 128, 40, 7, -1, 0 };
+static const int QMAT_OUTS[5] = { 1, 5, 17, 33, 100 };
+static const int QMAT_INS[5] = { 7, 33, 136, 300, 515 };
+
+/* One test case: format, code bits, group size, zero points?, g_idx?, T, out, in, accumulate?;
+ * 0 when it passes. */
+typedef int (*qmat_case_fn)(enum linear_fmt fmt, int bits, int gs, int with_zp, int with_gidx,
+                            int T, int out, int in, int accumulate);
+
+/* Runs fn over every format x group size x zero point (not FP8) x g_idx (groups only) x T in
+ * Ts, each case with a random shape from QMAT_OUTS x QMAT_INS and a random accumulate flag.
+ * Returns the number of failed cases and adds the number run to *cases. */
+static inline int qmat_sweep(qmat_case_fn fn, const int *Ts, size_t nT, int *cases)
+{
+    int fails = 0;
+    for (size_t f = 0; f < sizeof(QMAT_FMTS) / sizeof(QMAT_FMTS[0]); f++)
+        for (size_t g = 0; g < sizeof(QMAT_GROUPS) / sizeof(QMAT_GROUPS[0]); g++)
+            for (int zp = 0; zp <= (QMAT_FMTS[f].fmt != LINEAR_FMT_FP8); zp++)
+                for (int gi = 0; gi <= (QMAT_GROUPS[g] > 0); gi++)
+                    for (size_t a = 0; a < nT; a++) {
+                        int out = QMAT_OUTS[check_rand_int(0, 4)];
+                        int in = QMAT_INS[check_rand_int(0, 4)];
+                        fails += fn(QMAT_FMTS[f].fmt, QMAT_FMTS[f].bits, QMAT_GROUPS[g], zp, gi,
+                                    Ts[a], out, in, check_rand_int(0, 1)) != 0;
+                        (*cases)++;
+                    }
+    return fails;
+}
+
 static inline const char *fmt_name(enum linear_fmt f)
 {
     return f == LINEAR_FMT_INT ? "int" : f == LINEAR_FMT_INT4 ? "int4" : "fp8";

@@ -167,28 +167,9 @@ static int run_case(enum linear_fmt fmt, int bits, int gs, int with_zp, int with
 static void test_qmatmul_gpu_formats(void **state)
 {
     (void)state;
-    struct {
-        enum linear_fmt fmt;
-        int bits;
-    } fmts[] = {
-        { LINEAR_FMT_INT, 8 }, { LINEAR_FMT_INT, 4 }, { LINEAR_FMT_INT4, 4 }, { LINEAR_FMT_FP8, 8 }
-    };
-    static const int groups[] = { 32, 64, 128, 40, 7, -1, 0 };
     static const int Ts[] = { 1, 3, 17, 64 };
-    static const int outs[] = { 1, 5, 17, 33, 100 };
-    static const int ins[] = { 7, 33, 136, 300, 515 };
     int fails = 0, cases = 0;
-    for (size_t f = 0; f < EXAQ_ARRAY_LEN(fmts); f++)
-        for (size_t g = 0; g < EXAQ_ARRAY_LEN(groups); g++)
-            for (int zp = 0; zp <= (fmts[f].fmt != LINEAR_FMT_FP8); zp++)
-                for (int gi = 0; gi <= (groups[g] > 0); gi++)
-                    for (size_t a = 0; a < EXAQ_ARRAY_LEN(Ts); a++) {
-                        int out = outs[check_rand_int(0, (int)EXAQ_ARRAY_LEN(outs) - 1)];
-                        int in = ins[check_rand_int(0, (int)EXAQ_ARRAY_LEN(ins) - 1)];
-                        fails += run_case(fmts[f].fmt, fmts[f].bits, groups[g], zp, gi, Ts[a], out,
-                                          in, check_rand_int(0, 1)) != 0;
-                        cases++;
-                    }
+    fails += qmat_sweep(run_case, Ts, EXAQ_ARRAY_LEN(Ts), &cases);
     /* 4200 x 4096 fp32 rows are 68.8 MB: two 64 MiB scratch chunks. */
     fails += run_case(LINEAR_FMT_INT4, 4, 128, 0, 0, 3, 4200, 4096, 1) != 0;
     fails += run_case(LINEAR_FMT_FP8, 8, -1, 0, 0, 2, 4200, 4096, 0) != 0;
