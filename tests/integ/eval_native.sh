@@ -5,6 +5,9 @@
 # differs, so each eval ran on its own lane's model), and that rank --json ranks both lanes.
 # Then `exaq-worker synth` writes a tiny hybrid v5-style model with the test tokenizer, and
 # `exaq-worker run ppl` on it (ids and text) gives finite metrics; synth's errors exit 1.
+# `run --backend cuda` without a usable backend falls back to the CPU with the same result and
+# says why; `logits` writes [n][vocab] floats, and --weights-only changes a W8A8 model's logits
+# but not a BF16 model's.
 # Takes about 10-20 s on 2 cores.
 . "$(dirname "$0")/lib.sh"
 DATA=$SRC/tests/data/tiny-a
@@ -127,6 +130,36 @@ jq -e '.eval_tokens == 1024 and (.ppl | isinfinite | not) and .ppl > 1 and
     fail "synth ppl metrics: $(cat "$OUT")"
 # Random weights: the perplexity is near the vocabulary size (4096).
 jq -e '.ppl > 1000 and .ppl < 20000' "$OUT" >/dev/null || fail "synth ppl not near 4096: $(cat "$OUT")"
+cp "$OUT" "$T/ppl-cpu.json"
+# --backend cuda without a usable backend (disabled here, so the same on GPU machines): the
+# stage says why and computes the same perplexity on the CPU.
+expect_rc 0 env EXAQ_CUDA_LIB=off "$W" run ppl --input "$T/syn" --threads 2 --backend cuda \
+    --spec "{\"ids\":\"$T/small.ids\",\"max_windows\":0,\"seq_len\":128}"
+grep -q "the CUDA backend is unavailable (disabled: EXAQ_CUDA_LIB=off); running on the CPU" "$ERR" ||
+    fail "ppl --backend cuda without a backend: $(cat "$ERR")"
+grep -q "engine kernels on the CPU" "$ERR" || fail "ppl engine line: $(cat "$ERR")"
+[ "$(jq .ppl "$OUT")" = "$(jq .ppl "$T/ppl-cpu.json")" ] ||
+    fail "ppl on the CPU fallback differs: $(cat "$OUT") vs $(cat "$T/ppl-cpu.json")"
+expect_rc 1 "$W" run ppl --input "$T/syn" --backend tpu --spec "{\"ids\":\"$T/small.ids\"}"
+grep -q -- "--backend wants cpu or cuda, not 'tpu'" "$ERR" || fail "bad --backend: $(cat "$ERR")"
+# logits: float32 [n][vocab]; --weights-only changes nothing on a BF16 model; bad --impl and an
+# unavailable backend are errors.
+expect_rc 0 "$W" logits --input "$T/syn" --ids "$T/small.ids" --n 8 --out "$T/l1.f32"
+[ "$(wc -c <"$T/l1.f32")" -eq $((8 * 4096 * 4)) ] || fail "logits size: $(wc -c <"$T/l1.f32")"
+expect_rc 0 "$W" logits --input "$T/syn" --ids "$T/small.ids" --n 8 --out "$T/l2.f32" --weights-only
+cmp -s "$T/l1.f32" "$T/l2.f32" || fail "--weights-only changed the logits of a BF16 model"
+# On a W8A8 model --weights-only turns the activation quantization off: the logits change.
+expect_rc 0 "$W" run quantize --input "$T/syn" --output "$T/syn-w8a8" --threads 2 \
+    --spec '{"method":"rtn","scheme":"W8A8"}'
+expect_rc 0 "$W" logits --input "$T/syn-w8a8/model" --ids "$T/small.ids" --n 8 --out "$T/q1.f32"
+expect_rc 0 "$W" logits --input "$T/syn-w8a8/model" --ids "$T/small.ids" --n 8 --out "$T/q2.f32" \
+    --weights-only
+! cmp -s "$T/q1.f32" "$T/q2.f32" || fail "--weights-only did not change the logits of a W8A8 model"
+expect_rc 1 "$W" logits --input "$T/syn" --ids "$T/small.ids" --out "$T/l3.f32" --impl gpu
+grep -q -- "--impl wants cpu or cuda, not 'gpu'" "$ERR" || fail "bad --impl: $(cat "$ERR")"
+expect_rc 1 env EXAQ_CUDA_LIB=off "$W" logits --input "$T/syn" --ids "$T/small.ids" \
+    --out "$T/l3.f32" --impl cuda
+grep -q -- "--impl cuda: disabled: EXAQ_CUDA_LIB=off" "$ERR" || fail "logits --impl cuda: $(cat "$ERR")"
 # Text works too (the tokenizer was copied), and mcqa.
 expect_rc 0 "$W" run ppl --input "$T/syn" --threads 2 \
     --spec "{\"max_windows\":2,\"seq_len\":64,\"text\":\"$DATA/calib.txt\"}"
