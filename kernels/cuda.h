@@ -33,7 +33,7 @@
 extern "C" {
 #endif
 
-#define CUDA_ABI_VERSION  2u
+#define CUDA_ABI_VERSION  3u
 #define CUDA_ENTRY_SYMBOL "exaq_cuda_get_api"
 #define CUDA_LIB_NAME     "libexaq_cuda.so"
 
@@ -135,6 +135,8 @@ struct cuda_api {
     /* y[T][out] (+)= x[T][in] . W^T for a quantized weight: W is dequantized exactly to fp32 on
      * the device (a chunk of rows at a time) and multiplied in fp32, the CPU semantics. */
     int (*qmatmul)(float *y, const float *x, int T, const struct cuda_qlin *w, int accumulate);
+    /* y[i] += x[i] for i < n (fp32, IEEE): the residual update. */
+    int (*add)(float *y, const float *x, size_t n);
 };
 
 /* The one symbol the library exports. */
@@ -353,6 +355,7 @@ int cudak_matmul_bf16(float *y, const float *x, int T, int out, int in, int dtyp
                       int accumulate);
 int cudak_syrk(float *H, const float *X, int T, int n, float alpha, float beta);
 int cudak_qmatmul(float *y, const float *x, int T, const struct cuda_qlin *w, int accumulate);
+int cudak_add(float *y, const float *x, size_t n);
 }
 #endif /* __CUDACC__ */
 

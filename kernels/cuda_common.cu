@@ -422,6 +422,7 @@ static struct cuda_api make_api(void)
     a.matmul_bf16 = cudak_matmul_bf16;
     a.syrk = cudak_syrk;
     a.qmatmul = cudak_qmatmul;
+    a.add = cudak_add;
     return a;
 }
 

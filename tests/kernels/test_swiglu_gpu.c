@@ -1,7 +1,8 @@
 /*
  * test_swiglu_gpu: the CUDA swiglu (kernels/swiglu.cu) against swiglu_ref on fresh random
  * gates/ups (odd lengths up to 100003, large magnitudes, in place), through the device table
- * with guarded device buffers and through swiglu(KERN_IMPL_CUDA, ...); special values.
+ * with guarded device buffers and through swiglu(KERN_IMPL_CUDA, ...); special values. Also the
+ * residual add (y += x), bit for bit against the C sum.
  *
  * Tolerance: as test_swiglu. CUDA's expf is within 2 ulp (CUDA C Programming Guide, "Mathematical
  * Functions": expf maximum ulp error 2, without -use_fast_math), then the add, the divide and
@@ -108,6 +109,46 @@ static void test_swiglu_gpu_special(void **state)
     assert_int_equal(swiglu(KERN_IMPL_CUDA, h, g, u, 0), 0);
 }
 
+/* add: y += x, one fp32 addition per element, so bit-identical to the C loop. */
+static void test_add_gpu(void **state)
+{
+    (void)state;
+    static const size_t ns[] = { 1, 9, 1000, 100003 };
+    for (size_t a = 0; a < EXAQ_ARRAY_LEN(ns); a++) {
+        size_t n = ns[a];
+        float *y = malloc(sizeof(float) * n), *x = malloc(sizeof(float) * n);
+        float *ref = malloc(sizeof(float) * n), *got = check_buf_new(n);
+        assert_true(y && x && ref);
+        check_fill_normal(y, n, 3.0f);
+        check_fill_normal(x, n, 1e-3f);
+        if (n > 3) {
+            x[0] = INFINITY;
+            y[1] = NAN;
+            x[2] = -y[2]; /* exact cancellation: +0 */
+        }
+        for (size_t i = 0; i < n; i++)
+            ref[i] = y[i] + x[i];
+        struct cuda_gbuf dy, dx;
+        LDR_OK(cuda_gbuf_new(&dy, n, y));
+        LDR_OK(cuda_gbuf_new(&dx, n, x));
+        GPU_OK(A->add(dy.d, dx.d, n));
+        LDR_OK(cuda_gbuf_get(&dy, got));
+        for (size_t i = 0; i < n; i++)
+            if (memcmp(&got[i], &ref[i], sizeof(float)) && !(isnan(got[i]) && isnan(ref[i])))
+                fail_msg("add n=%zu: [%zu] %.9g + %.9g gave %.9g, expected %.9g", n, i, y[i], x[i],
+                         got[i], ref[i]);
+        assert_int_equal(check_buf_guards("add", got, n), 0);
+        struct cuda_gbuf *bufs[] = { &dy, &dx };
+        assert_int_equal(gbufs_done("add", bufs, 2), 0);
+        free(y);
+        free(x);
+        free(ref);
+        check_buf_free(got);
+    }
+    assert_int_equal(A->add(NULL, NULL, 4), -EINVAL);
+    assert_int_equal(A->add(NULL, NULL, 0), 0);
+}
+
 int main(void)
 {
     if (check_gpu_open() < 0)
@@ -116,6 +157,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_swiglu_gpu_vs_ref),
         cmocka_unit_test(test_swiglu_gpu_special),
+        cmocka_unit_test(test_add_gpu),
     };
     return check_gpu_close(cmocka_run_group_tests(tests, NULL, NULL));
 }
