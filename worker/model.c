@@ -181,6 +181,7 @@ void model_free(struct model *m)
     free(m->final_norm);
     free(m->inv_freq);
     model__ws_free(m);
+    model__gpu_drop(m);
     st_dir_free(m->st);
     config_release(&m->cfg);
     free(m->dir);
@@ -339,6 +340,7 @@ struct linear *model_linear(struct model *m, int l, enum model_lin w)
 {
     if (check_lw(m, l, w, NULL))
         return NULL;
+    model__gpu_drop(m); /* the caller may edit it */
     return &m->layers[l].lin[w];
 }
 
@@ -355,6 +357,7 @@ int model_linear_get_f32(const struct model *m, int l, enum model_lin w, float *
 int model_linear_set_f32(struct model *m, int l, enum model_lin w, const float *wts,
                          enum kern_dtype store, char **err)
 {
+    model__gpu_drop(m); /* the device copy would go stale */
     if (check_lw(m, l, w, err))
         return -EINVAL;
     struct linear *L = &m->layers[l].lin[w];
@@ -412,6 +415,7 @@ static int quant_linear_init(struct linear *L, const struct qweight *q)
 int model_linear_set_quant(struct model *m, int l, enum model_lin w, struct qweight *take,
                            char **err)
 {
+    model__gpu_drop(m); /* the device copy would go stale */
     struct linear nl;
     int out, in, rc;
     if (check_lw(m, l, w, err))
@@ -461,6 +465,7 @@ void model_module_name(int l, enum model_lin w, char *buf, size_t n)
 
 int model_linear_replace(struct model *m, int l, enum model_lin w, struct linear *take, char **err)
 {
+    model__gpu_drop(m); /* the device copy would go stale */
     if (check_lw(m, l, w, err))
         return -EINVAL;
     struct linear *L = &m->layers[l].lin[w];
@@ -478,6 +483,7 @@ int model_linear_replace(struct model *m, int l, enum model_lin w, struct linear
 
 float *model_norm(struct model *m, int l, enum model_norm which, int *n)
 {
+    model__gpu_drop(m); /* the device copy would go stale */
     if (which == MODEL_NORM_FINAL) {
         if (n)
             *n = m->cfg.hidden_size;
@@ -492,6 +498,7 @@ float *model_norm(struct model *m, int l, enum model_norm which, int *n)
 
 int model_keep_layers(struct model *m, const int *keep, int n, char **err)
 {
+    model__gpu_drop(m); /* the device copy would go stale */
     int rc = config_keep_layers(&m->cfg, keep, n, err);
     if (rc)
         return rc;

@@ -111,6 +111,10 @@ struct model {
     float *inv_freq;   /* [head_dim / 2] RoPE inverse frequencies */
     float eps, attn_scale;
     struct model_ws *ws;
+    /* KERN_IMPL_CUDA: the device-resident copy model_nll uses (worker/model_gpu.c), built on
+     * first use and dropped by every edit of the weights; gpu_off: this model cannot use it. */
+    struct model_gpu *gpu;
+    int gpu_off;
 };
 
 /* Loads config.json and the safetensors weights of a model directory. opts may be NULL. */

@@ -379,7 +379,10 @@ int model_nll(struct model *m, const int32_t *ids, int n, float *nll, char **err
                  n - 1, V);
         return -EINVAL;
     }
-    int rc = run_layers(m, ids, T, NULL, 0, NULL, err);
+    int rc;
+    if (m->impl == KERN_IMPL_CUDA && (rc = model__gpu_nll(m, ids, n, nll, err)) != -ENOSYS)
+        return rc;
+    rc = run_layers(m, ids, T, NULL, 0, NULL, err);
     if (rc || (rc = model_final_norm(m, m->ws->x, T, err)))
         return rc;
     float lsev[NLL_CHUNK];

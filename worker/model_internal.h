@@ -21,4 +21,11 @@ struct model_ws {
 void model__ws_reserve(struct model *m, int rows);
 void model__ws_free(struct model *m);
 
+/* model_nll on the device-resident copy (worker/model_gpu.c): 0 or an error, or -ENOSYS when
+ * the model cannot run there (activation quantization, bf16 emulation, no backend); the caller
+ * then takes the op-by-op path. */
+int model__gpu_nll(struct model *m, const int32_t *ids, int n, float *nll, char **err);
+/* Frees the device-resident copy; called by model_free and every edit of the model. */
+void model__gpu_drop(struct model *m);
+
 #endif

@@ -10,7 +10,9 @@
  *      logits of the same model: 1e-5 of max|logit| for W4A16; for W8A8 / FP8_DYNAMIC the
  *      fp32 noise can flip the rounding of a quantized activation, after which the two runs
  *      legitimately differ by about 1% of max|logit| (test_qmatmul's engine case), so 5e-2,
- *      which still catches a wrong scale, zero point or group.
+ *      which still catches a wrong scale, zero point or group;
+ *   4. model_nll's device-resident pass (worker/model_gpu.c) against the CPU's NLLs, and its
+ *      op-by-op fallback for activation-quantized models.
  * Skips (exit 77) without a usable CUDA backend or without the tiny-a data.
  */
 #include <errno.h>
@@ -29,12 +31,14 @@
 #include "kernels/cuda.h"
 #include "kernels/par.h"
 #include "tests/kernels/check.h"
+#include "worker/eval.h"
 #include "worker/model.h"
 #include "worker/quant.h"
 #include "worker/st.h"
 
 #define TINY   "tests/data/tiny-exaone4"
 #define GOLDEN "tests/data/tiny-a/golden.safetensors"
+#define VALIDS "tests/data/tiny-a/val.ids.u32"
 
 static struct model *load(void)
 {
@@ -175,6 +179,73 @@ static void quant_case(enum qscheme s, int gs, double bound)
     model_free(m);
 }
 
+/* model_nll with KERN_IMPL_CUDA against the CPU on W windows of 512 val ids; returns the
+ * largest |nll difference| and sets *rel to the relative difference of the sums. */
+static double nll_diff(struct model *m, const int32_t *ids, int W, double *rel)
+{
+    const int S = 512;
+    char *err = NULL;
+    float *a = malloc(sizeof(float) * S), *b = malloc(sizeof(float) * S);
+    assert_true(a && b);
+    double d = 0, sa = 0, sb = 0;
+    for (int w = 0; w < W; w++) {
+        m->impl = KERN_IMPL_CUDA;
+        int rc = model_nll(m, ids + (size_t)w * S, S + 1, a, &err);
+        if (rc)
+            printf("model_nll on the GPU: %s\n", err);
+        assert_int_equal(rc, 0);
+        m->impl = KERN_IMPL_CPU;
+        assert_int_equal(model_nll(m, ids + (size_t)w * S, S + 1, b, &err), 0);
+        for (int t = 0; t < S; t++) {
+            d = fmax(d, fabs((double)a[t] - b[t]));
+            sa += a[t];
+            sb += b[t];
+        }
+    }
+    *rel = fabs(sa - sb) / sb;
+    free(a);
+    free(b);
+    free(err);
+    return d;
+}
+
+/*
+ * The device-resident pass (worker/model_gpu.c) that model_nll takes on the GPU: BF16 and RTN
+ * W4A16 tiny-a run device-resident (m->gpu is built) and match the CPU's NLLs to fp32 noise
+ * (1e-4 absolute per token, 1e-6 relative over 3 windows); W8A8 falls back to the op-by-op path
+ * (m->gpu_off) within the activation-quantization noise; editing a linear drops the copy.
+ */
+static void test_nll_device_resident(void **state)
+{
+    (void)state;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    char msg[256];
+    assert_int_equal(eval_ids_read(VALIDS, &ids, &n, msg, sizeof(msg)), 0);
+    assert_true(n > 3 * 512 + 1);
+    struct model *m = load();
+    double rel, d = nll_diff(m, ids, 3, &rel);
+    printf("# BF16 device-resident NLL vs CPU: max|diff| %.3g, sums differ by %.3g\n", d, rel);
+    assert_non_null(m->gpu);
+    assert_true(d <= 1e-4 && rel <= 1e-6);
+    quantize_all(m, QSCHEME_W4A16, 128);
+    assert_null(m->gpu); /* set_quant dropped the stale copy */
+    d = nll_diff(m, ids, 3, &rel);
+    printf("# W4A16 device-resident NLL vs CPU: max|diff| %.3g, sums differ by %.3g\n", d, rel);
+    assert_non_null(m->gpu);
+    assert_true(d <= 1e-4 && rel <= 1e-6);
+    model_free(m);
+    m = load();
+    quantize_all(m, QSCHEME_W8A8, -1);
+    d = nll_diff(m, ids, 1, &rel);
+    printf("# W8A8 (op-by-op fallback) NLL vs CPU: max|diff| %.3g, sums differ by %.3g\n", d, rel);
+    assert_null(m->gpu);
+    assert_true(m->gpu_off);
+    assert_true(rel <= 1e-3);
+    model_free(m);
+    free(ids);
+}
+
 static void test_quantized_on_gpu(void **state)
 {
     (void)state;
@@ -199,6 +270,7 @@ int main(void)
         cmocka_unit_test(test_golden_on_gpu),
         cmocka_unit_test(test_kv_decode_on_gpu),
         cmocka_unit_test(test_quantized_on_gpu),
+        cmocka_unit_test(test_nll_device_resident),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     par_shutdown();
