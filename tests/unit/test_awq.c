@@ -52,21 +52,7 @@
 #include "worker/quant.h"
 #include "worker/smoothquant.h"
 #include "worker/stage.h"
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifndef SANITIZED
-#define SANITIZED 0
-#endif
-
-#define TINY   "tests/data/tiny-exaone4"
-#define CALIB  "tests/data/tiny-a/calib.ids.u32"
-#define VALIDS "tests/data/tiny-a/val.ids.u32"
+#include "tests/unit/fixture.h"
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
@@ -327,7 +313,7 @@ static void test_fold_equivalence_t7(void **state)
     double worst32 = 0, worst16 = 0, best_bad = INFINITY;
     (void)state;
     awq_opts_default(&ao);
-    assert_int_equal(calib_read_ids(CALIB, &ids, &nids, msg, sizeof(msg)), 0);
+    assert_int_equal(calib_read_ids(CALIDS, &ids, &nids, msg, sizeof(msg)), 0);
     for (int w = 0; w < NW; w++)
         assert_int_equal(model_embed(ref, ids + (size_t)w * L, L, X + (size_t)w * L * H, NULL), 0);
     memset(&st, 0, sizeof(st));
@@ -649,31 +635,6 @@ static void test_smoothquant_scales(void **state)
 
 /* ---- T4 on tiny-a and the stage acceptance --------------------------------------------------- */
 
-static int run_stage(const char *spec, const char *out, char *errmsg, size_t n,
-                     struct stage_ctx *keep)
-{
-    struct stage_ctx ctx;
-    char sd[] = "/tmp/exaq-awq-stage-XXXXXX";
-    int rc;
-    assert_non_null(mkdtemp(sd));
-    mkdir_p(out, 0755);
-    stage_ctx_init(&ctx);
-    ctx.kind = "quantize";
-    ctx.spec_json = spec;
-    ctx.input_dir = TINY;
-    ctx.output_dir = out;
-    ctx.stage_dir = sd;
-    ctx.nthreads = 2;
-    rc = stage_quantize_run(&ctx);
-    snprintf(errmsg, n, "%s", ctx.errmsg);
-    if (keep)
-        *keep = ctx;
-    else
-        stage_ctx_release(&ctx);
-    rm_rf(sd);
-    return rc;
-}
-
 static double ppl_of(const char *dir, int nw)
 {
     struct model *m = load(dir);
@@ -703,7 +664,7 @@ static void test_stage_awq_and_smoothquant(void **state)
     (void)state;
     assert_non_null(mkdtemp(tmp));
     char *cal =
-        xasprintf("\"calibration\":{\"ids\":\"%s/" CALIB "\",\"samples\":%d,\"seq_len\":512}",
+        xasprintf("\"calibration\":{\"ids\":\"%s/" CALIDS "\",\"samples\":%d,\"seq_len\":512}",
                   getcwd(msg, sizeof(msg)), ncal);
     char *awq = xasprintf("%s/awq", tmp), *rtn = xasprintf("%s/rtn", tmp);
     char *sq = xasprintf("%s/sq", tmp);
@@ -712,7 +673,7 @@ static void test_stage_awq_and_smoothquant(void **state)
                            "\"clip\":true,%s}",
                            cal);
     double t0 = now_mono();
-    assert_int_equal(run_stage(spec, awq, msg, sizeof(msg), &ctx), 0);
+    assert_int_equal(fx_quantize(spec, awq, msg, sizeof(msg), &ctx), 0);
     double t_awq = now_mono() - t0;
     /* T4: per layer, AWQ's output error is below RTN's; per fold the search never loses to the
      * identity (the metric is -1 when the identity won). */
@@ -731,7 +692,7 @@ static void test_stage_awq_and_smoothquant(void **state)
     free(spec);
     spec = xstrdup("{\"method\":\"rtn\",\"scheme\":\"W4A16\",\"group_size\":128,"
                    "\"ignore\":[\"lm_head\"]}");
-    assert_int_equal(run_stage(spec, rtn, msg, sizeof(msg), NULL), 0);
+    assert_int_equal(fx_quantize(spec, rtn, msg, sizeof(msg), NULL), 0);
     free(spec);
 
     /* The AWQ output is a plain compressed-tensors checkpoint: no extra tensors, all 28
@@ -762,12 +723,12 @@ static void test_stage_awq_and_smoothquant(void **state)
      * every layer (16 calibration windows suffice for this; the perplexities, 12.858 against
      * 12.862 for RTN W8A8 and 12.847 for BF16, are in docs/awq-smoothquant-sparsegpt.md). */
     free(cal);
-    cal = xasprintf("\"calibration\":{\"ids\":\"%s/" CALIB "\",\"samples\":%d,\"seq_len\":512}",
+    cal = xasprintf("\"calibration\":{\"ids\":\"%s/" CALIDS "\",\"samples\":%d,\"seq_len\":512}",
                     getcwd(msg, sizeof(msg)), SANITIZED ? 2 : 16);
     spec = xasprintf("{\"method\":\"smoothquant\",\"scheme\":\"W8A8\",\"group_size\":-1,"
                      "\"ignore\":[\"lm_head\"],\"alpha\":0.5,%s}",
                      cal);
-    assert_int_equal(run_stage(spec, sq, msg, sizeof(msg), &ctx), 0);
+    assert_int_equal(fx_quantize(spec, sq, msg, sizeof(msg), &ctx), 0);
     for (int l = 0; l < 4; l++) {
         char name[64];
         snprintf(name, sizeof(name), "smoothquant_vs_rtn_layer%d", l);
@@ -786,14 +747,14 @@ static void test_stage_awq_and_smoothquant(void **state)
 
     /* Bad specs are errors, not crashes. */
     spec = xasprintf("{\"method\":\"awq\",\"scheme\":\"W8A8\",%s}", cal);
-    assert_int_equal(run_stage(spec, sq, msg, sizeof(msg), NULL), STAGE_ERR_ERROR);
+    assert_int_equal(fx_quantize(spec, sq, msg, sizeof(msg), NULL), STAGE_ERR_ERROR);
     assert_non_null(strstr(msg, "smoothquant"));
     free(spec);
     spec = xasprintf("{\"method\":\"smoothquant\",\"scheme\":\"W4A16\",%s}", cal);
-    assert_int_equal(run_stage(spec, sq, msg, sizeof(msg), NULL), STAGE_ERR_ERROR);
+    assert_int_equal(fx_quantize(spec, sq, msg, sizeof(msg), NULL), STAGE_ERR_ERROR);
     free(spec);
     spec = xasprintf("{\"method\":\"awq\",\"scheme\":\"none\",%s}", cal);
-    assert_int_equal(run_stage(spec, sq, msg, sizeof(msg), NULL), STAGE_ERR_ERROR);
+    assert_int_equal(fx_quantize(spec, sq, msg, sizeof(msg), NULL), STAGE_ERR_ERROR);
     assert_non_null(strstr(msg, "sparsegpt"));
     free(spec);
 
@@ -806,7 +767,7 @@ static void test_stage_awq_and_smoothquant(void **state)
 
 int main(void)
 {
-    if (!is_file(TINY "/model.safetensors") || !is_file(CALIB) || !is_file(VALIDS)) {
+    if (!is_file(TINY "/model.safetensors") || !is_file(CALIDS) || !is_file(VALIDS)) {
         printf("SKIP %s or tiny-a ids missing (run from the repository root)\n", TINY);
         return 77;
     }

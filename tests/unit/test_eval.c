@@ -40,22 +40,8 @@
 #include "worker/eval.h"
 #include "worker/model.h"
 #include "worker/stage.h"
+#include "tests/unit/fixture.h"
 
-/* Sanitizer builds (make check) run 50-100x slower without AVX (see test_model.c): the full
- * protocols shrink to a few windows and items there (memory checking, plausibility only). */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifndef SANITIZED
-#define SANITIZED 0
-#endif
-
-#define TINY   "tests/data/tiny-exaone4"
-#define VALIDS "tests/data/tiny-a/val.ids.u32"
 #define VALTXT "tests/data/tiny-a/val.txt"
 #define MCQA   "tests/data/tiny-a/mcqa.jsonl"
 

@@ -45,26 +45,11 @@
 #include "worker/prune.h"
 #include "worker/st.h"
 #include "worker/stage.h"
+#include "tests/unit/fixture.h"
 
-/* Sanitizer builds (make check) run the kernels without AVX and 50-100x slower: the calibration
- * and perplexity runs shrink there (memory checking; the margins measured below are wide). */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifndef SANITIZED
-#define SANITIZED 0
-#endif
-#define NCAL   (SANITIZED ? 8 : 32) /* calibration windows of 512 */
-#define NVAL   (SANITIZED ? 4 : 30) /* perplexity windows of 512 */
-#define NVAR   (SANITIZED ? 4 : 8)  /* calibration windows for the variant comparison */
-
-#define TINY   "tests/data/tiny-exaone4"
-#define VALIDS "tests/data/tiny-a/val.ids.u32"
-#define CALIDS "tests/data/tiny-a/calib.ids.u32"
+#define NCAL (SANITIZED ? 8 : 32) /* calibration windows of 512 */
+#define NVAL (SANITIZED ? 4 : 30) /* perplexity windows of 512 */
+#define NVAR (SANITIZED ? 4 : 8)  /* calibration windows for the variant comparison */
 
 static char tmp[64], cwd[4096];
 
@@ -278,69 +263,6 @@ static void test_refit_solve(void **state)
 
 /* ---- stage harness -------------------------------------------------------------------------- */
 
-struct run {
-    int rc;
-    char errmsg[1024];
-    struct stage_ctx ctx;
-    struct buf log;
-};
-
-static void s_log(void *arg, const char *line)
-{
-    buf_printf(arg, "%s\n", line);
-}
-
-static void s_progress(void *arg, double done, double total, const char *what)
-{
-    (void)arg;
-    (void)done;
-    (void)total;
-    (void)what;
-}
-
-static const struct stage_ops ops = { s_progress, NULL, s_log };
-
-static struct run *run_stage(const char *kind, const char *spec, const char *in, const char *out,
-                             int *cancel)
-{
-    struct run *r = xcalloc(1, sizeof(*r));
-    char *sd = xasprintf("%s/stage", tmp);
-    rm_rf(out);
-    assert_int_equal(mkdir_p(out, 0755), 0);
-    mkdir_p(sd, 0755);
-    buf_init(&r->log);
-    stage_ctx_init(&r->ctx);
-    r->ctx.kind = kind;
-    r->ctx.spec_json = spec;
-    r->ctx.input_dir = in;
-    r->ctx.output_dir = out;
-    r->ctx.stage_dir = sd;
-    r->ctx.nthreads = 2;
-    r->ctx.cancel_flag = cancel;
-    r->ctx.ops = &ops;
-    r->ctx.ops_arg = &r->log;
-    r->rc = !strcmp(kind, "prune") ? stage_prune_run(&r->ctx) : stage_heal_run(&r->ctx);
-    snprintf(r->errmsg, sizeof(r->errmsg), "%s", r->ctx.errmsg);
-    if (r->rc)
-        printf("%s: %s\n", kind, r->errmsg);
-    free(sd);
-    return r;
-}
-
-static void run_free(struct run *r)
-{
-    stage_ctx_release(&r->ctx);
-    buf_release(&r->log);
-    free(r);
-}
-
-static double metric(struct run *r, const char *name)
-{
-    double v = NAN;
-    assert_int_equal(stage_metric_get(&r->ctx, name, &v), 0);
-    return v;
-}
-
 static char *calib_json(int samples, int seq_len)
 {
     return xasprintf("\"calibration\":{\"ids\":\"%s/" CALIDS "\",\"samples\":%d,\"seq_len\":%d}",
@@ -384,17 +306,17 @@ static void heal_case(int keep_layers)
     char *ps =
         xasprintf("{%s,\"keep_layers\":%d,\"metric\":\"block_influence\"}", cal, keep_layers);
     char *hs = xasprintf("{%s,\"fold\":\"both\",\"method\":\"lsq\",\"ridge\":0.0001}", cal);
-    struct run *r = run_stage("prune", ps, TINY, pdir, NULL);
+    struct fx_run *r = fx_run_stage("prune", ps, TINY, pdir, NULL);
     assert_int_equal(r->rc, 0);
-    run_free(r);
+    fx_run_free(r);
     double t0 = now_mono();
-    r = run_stage("heal", hs, pdir, hdir, NULL);
+    r = fx_run_stage("heal", hs, pdir, hdir, NULL);
     assert_int_equal(r->rc, 0);
-    double eb = metric(r, "heal_err_before"), ea = metric(r, "heal_err_after");
+    double eb = fx_metric(r, "heal_err_before"), ea = fx_metric(r, "heal_err_after");
     printf("keep %d: heal took %.1f s; residual error %.4f -> %.4f\n", keep_layers, now_mono() - t0,
            eb, ea);
     assert_true(ea < eb);
-    run_free(r);
+    fx_run_free(r);
     static double full; /* the same for both cases */
     if (full == 0)
         full = dir_ppl(TINY);
@@ -614,15 +536,15 @@ static void test_leading_gap(void **state)
     char *pdir = xasprintf("%s/lead", tmp), *hdir = xasprintf("%s/lead-h", tmp),
          *cal = calib_json(2, 128);
     char *hs = xasprintf("{%s,\"fold\":\"both\"}", cal);
-    struct run *r =
-        run_stage("prune", "{\"layers\":[0],\"metric\":\"explicit\"}", TINY, pdir, NULL);
+    struct fx_run *r =
+        fx_run_stage("prune", "{\"layers\":[0],\"metric\":\"explicit\"}", TINY, pdir, NULL);
     assert_int_equal(r->rc, 0);
-    run_free(r);
-    r = run_stage("heal", hs, pdir, hdir, NULL);
+    fx_run_free(r);
+    r = fx_run_stage("heal", hs, pdir, hdir, NULL);
     assert_int_equal(r->rc, 0);
     assert_non_null(strstr(r->log.data, "precede every kept layer: nothing to fold into"));
-    assert_true(metric(r, "heal_err_after") == metric(r, "heal_err_before"));
-    run_free(r);
+    assert_true(fx_metric(r, "heal_err_after") == fx_metric(r, "heal_err_before"));
+    fx_run_free(r);
     check_changed_only(pdir, hdir, NULL, 0);
     free(pdir);
     free(hdir);
@@ -633,12 +555,12 @@ static void test_leading_gap(void **state)
 static void expect_heal_fail(const char *spec, const char *in, const char *needle)
 {
     char *out = xasprintf("%s/herr", tmp);
-    struct run *r = run_stage("heal", spec, in, out, NULL);
+    struct fx_run *r = fx_run_stage("heal", spec, in, out, NULL);
     if (!strstr(r->errmsg, needle))
         printf("got '%s', want '%s'\n", r->errmsg, needle);
     assert_int_equal(r->rc, STAGE_ERR_ERROR);
     assert_non_null(strstr(r->errmsg, needle));
-    run_free(r);
+    fx_run_free(r);
     free(out);
 }
 
@@ -653,9 +575,9 @@ static void test_errors(void **state)
 {
     (void)state;
     char *cal = calib_json(2, 64), *s, *pdir = xasprintf("%s/perr", tmp), *abs = path_abs(TINY);
-    struct run *r = run_stage("prune", "{\"layers\":[3]}", TINY, pdir, NULL);
+    struct fx_run *r = fx_run_stage("prune", "{\"layers\":[3]}", TINY, pdir, NULL);
     assert_int_equal(r->rc, 0);
-    run_free(r);
+    fx_run_free(r);
 
     s = xasprintf("{%s}", cal);
     expect_heal_fail(s, TINY, "'exaq_prune.json' is missing");
@@ -692,9 +614,9 @@ static void test_errors(void **state)
     free(rec);
     int cancel = 1;
     char *out = xasprintf("%s/hcancel", tmp);
-    r = run_stage("heal", s, pdir, out, &cancel);
+    r = fx_run_stage("heal", s, pdir, out, &cancel);
     assert_int_equal(r->rc, STAGE_ERR_CANCELLED);
-    run_free(r);
+    fx_run_free(r);
     char *cfg = path_join(out, "config.json");
     assert_false(is_file(cfg));
     free(cfg);

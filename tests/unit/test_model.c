@@ -43,23 +43,9 @@
 #include "worker/model.h"
 #include "worker/st.h"
 #include "worker/synth.h"
+#include "tests/unit/fixture.h"
 
-/* Sanitizer builds (make check) run 50-100x slower without AVX: the 200-window perplexity then
- * takes minutes, so it shrinks to 4 windows there (memory checking, plausibility only). */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifndef SANITIZED
-#define SANITIZED 0
-#endif
-
-#define TINY   "tests/data/tiny-exaone4"
 #define GOLDEN "tests/data/tiny-a/golden.safetensors"
-#define VALIDS "tests/data/tiny-a/val.ids.u32"
 
 static int have_tiny(void)
 {

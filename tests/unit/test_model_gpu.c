@@ -35,10 +35,9 @@
 #include "worker/model.h"
 #include "worker/quant.h"
 #include "worker/st.h"
+#include "tests/unit/fixture.h"
 
-#define TINY   "tests/data/tiny-exaone4"
 #define GOLDEN "tests/data/tiny-a/golden.safetensors"
-#define VALIDS "tests/data/tiny-a/val.ids.u32"
 
 static struct model *load(void)
 {

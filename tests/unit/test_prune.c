@@ -39,25 +39,10 @@
 #include "worker/stage.h"
 #include "worker/st.h"
 #include "worker/synth.h"
+#include "tests/unit/fixture.h"
 
-/* Sanitizer builds (make check) run the kernels without AVX and 50-100x slower: the calibration
- * and perplexity runs shrink there (memory checking; the margins measured below are wide). */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifndef SANITIZED
-#define SANITIZED 0
-#endif
-#define NCAL   (SANITIZED ? 8 : 32) /* calibration windows of 512 */
-#define NVAL   (SANITIZED ? 4 : 30) /* perplexity windows of 512 */
-
-#define TINY   "tests/data/tiny-exaone4"
-#define VALIDS "tests/data/tiny-a/val.ids.u32"
-#define CALIDS "tests/data/tiny-a/calib.ids.u32"
+#define NCAL (SANITIZED ? 8 : 32) /* calibration windows of 512 */
+#define NVAL (SANITIZED ? 4 : 30) /* perplexity windows of 512 */
 
 static char tmp[64];
 
@@ -107,87 +92,6 @@ static double val_ppl(struct model *m, int W)
 }
 
 /* ---- a small stage harness ------------------------------------------------------------------ */
-
-struct sink {
-    int progress_calls;
-    double last_done, last_total;
-    struct buf log;
-};
-
-static void s_progress(void *arg, double done, double total, const char *what)
-{
-    struct sink *s = arg;
-    (void)what;
-    s->progress_calls++;
-    s->last_done = done;
-    s->last_total = total;
-}
-
-static void s_metric(void *arg, const char *name, double value)
-{
-    (void)arg;
-    (void)name;
-    (void)value;
-}
-
-static void s_log(void *arg, const char *line)
-{
-    struct sink *s = arg;
-    buf_printf(&s->log, "%s\n", line);
-}
-
-static const struct stage_ops sink_ops = { s_progress, s_metric, s_log };
-
-struct run {
-    int rc;
-    char errmsg[1024];
-    struct stage_ctx ctx; /* released by run_free */
-    struct sink sink;
-};
-
-static struct run *run_stage(const char *kind, const char *spec, const char *in, const char *out,
-                             int *cancel)
-{
-    struct run *r = xcalloc(1, sizeof(*r));
-    char *sd = xasprintf("%s/stage", tmp);
-    if (out) {
-        rm_rf(out);
-        assert_int_equal(mkdir_p(out, 0755), 0);
-    }
-    mkdir_p(sd, 0755);
-    buf_init(&r->sink.log);
-    stage_ctx_init(&r->ctx);
-    r->ctx.kind = kind;
-    r->ctx.spec_json = spec;
-    r->ctx.input_dir = in;
-    r->ctx.output_dir = out;
-    r->ctx.stage_dir = sd;
-    r->ctx.nthreads = 2;
-    r->ctx.cancel_flag = cancel;
-    r->ctx.ops = &sink_ops;
-    r->ctx.ops_arg = &r->sink;
-    r->rc = !strcmp(kind, "prune") ? stage_prune_run(&r->ctx) : stage_heal_run(&r->ctx);
-    snprintf(r->errmsg, sizeof(r->errmsg), "%s", r->ctx.errmsg);
-    if (r->rc)
-        printf("%s: %s\n", kind, r->errmsg);
-    free(sd);
-    return r;
-}
-
-static void run_free(struct run *r)
-{
-    stage_ctx_release(&r->ctx);
-    buf_release(&r->sink.log);
-    free(r);
-}
-
-static double metric(struct run *r, const char *name)
-{
-    double v = NAN;
-    if (stage_metric_get(&r->ctx, name, &v) < 0)
-        printf("metric %s missing\n", name);
-    return v;
-}
 
 static cJSON *read_json(const char *dir, const char *file)
 {
@@ -250,16 +154,16 @@ static void test_explicit_checkpoint(void **state)
 {
     (void)state;
     char *out = xasprintf("%s/explicit", tmp), *err = NULL;
-    struct run *r =
-        run_stage("prune", "{\"layers\":[1,2],\"metric\":\"explicit\"}", TINY, out, NULL);
+    struct fx_run *r =
+        fx_run_stage("prune", "{\"layers\":[1,2],\"metric\":\"explicit\"}", TINY, out, NULL);
     assert_int_equal(r->rc, 0);
-    assert_int_equal((int)metric(r, "layers_removed"), 2);
-    assert_int_equal((int)metric(r, "layers_kept"), 2);
+    assert_int_equal((int)fx_metric(r, "layers_removed"), 2);
+    assert_int_equal((int)fx_metric(r, "layers_kept"), 2);
     /* No calibration in an explicit spec: no block influence either. */
     double v;
     assert_int_equal(stage_metric_get(&r->ctx, "bi_layer_0", &v), -1);
-    assert_non_null(strstr(r->sink.log.data, "removing 2 of 4 layers (1, 2) by explicit"));
-    run_free(r);
+    assert_non_null(strstr(r->log.data, "removing 2 of 4 layers (1, 2) by explicit"));
+    fx_run_free(r);
 
     /* config.json */
     cJSON *cfg = read_json(out, "config.json"), *src = read_json(TINY, "config.json");
@@ -372,10 +276,10 @@ static void test_layer_types_hybrid(void **state)
     o.sliding_window_pattern = 3;
     o.max_shard_bytes = 0;
     assert_int_equal(synth_write(&o, src, &err), 0);
-    struct run *r =
-        run_stage("prune", "{\"layers\":[4,1],\"metric\":\"explicit\"}", src, out, NULL);
+    struct fx_run *r =
+        fx_run_stage("prune", "{\"layers\":[4,1],\"metric\":\"explicit\"}", src, out, NULL);
     assert_int_equal(r->rc, 0);
-    run_free(r);
+    fx_run_free(r);
     cJSON *a = read_json(src, "config.json"), *b = read_json(out, "config.json");
     cJSON *la = cJSON_GetObjectItem(a, "layer_types"), *lb = cJSON_GetObjectItem(b, "layer_types");
     const int kept[4] = { 0, 2, 3, 5 };
@@ -414,24 +318,24 @@ static void test_stage_block_influence(void **state)
     char *spec = xasprintf("{\"calibration\":{\"ids\":\"%s/" CALIDS "\",\"samples\":8,\"seq_len\":"
                            "256},\"keep_layers\":3,\"metric\":\"block_influence\"}",
                            cwd);
-    struct run *r = run_stage("prune", spec, TINY, out, NULL);
+    struct fx_run *r = fx_run_stage("prune", spec, TINY, out, NULL);
     assert_int_equal(r->rc, 0);
     double bi[4];
     int argmin = 0;
     for (int l = 0; l < 4; l++) {
         char name[64];
         snprintf(name, sizeof(name), "bi_layer_%d", l);
-        bi[l] = metric(r, name);
+        bi[l] = fx_metric(r, name);
         assert_true(isfinite(bi[l]) && bi[l] > 0);
         if (bi[l] < bi[argmin])
             argmin = l;
         snprintf(name, sizeof(name), "layer %d block influence", l);
-        assert_non_null(strstr(r->sink.log.data, name));
+        assert_non_null(strstr(r->log.data, name));
     }
-    assert_int_equal((int)metric(r, "layers_removed"), 1);
-    assert_int_equal(r->sink.progress_calls, 8);
-    assert_true(r->sink.last_done == 8 && r->sink.last_total == 8);
-    run_free(r);
+    assert_int_equal((int)fx_metric(r, "layers_removed"), 1);
+    assert_int_equal(r->progress_calls, 8);
+    assert_true(r->last_done == 8 && r->last_total == 8);
+    fx_run_free(r);
     cJSON *rec = read_json(out, PRUNE_RECORD_FILE);
     int_array_eq(cJSON_GetObjectItem(rec, "removed"), &argmin, 1);
     assert_string_equal(cJSON_GetObjectItem(rec, "metric")->valuestring, "block_influence");
@@ -445,9 +349,9 @@ static void test_stage_block_influence(void **state)
      * of the original. */
     free(spec);
     spec = xasprintf("{\"metric\":\"explicit\",\"layers\":[0]}");
-    r = run_stage("prune", spec, out, out2, NULL);
+    r = fx_run_stage("prune", spec, out, out2, NULL);
     assert_int_equal(r->rc, 0);
-    run_free(r);
+    fx_run_free(r);
     rec = read_json(out2, PRUNE_RECORD_FILE);
     char *abs = path_abs(TINY);
     assert_string_equal(cJSON_GetObjectItem(rec, "source")->valuestring, abs);
@@ -474,12 +378,12 @@ static void test_stage_block_influence(void **state)
 static void expect_fail(const char *spec, const char *in, const char *needle)
 {
     char *out = xasprintf("%s/err", tmp);
-    struct run *r = run_stage("prune", spec, in, out, NULL);
+    struct fx_run *r = fx_run_stage("prune", spec, in, out, NULL);
     if (!strstr(r->errmsg, needle))
         printf("spec %s: got '%s', want '%s'\n", spec, r->errmsg, needle);
     assert_int_equal(r->rc, STAGE_ERR_ERROR);
     assert_non_null(strstr(r->errmsg, needle));
-    run_free(r);
+    fx_run_free(r);
     free(out);
 }
 
@@ -528,11 +432,11 @@ static void test_errors(void **state)
     free(s);
 
     /* No output dir. */
-    struct run *r =
-        run_stage("prune", "{\"layers\":[1],\"metric\":\"explicit\"}", TINY, NULL, NULL);
+    struct fx_run *r =
+        fx_run_stage("prune", "{\"layers\":[1],\"metric\":\"explicit\"}", TINY, NULL, NULL);
     assert_int_equal(r->rc, STAGE_ERR_ERROR);
     assert_non_null(strstr(r->errmsg, "needs an output model dir"));
-    run_free(r);
+    fx_run_free(r);
     free(cal);
 }
 
@@ -541,9 +445,9 @@ static void test_explicit_single_layer_ok(void **state)
     /* A list without a metric defaults to explicit. */
     (void)state;
     char *out = xasprintf("%s/one", tmp);
-    struct run *r = run_stage("prune", "{\"layers\":[1]}", TINY, out, NULL);
+    struct fx_run *r = fx_run_stage("prune", "{\"layers\":[1]}", TINY, out, NULL);
     assert_int_equal(r->rc, 0);
-    run_free(r);
+    fx_run_free(r);
     free(out);
 }
 
@@ -557,10 +461,10 @@ static void test_cancel(void **state)
                            cwd);
     char *out = xasprintf("%s/cancel", tmp);
     int cancel = 1;
-    struct run *r = run_stage("prune", spec, TINY, out, &cancel);
+    struct fx_run *r = fx_run_stage("prune", spec, TINY, out, &cancel);
     assert_int_equal(r->rc, STAGE_ERR_CANCELLED);
-    assert_true(r->sink.progress_calls <= 1);
-    run_free(r);
+    assert_true(r->progress_calls <= 1);
+    fx_run_free(r);
     /* Nothing was written. */
     char *cfg = path_join(out, "config.json");
     assert_false(is_file(cfg));

@@ -48,21 +48,7 @@
 #include "worker/quant.h"
 #include "worker/sparsegpt.h"
 #include "worker/stage.h"
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifndef SANITIZED
-#define SANITIZED 0
-#endif
-
-#define TINY   "tests/data/tiny-exaone4"
-#define CALIB  "tests/data/tiny-a/calib.ids.u32"
-#define VALIDS "tests/data/tiny-a/val.ids.u32"
+#include "tests/unit/fixture.h"
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
@@ -471,7 +457,7 @@ static void test_real_layer(void **state)
     (void)state;
     hooks.mask = (1u << MODEL_HOOK_QKV_IN) | (1u << MODEL_HOOK_O_IN) |
                  (1u << MODEL_HOOK_GATEUP_IN) | (1u << MODEL_HOOK_DOWN_IN);
-    assert_int_equal(calib_read_ids(CALIB, &ids, &nids, msg, sizeof(msg)), 0);
+    assert_int_equal(calib_read_ids(CALIDS, &ids, &nids, msg, sizeof(msg)), 0);
     for (int k = 0; k < 4; k++)
         assert_int_equal(hess_init(&hs.h[k], dims[k]), 0);
     for (int w = 0; w < NW; w++) {
@@ -507,31 +493,6 @@ static void test_real_layer(void **state)
     free(x);
     free(ids);
     model_free(m);
-}
-
-static int run_stage(const char *spec, const char *out, char *errmsg, size_t n,
-                     struct stage_ctx *keep)
-{
-    struct stage_ctx ctx;
-    char sd[] = "/tmp/exaq-sgpt-stage-XXXXXX";
-    int rc;
-    assert_non_null(mkdtemp(sd));
-    mkdir_p(out, 0755);
-    stage_ctx_init(&ctx);
-    ctx.kind = "quantize";
-    ctx.spec_json = spec;
-    ctx.input_dir = TINY;
-    ctx.output_dir = out;
-    ctx.stage_dir = sd;
-    ctx.nthreads = 2;
-    rc = stage_quantize_run(&ctx);
-    snprintf(errmsg, n, "%s", ctx.errmsg);
-    if (keep)
-        *keep = ctx;
-    else
-        stage_ctx_release(&ctx);
-    rm_rf(sd);
-    return rc;
 }
 
 static double ppl_model(struct model *m, int nw)
@@ -583,9 +544,9 @@ static void test_stage_sparsegpt(void **state)
     char *spec = xasprintf(
         "{\"method\":\"sparsegpt\",\"scheme\":\"none\",\"group_size\":-1,\"ignore\":[\"lm_head\"],"
         "\"sparsity\":0.5,\"pattern\":\"unstructured\",\"dampening\":0.01,\"block_size\":128,"
-        "\"calibration\":{\"ids\":\"%s/" CALIB "\",\"samples\":%d,\"seq_len\":512}}",
+        "\"calibration\":{\"ids\":\"%s/" CALIDS "\",\"samples\":%d,\"seq_len\":512}}",
         cwd, ncal);
-    assert_int_equal(run_stage(spec, out, msg, sizeof(msg), &ctx), 0);
+    assert_int_equal(fx_quantize(spec, out, msg, sizeof(msg), &ctx), 0);
     assert_int_equal(stage_metric_get(&ctx, "sparsity_actual", &v), 0);
     assert_true(v >= 0.5 && v < 0.51);
     assert_int_equal(stage_metric_get(&ctx, "sparsegpt_vs_magnitude", &v), 0);
@@ -619,10 +580,10 @@ static void test_stage_sparsegpt(void **state)
     spec = xasprintf(
         "{\"method\":\"sparsegpt\",\"scheme\":\"W4A16\",\"group_size\":128,"
         "\"ignore\":[\"lm_head\"],\"sparsity\":0.5,\"pattern\":\"2:4\",\"dampening\":0.01,"
-        "\"block_size\":128,\"calibration\":{\"ids\":\"%s/" CALIB
+        "\"block_size\":128,\"calibration\":{\"ids\":\"%s/" CALIDS
         "\",\"samples\":%d,\"seq_len\":512}}",
         cwd, SANITIZED ? 2 : 8);
-    assert_int_equal(run_stage(spec, out, msg, sizeof(msg), &ctx), 0);
+    assert_int_equal(fx_quantize(spec, out, msg, sizeof(msg), &ctx), 0);
     assert_int_equal(stage_metric_get(&ctx, "quantized_linears", &v), 0);
     assert_true(v == 28);
     stage_ctx_release(&ctx);
@@ -647,10 +608,10 @@ static void test_stage_sparsegpt(void **state)
     spec = xasprintf(
         "{\"method\":\"sparsegpt\",\"scheme\":\"none\",\"group_size\":-1,"
         "\"ignore\":[\"lm_head\"],\"sparsity\":0.5,\"pattern\":\"2:4\",\"dampening\":0.01,"
-        "\"block_size\":128,\"calibration\":{\"ids\":\"%s/" CALIB
+        "\"block_size\":128,\"calibration\":{\"ids\":\"%s/" CALIDS
         "\",\"samples\":%d,\"seq_len\":512}}",
         cwd, SANITIZED ? 2 : 8);
-    assert_int_equal(run_stage(spec, out, msg, sizeof(msg), NULL), 0);
+    assert_int_equal(fx_quantize(spec, out, msg, sizeof(msg), NULL), 0);
     free(spec);
     {
         char *cfg = xasprintf("%s/config.json", out), *text = NULL;
@@ -668,22 +629,22 @@ static void test_stage_sparsegpt(void **state)
     /* Bad specs are errors. */
     out = xasprintf("%s/bad", tmp);
     spec = xasprintf(
-        "{\"method\":\"sparsegpt\",\"scheme\":\"FP8\",\"calibration\":{\"ids\":\"%s/" CALIB
+        "{\"method\":\"sparsegpt\",\"scheme\":\"FP8\",\"calibration\":{\"ids\":\"%s/" CALIDS
         "\",\"samples\":1,\"seq_len\":512}}",
         cwd);
-    assert_int_equal(run_stage(spec, out, msg, sizeof(msg), NULL), STAGE_ERR_ERROR);
+    assert_int_equal(fx_quantize(spec, out, msg, sizeof(msg), NULL), STAGE_ERR_ERROR);
     free(spec);
     spec = xasprintf("{\"method\":\"sparsegpt\",\"scheme\":\"none\",\"pattern\":\"4:8\","
-                     "\"calibration\":{\"ids\":\"%s/" CALIB "\",\"samples\":1,\"seq_len\":512}}",
+                     "\"calibration\":{\"ids\":\"%s/" CALIDS "\",\"samples\":1,\"seq_len\":512}}",
                      cwd);
-    assert_int_equal(run_stage(spec, out, msg, sizeof(msg), NULL), STAGE_ERR_ERROR);
+    assert_int_equal(fx_quantize(spec, out, msg, sizeof(msg), NULL), STAGE_ERR_ERROR);
     assert_non_null(strstr(msg, "pattern"));
     free(spec);
     spec = xasprintf("{\"method\":\"sparsegpt\",\"scheme\":\"none\",\"pattern\":\"2:4\","
-                     "\"block_size\":6,\"calibration\":{\"ids\":\"%s/" CALIB
+                     "\"block_size\":6,\"calibration\":{\"ids\":\"%s/" CALIDS
                      "\",\"samples\":1,\"seq_len\":512}}",
                      cwd);
-    assert_int_equal(run_stage(spec, out, msg, sizeof(msg), NULL), STAGE_ERR_ERROR);
+    assert_int_equal(fx_quantize(spec, out, msg, sizeof(msg), NULL), STAGE_ERR_ERROR);
     assert_non_null(strstr(msg, "multiples of 4"));
     free(spec);
     free(out);
@@ -703,7 +664,7 @@ int main(void)
         cmocka_unit_test(test_stage_sparsegpt),
     };
     int rc = cmocka_run_group_tests_name("synthetic", synthetic, NULL, NULL);
-    if (!is_file(TINY "/model.safetensors") || !is_file(CALIB) || !is_file(VALIDS)) {
+    if (!is_file(TINY "/model.safetensors") || !is_file(CALIDS) || !is_file(VALIDS)) {
         printf("SKIP %s or tiny-a ids missing: the tiny-a tests did not run\n", TINY);
         par_shutdown();
         return rc ? rc : 77;
