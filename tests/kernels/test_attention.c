@@ -23,103 +23,27 @@
 #include "kernels/attention.h"
 #include "kernels/par.h"
 #include "tests/kernels/check.h"
-
-static double gam(int n)
-{
-    const double u = 1.0 / 16777216.0;
-    return n * u / (1.0 - n * u);
-}
+#include "tests/kernels/attn_case.h"
 
 static int run_case(int T, int nh, int nkv, int hd, int q_off, int window)
 {
     char what[160];
     snprintf(what, sizeof(what), "attention T=%d nh=%d nkv=%d hd=%d q_off=%d window=%d", T, nh, nkv,
              hd, q_off, window);
-    int cap = q_off + T + check_rand_int(0, 5);
-    size_t nq = (size_t)T * nh * hd, nk = (size_t)nkv * cap * hd;
-    float *q = malloc(sizeof(float) * nq), *k = malloc(sizeof(float) * nk);
-    float *v = malloc(sizeof(float) * nk), *ref = malloc(sizeof(float) * nq);
-    float *got = check_buf_new(nq), *bound = malloc(sizeof(float) * nq);
-    assert_true(q && k && v && ref && bound);
-    check_fill_normal(q, nq, 1.0f);
-    check_fill_normal(k, nk, 1.0f);
-    check_fill_normal(v, nk, 1.0f);
-    /* Slots no query may see: after the last query, and before the first window. */
-    int first_visible = window > 0 && q_off - window + 1 > 0 ? q_off - window + 1 : 0;
-    for (int g = 0; g < nkv; g++)
-        for (int j = 0; j < cap; j++)
-            if (j >= q_off + T || j < first_visible)
-                for (int i = 0; i < hd; i++) {
-                    k[((size_t)g * cap + j) * hd + i] = NAN;
-                    v[((size_t)g * cap + j) * hd + i] = NAN;
-                }
-    struct attn_args a = {
-        .T = T,
-        .n_heads = nh,
-        .n_kv_heads = nkv,
-        .head_dim = hd,
-        .q = q,
-        .k = k,
-        .v = v,
-        .kv_cap = cap,
-        .q_off = q_off,
-        .window = window,
-        .scale = 1.0f / sqrtf((float)hd),
-        .out = got,
-    };
-    assert_int_equal(attention(KERN_IMPL_CPU, &a), 0);
-    a.out = ref;
-    assert_int_equal(attention(KERN_IMPL_REF, &a), 0);
-    const double u = 1.0 / 16777216.0;
-    for (int t = 0; t < T; t++) {
-        int p = q_off + t, lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-        for (int h = 0; h < nh; h++) {
-            int g = h / (nh / nkv);
-            const float *qr = q + ((size_t)t * nh + h) * hd;
-            double smax = 0, vmax = 0;
-            for (int j = lo; j <= p; j++) {
-                const float *kr = k + ((size_t)g * cap + j) * hd;
-                const float *vr = v + ((size_t)g * cap + j) * hd;
-                double s = 0;
-                for (int i = 0; i < hd; i++) {
-                    s += fabs(qr[i] * kr[i]);
-                    if (fabs(vr[i]) > vmax)
-                        vmax = fabs(vr[i]);
-                }
-                if (s > smax)
-                    smax = s;
-            }
-            double ds = gam(hd) * a.scale * smax;
-            int n = p - lo + 1;
-            for (int i = 0; i < hd; i++) {
-                size_t idx = ((size_t)t * nh + h) * hd + i;
-                bound[idx] =
-                    (float)(2.0 * ((2 * ds + 2 * gam(n) + 8 * u) * vmax + u * fabs(ref[idx])));
-            }
-        }
-    }
+    struct attn_case c;
+    attn_case_new(&c, T, nh, nkv, hd, q_off, window);
+    float *got = check_buf_new(c.nq);
+    c.a.out = got;
+    assert_int_equal(attention(KERN_IMPL_CPU, &c.a), 0);
     struct check_tol tol = { 1e-9, 0, 0 };
-    int rc = check_close(what, got, ref, nq, &tol, bound);
-    rc |= check_buf_guards(what, got, nq);
-    if (window == 1) {
-        /* Each query sees only its own key: the output is exactly that value row. */
-        for (int t = 0; t < T && rc == 0; t++)
-            for (int h = 0; h < nh; h++) {
-                int g = h / (nh / nkv);
-                const float *vr = v + ((size_t)g * cap + q_off + t) * hd;
-                if (memcmp(got + ((size_t)t * nh + h) * hd, vr, sizeof(float) * hd) != 0) {
-                    printf("%s: window 1 output is not v[p]\n", what);
-                    rc = -1;
-                    break;
-                }
-            }
+    int rc = check_close(what, got, c.ref, c.nq, &tol, c.bound);
+    rc |= check_buf_guards(what, got, c.nq);
+    if (rc == 0 && window == 1 && attn_case_window1_exact(&c, got)) {
+        printf("%s: window 1 output is not v[p]\n", what);
+        rc = -1;
     }
-    free(q);
-    free(k);
-    free(v);
-    free(ref);
     check_buf_free(got);
-    free(bound);
+    attn_case_free(&c);
     return rc;
 }
 

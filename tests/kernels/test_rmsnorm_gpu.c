@@ -25,6 +25,7 @@
 #include "kernels/rmsnorm.h"
 #include "tests/kernels/check.h"
 #include "tests/kernels/check_gpu.h"
+#include "tests/kernels/special_cases.h"
 
 static int run_case(int rows, int n, int with_w, int inplace)
 {
@@ -101,22 +102,8 @@ static void test_rmsnorm_gpu_shapes(void **state)
 static void test_rmsnorm_gpu_special(void **state)
 {
     (void)state;
-    float x[16], y[16], r[16];
-    for (int i = 0; i < 16; i++)
-        x[i] = (float)i;
-    x[3] = NAN;
-    assert_int_equal(rmsnorm(KERN_IMPL_CUDA, y, x, NULL, 2, 8, 1e-5f), 0);
-    rmsnorm_ref(r, x, NULL, 2, 8, 1e-5f);
-    for (int i = 0; i < 8; i++)
-        assert_true(isnan(y[i]) && isnan(r[i])); /* a NaN poisons its own row only */
-    for (int i = 8; i < 16; i++)
-        assert_true(isfinite(y[i]) && fabsf(y[i] - r[i]) <= 1e-6f * fabsf(r[i]));
-    float z[8] = { 0 };
-    assert_int_equal(rmsnorm(KERN_IMPL_CUDA, y, z, NULL, 1, 8, 1e-5f), 0);
-    for (int i = 0; i < 8; i++)
-        assert_true(y[i] == 0.0f);
-    /* Errors: the dispatch validates first; the table validates too and says why. */
-    assert_int_equal(rmsnorm(KERN_IMPL_CUDA, y, x, NULL, 1, 0, 1e-5f), -EINVAL);
+    rmsnorm_check_special(KERN_IMPL_CUDA);
+    /* Errors: the table validates too and says why. */
     assert_int_equal(A->rmsnorm(NULL, NULL, NULL, 1, 0, 1e-5f), -EINVAL);
     assert_true(strstr(A->last_error(), "rmsnorm") != NULL);
     assert_int_equal(A->rmsnorm(NULL, NULL, NULL, 0, 8, 1e-5f), 0); /* no rows: no-op */
