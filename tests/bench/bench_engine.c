@@ -30,30 +30,16 @@
 #include "kernels/syrk.h"
 #include "worker/model.h"
 #include "worker/synth.h"
-
-static const char *git_sha(void)
-{
-    static char sha[64];
-    if (sha[0])
-        return sha;
-    snprintf(sha, sizeof(sha), "unknown");
-    FILE *p = popen("git rev-parse --short HEAD 2>/dev/null", "r");
-    if (p) {
-        if (fgets(sha, sizeof(sha), p))
-            sha[strcspn(sha, "\n")] = '\0';
-        pclose(p);
-    }
-    return sha;
-}
+#include "tests/bench/bench.h"
 
 static void csv(const char *op, const char *variant, const char *shape, const char *dtype,
                 double us, double gbs)
 {
     if (gbs > 0)
         printf("csv,%s,%s,%s,%s,%.1f,%.2f,%s,none\n", op, variant, shape, dtype, us, gbs,
-               git_sha());
+               bench_git_sha());
     else
-        printf("csv,%s,%s,%s,%s,%.1f,,%s,none\n", op, variant, shape, dtype, us, git_sha());
+        printf("csv,%s,%s,%s,%s,%.1f,,%s,none\n", op, variant, shape, dtype, us, bench_git_sha());
 }
 
 /* Runs fn until at least min_s seconds passed (after one warm-up call); seconds per call. */

@@ -35,23 +35,9 @@
 #include "kernels/par.h"
 #include "worker/model.h"
 #include "worker/quant.h"
+#include "tests/bench/bench.h"
 
 static int g_reps = 5;
-
-static const char *git_sha(void)
-{
-    static char sha[64];
-    if (sha[0])
-        return sha;
-    snprintf(sha, sizeof(sha), "unknown");
-    FILE *p = popen("git rev-parse --short HEAD 2>/dev/null", "r");
-    if (p) {
-        if (fgets(sha, sizeof(sha), p))
-            sha[strcspn(sha, "\n")] = '\0';
-        pclose(p);
-    }
-    return sha;
-}
 
 static void loadavg(char *buf, size_t n)
 {
@@ -206,7 +192,7 @@ static void bench_shape(int T, int out, int in, double min_s)
                T < MATMUL_GEMV_MAX_T ? "gemv" : "gemm", T, out, in, bfmt_names[f], med * 1e6,
                lo * 1e6, hi * 1e6, bytes / med / 1e9, base / med, bytes / 1e6);
         printf("csv,%s,cpu,%s,%s,%.1f,%.2f,%s,none\n", T < MATMUL_GEMV_MAX_T ? "qgemv" : "qgemm",
-               shape, bfmt_names[f], med * 1e6, bytes / med / 1e9, git_sha());
+               shape, bfmt_names[f], med * 1e6, bytes / med / 1e9, bench_git_sha());
         fflush(stdout);
         bweight_free(&b);
     }
@@ -279,7 +265,7 @@ static int cmd_model(const char *dir, const char *scheme, int gs)
            dir, quant ? scheme : "bf16", med * 1e3, t[0] * 1e3, t[reps - 1] * 1e3,
            wbytes / med / 1e9, wbytes / 1e6);
     printf("csv,decode,%s,ctx%d,%s,%.1f,%.2f,%s,none\n", dir, P, quant ? scheme : "bf16", med * 1e6,
-           wbytes / med / 1e9, git_sha());
+           wbytes / med / 1e9, bench_git_sha());
     model_kv_free(kv);
     free(logits);
     model_free(m);
