@@ -12,7 +12,7 @@
 
 #include <cJSON.h>
 
-#include "daemon/proto.h"
+#include "proto/proto.h"
 
 enum {
     CTL_OK = 0,

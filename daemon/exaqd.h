@@ -16,7 +16,7 @@
 
 #include "common/hmap.h"
 #include "common/util.h"
-#include "daemon/proto.h"
+#include "proto/proto.h"
 
 struct daemon;
 struct conn;

@@ -16,7 +16,7 @@
 
 #include "common/jw.h"
 #include "common/util.h"
-#include "worker/st.h"
+#include "common/st.h"
 
 #ifndef ZIP_LENGTH_TO_END
 #define ZIP_LENGTH_TO_END (-1)

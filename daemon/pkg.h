@@ -47,7 +47,7 @@ bool pkg_entry_name_ok(const char *name);
  * symlinked directories refused) whose names pass pkg_entry_name_ok; the sum of file sizes is
  * at most max_unzipped_gb (checked first); config.json parses as a JSON object; tokenizer.json
  * (and tokenizer_config.json when need_tok_config) exists; at least one *.safetensors exists
- * and every one has a valid header (worker/st.h); an index file's shards resolve.
+ * and every one has a valid header (common/st.h); an index file's shards resolve.
  * Returns 0 with *files (sorted relative names; free with pkg_files_free) and *total bytes, or
  * -1 with *reason set to a new string.
  */

@@ -23,7 +23,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "daemon/proto.h"
+#include "proto/proto.h"
 
 /* One term of PerfNorm. */
 struct rank_perf_term {

@@ -10,8 +10,8 @@
  *   INT4   the same with codes in [-8, 7] packed two per byte (layout below): half the bytes;
  *   FP8    E4M3FN bytes with BF16 scales (per channel or tensor; groups work too).
  * The value of a quantized weight is exactly W = (q - zp) * scale computed in fp32 from the
- * BF16 scale (FP8: e4m3(q) * scale), the same as worker/quant.c qweight_dequant. Every format
- * computes that product; the fast kernels only differ from the reference by fp32 summation
+ * BF16 scale (FP8: e4m3(q) * scale), the same as worker/compress/quant.c qweight_dequant. Every
+ * format computes that product; the fast kernels only differ from the reference by fp32 summation
  * order (see docs/engine.md "Quantized linears").
  *
  * Variants (dispatch: matmul()):
@@ -26,7 +26,7 @@
  * Ownership: a linear borrows what it is given (w, scale, zp, g_idx) unless the pointer is also
  * `owned`; linear_release() frees only `owned`. A borrowed array must outlive the linear. The
  * engine's quantized linears borrow the arrays of the model's struct qweight, which the model
- * keeps for exactly the linear's lifetime (worker/model.c model_linear_set_quant); INT4 owns
+ * keeps for exactly the linear's lifetime (worker/engine/model.c model_linear_set_quant); INT4 owns
  * its packed copy of the codes.
  */
 #ifndef EXAQ_MATMUL_H
@@ -84,8 +84,8 @@ struct linear {
     unsigned qflags;                   /* LINEAR_QF_* */
 };
 
-/* What linear_init_quant reads: the fields of a worker/quant.h struct qweight (kernels/ does not
- * include worker/ headers, so the model copies them in). Every array is borrowed. */
+/* What linear_init_quant reads: the fields of a worker/compress/quant.h struct qweight (kernels/
+ * does not include worker/ headers, so the model copies them in). Every array is borrowed. */
 struct linear_qsrc {
     int out, in;
     int bits;              /* integer codes: 2..8; ignored for FP8 */

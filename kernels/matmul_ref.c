@@ -5,8 +5,8 @@
  *
  * The decoder here is the definition of a quantized weight: w = (float)(q - zp) * bf16(scale)
  * for integer codes and e4m3(b) * bf16(scale) for FP8, one fp32 multiply, exactly as
- * worker/quant.c qweight_dequant computes it. The fast kernels (qmatmul_cpu.c) use it for their
- * generic paths and are tested against matmul_ref.
+ * worker/compress/quant.c qweight_dequant computes it. The fast kernels (qmatmul_cpu.c) use it for
+ * their generic paths and are tested against matmul_ref.
  */
 #include "kernels/matmul.h"
 

@@ -6,7 +6,7 @@
  *   x'[i+d/2]  = x[i + d/2] * cos_i + x[i] * sin_i,        i < d/2
  * cos/sin are evaluated in double from the fp32 angle and rounded to fp32, or to bf16 when
  * cs_bf16 != 0 (transformers casts them to the bf16 activation dtype). inv_freq has d/2 entries
- * (llama3 scaling is applied by the caller when it builds them, see worker/model.c).
+ * (llama3 scaling is applied by the caller when it builds them, see worker/engine/model.c).
  *
  * Variants (dispatch: rope()): rope_ref (plain loops), rope_cpu (default: one cos/sin table
  * per row shared by all heads, threaded over rows).

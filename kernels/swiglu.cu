@@ -3,7 +3,7 @@
  * semantics of swiglu_ref (kernels/swiglu.h) in fp32.
  *
  * Also add (y += x elementwise, one IEEE fp32 addition per element: the residual update of
- * worker/model_fwd.c), which the device-resident forward uses.
+ * worker/engine/model_fwd.c), which the device-resident forward uses.
  *
  * Variants:
  *   swiglu_kernel_v1   (default) one element per thread, grid-stride; expf (CUDA: <= 2 ulp, no

@@ -10,7 +10,7 @@ trap 'rm -f "$tmp" "$tmp.doc"' EXIT
 sed -n '/^## Message reference (generated)/,$p' "$root/docs/protocol.md" |
     sed -n '/^```$/,/^```$/p' | sed '1d;$d' >"$tmp.doc"
 if ! diff -u "$tmp.doc" "$tmp"; then
-    echo "docs/protocol.md is out of date with daemon/proto.def; regenerate its last block with"
+    echo "docs/protocol.md is out of date with proto/proto.def; regenerate its last block with"
     echo "'exaqctl --protocol'"
     exit 1
 fi

@@ -22,8 +22,8 @@
 
 #include "common/util.h"
 #include "kernels/cuda.h"
-#include "worker/calib.h"
-#include "worker/model.h"
+#include "worker/engine/calib.h"
+#include "worker/engine/model.h"
 
 int cmd_logits(int argc, char **argv)
 {

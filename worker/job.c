@@ -20,7 +20,7 @@
 
 #include "common/jw.h"
 #include "common/util.h"
-#include "worker/stage.h"
+#include "worker/stages/stage.h"
 
 static int running_pgid; /* written by the job thread, read by the main thread (atomics) */
 

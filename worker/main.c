@@ -29,13 +29,13 @@
 
 #include "common/log.h"
 #include "common/util.h"
-#include "daemon/proto.h"
+#include "proto/proto.h"
 #include "kernels/cuda.h"
 #include "worker/cmd.h"
 #include "worker/job.h"
-#include "worker/stage.h"
-#include "worker/synth.h"
-#include "worker/tokenizer.h"
+#include "worker/stages/stage.h"
+#include "worker/engine/synth.h"
+#include "worker/engine/tokenizer.h"
 
 struct worker {
     int fd;

@@ -28,8 +28,8 @@
 #include "kernels/matmul.h"
 #include "kernels/par.h"
 #include "kernels/syrk.h"
-#include "worker/model.h"
-#include "worker/synth.h"
+#include "worker/engine/model.h"
+#include "worker/engine/synth.h"
 #include "tests/bench/bench.h"
 
 static void csv(const char *op, const char *variant, const char *shape, const char *dtype,

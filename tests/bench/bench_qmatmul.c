@@ -33,8 +33,8 @@
 #include "common/util.h"
 #include "kernels/matmul.h"
 #include "kernels/par.h"
-#include "worker/model.h"
-#include "worker/quant.h"
+#include "worker/engine/model.h"
+#include "worker/compress/quant.h"
 #include "tests/bench/bench.h"
 
 static int g_reps = 5;

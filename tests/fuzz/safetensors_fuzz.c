@@ -1,5 +1,5 @@
 /*
- * safetensors_fuzz: libFuzzer target for the safetensors reader (worker/st.c).
+ * safetensors_fuzz: libFuzzer target for the safetensors reader (common/st.c).
  *
  * Every input is parsed from memory as a whole file. A rejected input must come with an error
  * message; an accepted one must describe tensors that lie inside the input, and reading every
@@ -12,7 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "worker/st.h"
+#include "common/st.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

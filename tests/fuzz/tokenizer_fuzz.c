@@ -1,5 +1,5 @@
 /*
- * tokenizer_fuzz: libFuzzer target for worker/tokenizer.c (the tokenizer.json parser, encode
+ * tokenizer_fuzz: libFuzzer target for worker/engine/tokenizer.c (the tokenizer.json parser, encode
  * and decode).
  *
  * The first byte picks the mode, the rest is the payload (at most 64 KiB):
@@ -19,7 +19,7 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "worker/tokenizer.h"
+#include "worker/engine/tokenizer.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -53,8 +53,8 @@
 #include "tests/kernels/check.h"
 #include "tests/kernels/mm_test.h"
 #include "tests/kernels/qmat.h"
-#include "worker/model.h"
-#include "worker/quant.h"
+#include "worker/engine/model.h"
+#include "worker/compress/quant.h"
 
 #define TINY "tests/data/tiny-exaone4"
 

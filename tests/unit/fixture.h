@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "worker/stage.h"
+#include "worker/stages/stage.h"
 
 /* Sanitizer builds (make check) run the kernels without AVX and 50-100x slower: the tests
  * shrink their calibration and perplexity runs there. */

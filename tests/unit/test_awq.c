@@ -1,6 +1,7 @@
 /*
- * test_awq: the exact folds (worker/awq.c), AWQ's scale and clip searches, SmoothQuant's scales
- * (worker/smoothquant.c) and the quantize stage's awq / smoothquant methods on tiny-a.
+ * test_awq: the exact folds (worker/compress/awq.c), AWQ's scale and clip searches, SmoothQuant's
+ * scales (worker/compress/smoothquant.c) and the quantize stage's awq / smoothquant methods on
+ * tiny-a.
  *
  * Proves:
  *   - fold legality: of the 11 x 7 (previous op, linear) pairs of an EXAONE-4 layer exactly
@@ -45,13 +46,13 @@
 
 #include "common/util.h"
 #include "kernels/par.h"
-#include "worker/awq.h"
-#include "worker/calib.h"
-#include "worker/gptq.h"
-#include "worker/model.h"
-#include "worker/quant.h"
-#include "worker/smoothquant.h"
-#include "worker/stage.h"
+#include "worker/compress/awq.h"
+#include "worker/engine/calib.h"
+#include "worker/compress/gptq.h"
+#include "worker/engine/model.h"
+#include "worker/compress/quant.h"
+#include "worker/compress/smoothquant.h"
+#include "worker/stages/stage.h"
 #include "tests/unit/fixture.h"
 
 /* ---- helpers ------------------------------------------------------------------------------- */

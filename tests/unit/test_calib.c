@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "worker/calib.h"
+#include "worker/engine/calib.h"
 
 #define TINY "tests/data/tiny-exaone4"
 #define DATA "tests/data/tiny-a"

@@ -1,5 +1,5 @@
 /*
- * test_config: worker/config.c on both transformers styles.
+ * test_config: worker/engine/config.c on both transformers styles.
  *
  * Proves: the checked-in 4.57-style config parses to the expected struct and prints back
  * byte-identical (sorted keys, indent 2, number spellings kept); conversion to the v5 style
@@ -23,7 +23,7 @@
 #include <cmocka.h>
 
 #include "common/util.h"
-#include "worker/config.h"
+#include "worker/engine/config.h"
 
 #define TINY "tests/data/tiny-exaone4/config.json"
 

@@ -19,10 +19,10 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "worker/calib.h"
-#include "worker/ctensors.h"
-#include "worker/gptq.h"
-#include "worker/model.h"
+#include "worker/engine/calib.h"
+#include "worker/engine/ctensors.h"
+#include "worker/compress/gptq.h"
+#include "worker/engine/model.h"
 
 #define TINY "tests/data/tiny-exaone4"
 #define DATA "tests/data/tiny-a"

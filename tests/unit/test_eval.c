@@ -1,7 +1,7 @@
 /*
- * test_eval: the native eval stages ppl, mcqa and speed (worker/stage_eval.c) and their shared
- * pieces (worker/eval.c), called through struct stage_ctx exactly as the worker calls them,
- * with a metric and progress sink.
+ * test_eval: the native eval stages ppl, mcqa and speed (worker/stages/stage_eval.c) and their
+ * shared pieces (worker/evals/eval.c), called through struct stage_ctx exactly as the worker calls
+ * them, with a metric and progress sink.
  *
  * Proves, on tests/data/tiny-exaone4 with tests/data/tiny-a (reference.json from transformers
  * BF16 on a GPU; we compute in fp32, so the bounds are the brief's):
@@ -37,9 +37,9 @@
 
 #include "common/util.h"
 #include "kernels/par.h"
-#include "worker/eval.h"
-#include "worker/model.h"
-#include "worker/stage.h"
+#include "worker/evals/eval.h"
+#include "worker/engine/model.h"
+#include "worker/stages/stage.h"
 #include "tests/unit/fixture.h"
 
 #define VALTXT "tests/data/tiny-a/val.txt"

@@ -1,6 +1,6 @@
 /*
- * test_gptq: GPTQ (worker/gptq.c) against its definition (algorithms spec 1.4-1.6 and tests
- * T1-T6 of spec 6), plus the double-precision linear algebra and the Hessian accumulator.
+ * test_gptq: GPTQ (worker/compress/gptq.c) against its definition (algorithms spec 1.4-1.6 and
+ * tests T1-T6 of spec 6), plus the double-precision linear algebra and the Hessian accumulator.
  *
  * Proves:
  *   - chol_lower equals a naive Cholesky and leaves the upper triangle alone; chol_inverse_upper
@@ -40,8 +40,8 @@
 #include <cmocka.h>
 
 #include "common/util.h"
-#include "worker/gptq.h"
-#include "worker/quant.h"
+#include "worker/compress/gptq.h"
+#include "worker/compress/quant.h"
 
 /* ---- random data ---------------------------------------------------------------------------- */
 

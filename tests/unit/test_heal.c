@@ -1,5 +1,6 @@
 /*
- * test_heal: least-squares healing (worker/heal.c and the `heal` stage of worker/stage_prune.c).
+ * test_heal: least-squares healing (worker/compress/heal.c and the `heal` stage of
+ * worker/stages/stage_prune.c).
  *
  * Proves:
  *   1. the linear algebra: Cholesky + solve reproduce a known solution of random SPD systems
@@ -39,12 +40,12 @@
 #include <cJSON.h>
 
 #include "common/util.h"
-#include "worker/calib.h"
-#include "worker/heal.h"
-#include "worker/model.h"
-#include "worker/prune.h"
-#include "worker/st.h"
-#include "worker/stage.h"
+#include "worker/engine/calib.h"
+#include "worker/compress/heal.h"
+#include "worker/engine/model.h"
+#include "worker/compress/prune.h"
+#include "common/st.h"
+#include "worker/stages/stage.h"
 #include "tests/unit/fixture.h"
 
 #define NCAL (SANITIZED ? 8 : 32) /* calibration windows of 512 */

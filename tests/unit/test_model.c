@@ -40,9 +40,9 @@
 
 #include "common/util.h"
 #include "kernels/par.h"
-#include "worker/model.h"
-#include "worker/st.h"
-#include "worker/synth.h"
+#include "worker/engine/model.h"
+#include "common/st.h"
+#include "worker/engine/synth.h"
 #include "tests/unit/fixture.h"
 
 #define GOLDEN "tests/data/tiny-a/golden.safetensors"

@@ -11,7 +11,7 @@
  *      fp32 noise can flip the rounding of a quantized activation, after which the two runs
  *      legitimately differ by about 1% of max|logit| (test_qmatmul's engine case), so 5e-2,
  *      which still catches a wrong scale, zero point or group;
- *   4. model_nll's device-resident pass (worker/model_gpu.c) against the CPU's NLLs, and its
+ *   4. model_nll's device-resident pass (worker/engine/model_gpu.c) against the CPU's NLLs, and its
  *      op-by-op fallback for activation-quantized models.
  * Skips (exit 77) without a usable CUDA backend or without the tiny-a data.
  */
@@ -31,10 +31,10 @@
 #include "kernels/cuda.h"
 #include "kernels/par.h"
 #include "tests/kernels/check.h"
-#include "worker/eval.h"
-#include "worker/model.h"
-#include "worker/quant.h"
-#include "worker/st.h"
+#include "worker/evals/eval.h"
+#include "worker/engine/model.h"
+#include "worker/compress/quant.h"
+#include "common/st.h"
 #include "tests/unit/fixture.h"
 
 #define GOLDEN "tests/data/tiny-a/golden.safetensors"
@@ -209,8 +209,8 @@ static double nll_diff(struct model *m, const int32_t *ids, int W, double *rel)
 }
 
 /*
- * The device-resident pass (worker/model_gpu.c) that model_nll takes on the GPU: BF16 and RTN
- * W4A16 tiny-a run device-resident (m->gpu is built) and match the CPU's NLLs to fp32 noise
+ * The device-resident pass (worker/engine/model_gpu.c) that model_nll takes on the GPU: BF16 and
+ * RTN W4A16 tiny-a run device-resident (m->gpu is built) and match the CPU's NLLs to fp32 noise
  * (1e-4 absolute per token, 1e-6 relative over 3 windows); W8A8 falls back to the op-by-op path
  * (m->gpu_off) within the activation-quantization noise; editing a linear drops the copy.
  */

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/proto.h"
+#include "proto/proto.h"
 
 static void test_roundtrip_job(void **state)
 {

@@ -1,5 +1,6 @@
 /*
- * test_prune: depth pruning (worker/prune.c and the `prune` stage of worker/stage_prune.c).
+ * test_prune: depth pruning (worker/compress/prune.c and the `prune` stage of
+ * worker/stages/stage_prune.c).
  *
  * Proves, on tiny-a (tests/data/tiny-exaone4):
  *   1. block influence picks the layer whose removal costs the least perplexity, or one within
@@ -33,12 +34,12 @@
 #include <cJSON.h>
 
 #include "common/util.h"
-#include "worker/calib.h"
-#include "worker/model.h"
-#include "worker/prune.h"
-#include "worker/stage.h"
-#include "worker/st.h"
-#include "worker/synth.h"
+#include "worker/engine/calib.h"
+#include "worker/engine/model.h"
+#include "worker/compress/prune.h"
+#include "worker/stages/stage.h"
+#include "common/st.h"
+#include "worker/engine/synth.h"
 #include "tests/unit/fixture.h"
 
 #define NCAL (SANITIZED ? 8 : 32) /* calibration windows of 512 */

@@ -1,5 +1,6 @@
 /*
- * test_quant: the quantization grids and conversions of worker/quant.c with hand-made numbers.
+ * test_quant: the quantization grids and conversions of worker/compress/quant.c with hand-made
+ * numbers.
  *
  * Proves:
  *   - scheme names round-trip; qweight_init allocates what each scheme stores and rejects
@@ -34,7 +35,7 @@
 
 #include "common/util.h"
 #include "kernels/kern.h"
-#include "worker/quant.h"
+#include "worker/compress/quant.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 

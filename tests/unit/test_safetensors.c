@@ -1,5 +1,5 @@
 /*
- * test_safetensors: worker/st.c reading, validation, directory lookup and writing.
+ * test_safetensors: common/st.c reading, validation, directory lookup and writing.
  *
  * Proves: every dtype round-trips through write -> read (bytes, shapes, 0-d and empty tensors,
  * header padded to 8, descending-alignment order, aligned data pointers); each class of corrupt
@@ -24,7 +24,7 @@
 #include <cmocka.h>
 
 #include "common/util.h"
-#include "worker/st.h"
+#include "common/st.h"
 
 static char *tmpdir_new(void)
 {

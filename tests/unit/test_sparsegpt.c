@@ -1,6 +1,6 @@
 /*
- * test_sparsegpt: SparseGPT (worker/sparsegpt.c) against its definition (algorithms spec 3.3)
- * and the quantize stage's sparsegpt method on tiny-a.
+ * test_sparsegpt: SparseGPT (worker/compress/sparsegpt.c) against its definition (algorithms
+ * spec 3.3) and the quantize stage's sparsegpt method on tiny-a.
  *
  * Proves:
  *   - the reported loss equals 1/2 tr(dW H_d dW^T) recomputed from the result (relative error
@@ -42,12 +42,12 @@
 
 #include "common/util.h"
 #include "kernels/par.h"
-#include "worker/calib.h"
-#include "worker/gptq.h"
-#include "worker/model.h"
-#include "worker/quant.h"
-#include "worker/sparsegpt.h"
-#include "worker/stage.h"
+#include "worker/engine/calib.h"
+#include "worker/compress/gptq.h"
+#include "worker/engine/model.h"
+#include "worker/compress/quant.h"
+#include "worker/compress/sparsegpt.h"
+#include "worker/stages/stage.h"
 #include "tests/unit/fixture.h"
 
 /* ---- helpers ------------------------------------------------------------------------------- */

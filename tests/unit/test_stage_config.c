@@ -15,8 +15,8 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "worker/model.h"
-#include "worker/stage.h"
+#include "worker/engine/model.h"
+#include "worker/stages/stage.h"
 
 #define TINY "tests/data/tiny-exaone4"
 

@@ -20,8 +20,8 @@
 #include <cmocka.h>
 
 #include "common/util.h"
-#include "worker/tokenizer.h"
-#include "worker/unicode_tab.h"
+#include "worker/engine/tokenizer.h"
+#include "worker/engine/unicode_tab.h"
 
 #define TINY_JSON "tests/data/tiny-exaone4/tokenizer.json"
 #define DATA_DIR  "tests/data/tiny-a/"

@@ -1,0 +1,1911 @@
+/*
+ * tokenizer: byte-level BPE from a Hugging Face tokenizer.json, bit-exact with `tokenizers`.
+ *
+ * This module owns parsing tokenizer.json into plain C tables (the cJSON tree never outlives
+ * tok_load_buf), the encode pipeline and the decoder. It does no I/O besides reading the file
+ * in tok_load, keeps no global state, and never aborts on bad input.
+ *
+ * DESIGN. encode() follows the library's pipeline step by step:
+ *
+ *   1. added tokens with normalized=false are cut out of the raw text (leftmost-longest,
+ *      with single_word / lstrip / rstrip as in added_vocabulary.rs);
+ *   2. each remaining piece is "normalized" (only NFC is accepted, and only as a proven no-op:
+ *      the UAX #15 quick check must answer YES), then the normalized=true added tokens are cut;
+ *   3. each remaining piece runs through the pre-tokenizer steps (Split with a known pattern,
+ *      then ByteLevel, which may add a prefix space and split with the GPT-2 pattern). The
+ *      split patterns are matched by hand-written matchers, one per recognised pattern string,
+ *      that reproduce what Oniguruma's backtracking does for that pattern (see match_gpt2 and
+ *      match_cl100k); empty pieces are dropped like PreTokenizedString::split does;
+ *   4. each piece's bytes go through BPE exactly as models/bpe/word.rs merge_all does: a
+ *      min-heap of (rank, position) with stale entries skipped, so ties resolve the same way.
+ *      Results are cached per piece in a hash map local to the call (texts are megabytes, and
+ *      the same words come back all the time); the cache is per call so that a struct tok
+ *      stays immutable and shareable between threads.
+ *
+ * The byte-level alphabet (GPT-2's bytes_to_unicode) is rebuilt in every struct tok; all
+ * per-id strings are stored once in one arena.
+ */
+#include "worker/engine/tokenizer.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "worker/engine/unicode_tab.h"
+
+#define MAX_STEPS         8         /* pre-tokenizer steps after flattening Sequence */
+#define CACHE_MAX_KEY     256       /* pieces longer than this are not cached (as the library) */
+#define CACHE_MAX_ENTRIES (1 << 18) /* per encode call */
+
+/* ============================================================================================
+ * Errors and small helpers
+ * ========================================================================================== */
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Quotes at most 60 bytes of s for an error message (new string). */
+static char *quote(const char *s, size_t n)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_puts(&b, "'");
+    size_t lim = n > 60 ? 60 : n;
+    for (size_t i = 0; i < lim; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\\' || c == '\'')
+            buf_printf(&b, "\\%c", c);
+        else if (c < 0x20 || c == 0x7f)
+            buf_printf(&b, "\\x%02x", c);
+        else
+            buf_append(&b, &s[i], 1);
+    }
+    buf_puts(&b, n > lim ? "'..." : "'");
+    return buf_steal(&b);
+}
+
+static uint64_t hash_bytes(const void *p, size_t n)
+{
+    /* FNV-1a, then a final mix so that the low bits used for the table index are good. */
+    const unsigned char *s = p;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= s[i];
+        h *= 0x100000001b3ull;
+    }
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 32;
+    return h;
+}
+
+static uint64_t hash_u64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+}
+
+static size_t pow2_at_least(size_t n)
+{
+    size_t c = 16;
+    while (c < n)
+        c <<= 1;
+    return c;
+}
+
+/* ============================================================================================
+ * UTF-8
+ * ========================================================================================== */
+
+/*
+ * Length of the valid UTF-8 sequence at s[i] (1..4), or 0 when the bytes there are not a valid
+ * sequence; then *bad is the length of the maximal subpart to replace by one U+FFFD (the rule
+ * of Rust's String::from_utf8_lossy and of Unicode's "substitution of maximal subparts").
+ */
+static size_t utf8_seq(const unsigned char *s, size_t n, size_t i, size_t *bad)
+{
+    unsigned char b = s[i];
+    size_t need;
+    unsigned char lo = 0x80, hi = 0xbf;
+    if (b < 0x80)
+        return 1;
+    if (b >= 0xc2 && b <= 0xdf)
+        need = 1;
+    else if (b >= 0xe0 && b <= 0xef) {
+        need = 2;
+        if (b == 0xe0)
+            lo = 0xa0;
+        else if (b == 0xed)
+            hi = 0x9f;
+    } else if (b >= 0xf0 && b <= 0xf4) {
+        need = 3;
+        if (b == 0xf0)
+            lo = 0x90;
+        else if (b == 0xf4)
+            hi = 0x8f;
+    } else {
+        *bad = 1;
+        return 0;
+    }
+    size_t k = 1;
+    for (; k <= need; k++) {
+        if (i + k >= n)
+            break;
+        unsigned char c = s[i + k];
+        if (k == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xbf))
+            break;
+    }
+    if (k > need)
+        return need + 1;
+    *bad = k;
+    return 0;
+}
+
+/* Offset of the first invalid byte, or n when s is valid UTF-8. */
+static size_t utf8_check(const unsigned char *s, size_t n)
+{
+    size_t i = 0, bad;
+    while (i < n) {
+        if (s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t l = utf8_seq(s, n, i, &bad);
+        if (l == 0)
+            return i;
+        i += l;
+    }
+    return n;
+}
+
+/* Decodes the code point at s[i] of valid UTF-8; *len gets its byte length. */
+static inline uint32_t utf8_dec(const unsigned char *s, size_t i, size_t *len)
+{
+    unsigned char b = s[i];
+    if (b < 0x80) {
+        *len = 1;
+        return b;
+    }
+    if (b < 0xe0) {
+        *len = 2;
+        return ((uint32_t)(b & 0x1f) << 6) | (s[i + 1] & 0x3f);
+    }
+    if (b < 0xf0) {
+        *len = 3;
+        return ((uint32_t)(b & 0x0f) << 12) | ((uint32_t)(s[i + 1] & 0x3f) << 6) |
+               (s[i + 2] & 0x3f);
+    }
+    *len = 4;
+    return ((uint32_t)(b & 0x07) << 18) | ((uint32_t)(s[i + 1] & 0x3f) << 12) |
+           ((uint32_t)(s[i + 2] & 0x3f) << 6) | (s[i + 3] & 0x3f);
+}
+
+/* Start of the code point that ends right before s[i] (i > 0) in valid UTF-8. */
+static size_t utf8_prev(const unsigned char *s, size_t i)
+{
+    do {
+        i--;
+    } while (i > 0 && (s[i] & 0xc0) == 0x80);
+    return i;
+}
+
+static size_t utf8_enc(uint32_t cp, char *out)
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xc0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (char)(0xf0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    out[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+static inline unsigned cls_at(const unsigned char *s, size_t i, size_t *len)
+{
+    if (s[i] < 0x80) {
+        *len = 1;
+        return utab_ascii[s[i]];
+    }
+    return utab_class_slow(utf8_dec(s, i, len));
+}
+
+/* ============================================================================================
+ * Split patterns
+ * ========================================================================================== */
+
+enum pat_kind {
+    PAT_GPT2,   /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
+    PAT_CL100K, /* (?i:'s|...)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s...]+[\r\n]*|... */
+};
+
+struct pat {
+    enum pat_kind kind;
+    int max_digits;   /* CL100K: 3 (Llama-3) or 1 (Qwen2) */
+    bool marks;       /* CL100K: letters are [\p{L}\p{M}] and M is not punctuation (Qwen3.5) */
+    bool no_trailing; /* GPT2: the final |\s+ alternative is absent */
+};
+
+/* The pattern strings recognised exactly (as they read after JSON unescaping). */
+static const struct {
+    const char *re;
+    struct pat pat;
+} known_patterns[] = {
+    { "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+",
+      { PAT_GPT2, 0, false, false } },
+    { "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
+      { PAT_GPT2, 0, false, true } },
+    { "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+      "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+      { PAT_CL100K, 3, false, false } },
+    { "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+      "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+      { PAT_CL100K, 1, false, false } },
+    { "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| "
+      "?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+      { PAT_CL100K, 1, true, false } },
+};
+
+static const struct pat gpt2_pattern = { PAT_GPT2, 0, false, false };
+
+/* End of the run of characters whose class has a bit of `need` (or any class when need is 0)
+ * and no bit of `forbid`, starting at j. */
+static size_t run_end(const unsigned char *s, size_t n, size_t j, unsigned need, unsigned forbid)
+{
+    while (j < n) {
+        size_t l;
+        unsigned c = cls_at(s, j, &l);
+        if ((need && !(c & need)) || (c & forbid))
+            break;
+        j += l;
+    }
+    return j;
+}
+
+static inline bool cls_ok(unsigned c, unsigned need, unsigned forbid)
+{
+    return (!need || (c & need)) && !(c & forbid);
+}
+
+/*
+ * The whitespace alternatives \s+(?!\S)|\s+ at i, where s[i] is whitespace: the greedy run
+ * backs off one character when a non-space follows it (so that the last space can lead the
+ * next word), unless the run is a single character. Returns 0 when the pattern has no final
+ * \s+ and nothing matches at i.
+ */
+static size_t match_ws_tail(const unsigned char *s, size_t n, size_t i, bool no_trailing)
+{
+    size_t j = i, last = i, count = 0;
+    while (j < n) {
+        size_t l;
+        if (!(cls_at(s, j, &l) & UTAB_WS))
+            break;
+        last = j;
+        j += l;
+        count++;
+    }
+    if (j == n)
+        return n;
+    if (count >= 2)
+        return last;
+    return no_trailing ? 0 : j;
+}
+
+/* GPT-2's pattern at i (case-sensitive contractions first, then ` ?X+` for letters, numbers
+ * and other symbols, then whitespace). Every alternative is greedy with nothing after it, so
+ * the first alternative that matches at i is the match. */
+static size_t match_gpt2(const unsigned char *s, size_t n, size_t i, const struct pat *p)
+{
+    if (s[i] == '\'' && i + 1 < n) {
+        unsigned char a = s[i + 1];
+        if (a == 's' || a == 't' || a == 'm' || a == 'd')
+            return i + 2;
+        if (i + 2 < n) {
+            unsigned char b = s[i + 2];
+            if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))
+                return i + 3;
+        }
+    }
+    size_t l0;
+    unsigned c0 = cls_at(s, i, &l0);
+    size_t j = i;
+    unsigned c = c0;
+    if (s[i] == ' ' && i + 1 < n) {
+        size_t l1;
+        unsigned c1 = cls_at(s, i + 1, &l1);
+        if (!(c1 & UTAB_WS)) {
+            j = i + 1;
+            c = c1;
+        }
+    }
+    if (!(c & UTAB_WS)) {
+        if (c & UTAB_L)
+            return run_end(s, n, j, UTAB_L, 0);
+        if (c & UTAB_N)
+            return run_end(s, n, j, UTAB_N, 0);
+        return run_end(s, n, j, 0, UTAB_WS | UTAB_L | UTAB_N);
+    }
+    return match_ws_tail(s, n, i, p->no_trailing);
+}
+
+/* ASCII case folding plus U+017F LATIN SMALL LETTER LONG S, whose simple case fold is 's'
+ * (Oniguruma and the regex crate both match it for (?i)s). */
+static uint32_t fold_at(const unsigned char *s, size_t n, size_t i, size_t *len)
+{
+    if (i >= n) {
+        *len = 0;
+        return 0;
+    }
+    uint32_t c = utf8_dec(s, i, len);
+    if (c >= 'A' && c <= 'Z')
+        return c + 32;
+    if (c == 0x17f)
+        return 's';
+    return c;
+}
+
+/* The Llama-3 / cl100k family at i (see known_patterns for the exact strings). */
+static size_t match_cl100k(const unsigned char *s, size_t n, size_t i, const struct pat *p)
+{
+    if (s[i] == '\'') {
+        size_t l1, l2;
+        uint32_t a = fold_at(s, n, i + 1, &l1);
+        if (a == 's' || a == 't' || a == 'm' || a == 'd')
+            return i + 1 + l1;
+        if (a == 'r' || a == 'v' || a == 'l') {
+            uint32_t b = fold_at(s, n, i + 1 + l1, &l2);
+            if ((a != 'l' && b == 'e') || (a == 'l' && b == 'l'))
+                return i + 1 + l1 + l2;
+        }
+    }
+    unsigned letters = p->marks ? (UTAB_L | UTAB_M) : UTAB_L;
+    unsigned punct_forbid = UTAB_WS | UTAB_L | UTAB_N | (p->marks ? UTAB_M : 0);
+    size_t l0;
+    unsigned c0 = cls_at(s, i, &l0);
+    /* [^\r\n\p{L}\p{N}]?LETTERS+ */
+    if (s[i] != '\r' && s[i] != '\n' && !(c0 & (UTAB_L | UTAB_N)) && i + l0 < n) {
+        size_t l1;
+        if (cls_at(s, i + l0, &l1) & letters)
+            return run_end(s, n, i + l0, letters, 0);
+    }
+    if (c0 & letters)
+        return run_end(s, n, i, letters, 0);
+    /* \p{N}{1,max} */
+    if (c0 & UTAB_N) {
+        size_t j = i;
+        for (int k = 0; k < p->max_digits && j < n; k++) {
+            size_t l;
+            if (!(cls_at(s, j, &l) & UTAB_N))
+                break;
+            j += l;
+        }
+        return j;
+    }
+    /* ` ?PUNCT+[\r\n]*` */
+    size_t j = i;
+    unsigned c = c0;
+    if (s[i] == ' ' && i + 1 < n) {
+        size_t l1;
+        unsigned c1 = cls_at(s, i + 1, &l1);
+        if (cls_ok(c1, 0, punct_forbid)) {
+            j = i + 1;
+            c = c1;
+        }
+    }
+    if (cls_ok(c, 0, punct_forbid)) {
+        j = run_end(s, n, j, 0, punct_forbid);
+        while (j < n && (s[j] == '\r' || s[j] == '\n'))
+            j++;
+        return j;
+    }
+    /* s[i] is whitespace here. \s*[\r\n]+ : the run up to and including its last CR or LF. */
+    size_t k = i, last_nl = 0;
+    while (k < n) {
+        size_t l;
+        if (!(cls_at(s, k, &l) & UTAB_WS))
+            break;
+        if (s[k] == '\r' || s[k] == '\n')
+            last_nl = k + 1;
+        k += l;
+    }
+    if (last_nl)
+        return last_nl;
+    return match_ws_tail(s, n, i, false);
+}
+
+/* End of the match at i (> i), or i when nothing matches at i. */
+static size_t pat_match(const struct pat *p, const unsigned char *s, size_t n, size_t i)
+{
+    size_t e = p->kind == PAT_GPT2 ? match_gpt2(s, n, i, p) : match_cl100k(s, n, i, p);
+    return e > i ? e : i;
+}
+
+/* ============================================================================================
+ * The tokenizer
+ * ========================================================================================== */
+
+enum step_kind { STEP_SPLIT, STEP_BYTELEVEL };
+
+struct step {
+    enum step_kind kind;
+    struct pat pat;        /* SPLIT */
+    bool removed;          /* SPLIT: behavior Removed (else Isolated) */
+    bool add_prefix_space; /* BYTELEVEL */
+    bool use_regex;        /* BYTELEVEL */
+};
+
+struct added {
+    const char *content; /* in the arena (set once the arena stops growing) */
+    size_t off;          /* arena offset of content, used while loading */
+    size_t len;
+    int32_t id;
+    bool single_word, lstrip, rstrip, normalized, special;
+};
+
+struct merge_slot {
+    uint64_t key; /* a << 32 | b, UINT64_MAX when empty */
+    uint32_t rank;
+    int32_t new_id;
+};
+
+struct tok {
+    int32_t n_ids;        /* max id + 1 */
+    int32_t n_vocab;      /* entries in model.vocab */
+    const char **id_str;  /* [n_ids] token string (added content wins), NULL for gaps */
+    uint32_t *id_len;     /* [n_ids] */
+    const char **id_dec;  /* [n_ids] decoded bytes of the token (ByteLevel decoder) */
+    uint32_t *id_declen;  /* [n_ids] */
+    struct buf arena;     /* owns every string above; offsets fixed up after loading */
+    uint32_t *vocab_slot; /* open addressing: id + 1 of a model.vocab entry, 0 empty */
+    size_t vocab_mask;
+    struct merge_slot *merges;
+    size_t merge_mask;
+    int32_t byte_id[256]; /* id of the one-character token of each byte, -1 if absent */
+    uint32_t b2c[256];    /* GPT-2 bytes_to_unicode */
+    bool ignore_merges, fuse_unk;
+    int32_t unk_id; /* -1 none, -2 named but absent from the vocabulary (error when needed) */
+    char *unk_name;
+    bool nfc;
+    struct added *added;
+    int n_added;
+    /* Per pass (0: normalized=false, 1: normalized=true): added indices sorted by first byte,
+     * then by length descending; bucket[pass][b] .. bucket[pass][b + 1] index into it. */
+    int *order[2];
+    int bucket[2][257];
+    struct step steps[MAX_STEPS];
+    int n_steps;
+};
+
+static void bytes_to_unicode(uint32_t b2c[256])
+{
+    uint32_t n = 0;
+    for (int b = 0; b < 256; b++) {
+        if ((b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff))
+            b2c[b] = (uint32_t)b;
+        else
+            b2c[b] = 256 + n++;
+    }
+}
+
+static int32_t vocab_find(const struct tok *t, const char *s, size_t n)
+{
+    if (!t->vocab_slot)
+        return -1;
+    size_t i = hash_bytes(s, n) & t->vocab_mask;
+    for (;;) {
+        uint32_t v = t->vocab_slot[i];
+        if (v == 0)
+            return -1;
+        int32_t id = (int32_t)v - 1;
+        if (t->id_len[id] == n && memcmp(t->id_str[id], s, n) == 0)
+            return id;
+        i = (i + 1) & t->vocab_mask;
+    }
+}
+
+static const struct merge_slot *merge_find(const struct tok *t, int32_t a, int32_t b)
+{
+    if (!t->merges)
+        return NULL;
+    uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+    size_t i = hash_u64(key) & t->merge_mask;
+    for (;;) {
+        const struct merge_slot *m = &t->merges[i];
+        if (m->key == UINT64_MAX)
+            return NULL;
+        if (m->key == key)
+            return m;
+        i = (i + 1) & t->merge_mask;
+    }
+}
+
+void tok_free(struct tok *t)
+{
+    if (!t)
+        return;
+    free(t->id_str);
+    free(t->id_len);
+    free(t->id_dec);
+    free(t->id_declen);
+    buf_release(&t->arena);
+    free(t->vocab_slot);
+    free(t->merges);
+    free(t->unk_name);
+    free(t->added);
+    free(t->order[0]);
+    free(t->order[1]);
+    free(t);
+}
+
+/* ============================================================================================
+ * Loading
+ * ========================================================================================== */
+
+/* A parse in progress: strings go to the arena as offsets until the arena stops growing. */
+struct loader {
+    struct tok *t;
+    size_t *str_off; /* [n_ids] arena offset + 1 of id_str, 0 none */
+    size_t *dec_off; /* [n_ids] arena offset of id_dec */
+    char *err;
+    size_t errlen;
+};
+
+static size_t arena_add(struct buf *a, const void *p, size_t n)
+{
+    size_t off = a->len;
+    buf_append(a, p, n);
+    buf_append(a, "", 1); /* NUL-terminate every string */
+    return off;
+}
+
+/* Fetches an optional boolean member: absent or null gives def. */
+static int get_bool(struct loader *L, const cJSON *obj, const char *where, const char *key,
+                    bool def, bool *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v || cJSON_IsNull(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsBool(v)) {
+        seterr(L->err, L->errlen, "%s.%s must be true or false", where, key);
+        return -1;
+    }
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+/* A JSON number that is an integer in [0, TOK_MAX_ID). */
+static int get_id(const cJSON *v, int32_t *out)
+{
+    if (!cJSON_IsNumber(v))
+        return -1;
+    double d = v->valuedouble;
+    if (!(d >= 0 && d < TOK_MAX_ID) || d != (double)(int32_t)d)
+        return -1;
+    *out = (int32_t)d;
+    return 0;
+}
+
+static const char *type_of(const cJSON *obj)
+{
+    if (!cJSON_IsObject(obj))
+        return NULL;
+    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(obj, "type");
+    return cJSON_IsString(ty) ? ty->valuestring : NULL;
+}
+
+static int parse_pattern(struct loader *L, const cJSON *split, struct pat *out)
+{
+    const cJSON *pattern = cJSON_GetObjectItemCaseSensitive(split, "pattern");
+    if (!cJSON_IsObject(pattern)) {
+        seterr(L->err, L->errlen, "pre_tokenizer Split.pattern must be an object");
+        return -1;
+    }
+    const cJSON *re = cJSON_GetObjectItemCaseSensitive(pattern, "Regex");
+    if (!re) {
+        const cJSON *str = cJSON_GetObjectItemCaseSensitive(pattern, "String");
+        if (cJSON_IsString(str)) {
+            char *q = quote(str->valuestring, strlen(str->valuestring));
+            seterr(L->err, L->errlen,
+                   "pre_tokenizer Split with a String pattern (%s) is not supported", q);
+            free(q);
+        } else {
+            seterr(L->err, L->errlen, "pre_tokenizer Split.pattern needs a Regex string");
+        }
+        return -1;
+    }
+    if (!cJSON_IsString(re)) {
+        seterr(L->err, L->errlen, "pre_tokenizer Split.pattern.Regex must be a string");
+        return -1;
+    }
+    for (size_t k = 0; k < EXAQ_ARRAY_LEN(known_patterns); k++) {
+        if (strcmp(re->valuestring, known_patterns[k].re) == 0) {
+            *out = known_patterns[k].pat;
+            return 0;
+        }
+    }
+    seterr(L->err, L->errlen,
+           "pre_tokenizer Split pattern \"%s\" is not supported (known: GPT-2, Llama-3/cl100k, "
+           "Qwen2 and Qwen3.5 patterns)",
+           re->valuestring);
+    return -1;
+}
+
+static int parse_pretok(struct loader *L, const cJSON *pt, int depth)
+{
+    struct tok *t = L->t;
+    const char *ty = type_of(pt);
+    if (!cJSON_IsObject(pt) || !ty) {
+        seterr(L->err, L->errlen, "pre_tokenizer must be an object with a string \"type\"");
+        return -1;
+    }
+    if (strcmp(ty, "Sequence") == 0) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers");
+        if (!cJSON_IsArray(list)) {
+            seterr(L->err, L->errlen, "pre_tokenizer Sequence.pretokenizers must be an array");
+            return -1;
+        }
+        if (depth > 4) {
+            seterr(L->err, L->errlen, "pre_tokenizer Sequence nested too deeply");
+            return -1;
+        }
+        const cJSON *e;
+        cJSON_ArrayForEach(e, list)
+        {
+            if (parse_pretok(L, e, depth + 1) < 0)
+                return -1;
+        }
+        return 0;
+    }
+    if (t->n_steps == MAX_STEPS) {
+        seterr(L->err, L->errlen, "pre_tokenizer has more than %d steps", MAX_STEPS);
+        return -1;
+    }
+    struct step *st = &t->steps[t->n_steps];
+    memset(st, 0, sizeof(*st));
+    if (strcmp(ty, "ByteLevel") == 0) {
+        st->kind = STEP_BYTELEVEL;
+        if (get_bool(L, pt, "pre_tokenizer ByteLevel", "add_prefix_space", true,
+                     &st->add_prefix_space) < 0 ||
+            get_bool(L, pt, "pre_tokenizer ByteLevel", "use_regex", true, &st->use_regex) < 0)
+            return -1;
+    } else if (strcmp(ty, "Split") == 0) {
+        st->kind = STEP_SPLIT;
+        if (parse_pattern(L, pt, &st->pat) < 0)
+            return -1;
+        const cJSON *beh = cJSON_GetObjectItemCaseSensitive(pt, "behavior");
+        if (!cJSON_IsString(beh)) {
+            seterr(L->err, L->errlen, "pre_tokenizer Split.behavior must be a string");
+            return -1;
+        }
+        if (strcmp(beh->valuestring, "Removed") == 0) {
+            st->removed = true;
+        } else if (strcmp(beh->valuestring, "Isolated") != 0) {
+            seterr(L->err, L->errlen,
+                   "pre_tokenizer Split.behavior '%s' is not supported (only Isolated and "
+                   "Removed)",
+                   beh->valuestring);
+            return -1;
+        }
+        const cJSON *inv = cJSON_GetObjectItemCaseSensitive(pt, "invert");
+        if (!cJSON_IsBool(inv)) {
+            seterr(L->err, L->errlen, "pre_tokenizer Split.invert must be true or false");
+            return -1;
+        }
+        if (cJSON_IsTrue(inv)) {
+            seterr(L->err, L->errlen, "pre_tokenizer Split with invert=true is not supported");
+            return -1;
+        }
+    } else {
+        seterr(L->err, L->errlen,
+               "pre_tokenizer type '%s' is not supported (only ByteLevel, Split and Sequence)", ty);
+        return -1;
+    }
+    t->n_steps++;
+    return 0;
+}
+
+/* Parses model.vocab into ids, strings and the vocab hash table. */
+static int parse_vocab(struct loader *L, const cJSON *vocab)
+{
+    struct tok *t = L->t;
+    if (!cJSON_IsObject(vocab)) {
+        seterr(L->err, L->errlen, "model.vocab must be an object mapping tokens to ids");
+        return -1;
+    }
+    int n = cJSON_GetArraySize(vocab);
+    if (n <= 0) {
+        seterr(L->err, L->errlen, "model.vocab is empty");
+        return -1;
+    }
+    int32_t max_id = -1;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, vocab)
+    {
+        int32_t id;
+        if (get_id(e, &id) < 0) {
+            char *q = quote(e->string, strlen(e->string));
+            seterr(L->err, L->errlen,
+                   "model.vocab: token %s has id that is not an integer in [0, %d)", q, TOK_MAX_ID);
+            free(q);
+            return -1;
+        }
+        if (id > max_id)
+            max_id = id;
+    }
+    t->n_vocab = n;
+    t->n_ids = max_id + 1;
+    L->str_off = xcalloc((size_t)t->n_ids, sizeof(size_t));
+    t->id_len = xcalloc((size_t)t->n_ids, sizeof(uint32_t));
+    size_t cap = pow2_at_least((size_t)n * 2);
+    t->vocab_slot = xcalloc(cap, sizeof(uint32_t));
+    t->vocab_mask = cap - 1;
+    cJSON_ArrayForEach(e, vocab)
+    {
+        int32_t id = 0;
+        get_id(e, &id); /* checked in the first pass */
+        size_t len = strlen(e->string);
+        if (L->str_off[id]) {
+            char *q1 = quote(t->arena.data + L->str_off[id] - 1, t->id_len[id]);
+            char *q2 = quote(e->string, len);
+            seterr(L->err, L->errlen, "model.vocab: id %d is used by both %s and %s", id, q1, q2);
+            free(q1);
+            free(q2);
+            return -1;
+        }
+        /* Duplicate keys: look the string up among the entries inserted so far. */
+        uint64_t h = hash_bytes(e->string, len);
+        size_t i = h & t->vocab_mask;
+        while (t->vocab_slot[i]) {
+            int32_t other = (int32_t)t->vocab_slot[i] - 1;
+            if (t->id_len[other] == len &&
+                memcmp(t->arena.data + L->str_off[other] - 1, e->string, len) == 0) {
+                char *q = quote(e->string, len);
+                seterr(L->err, L->errlen, "model.vocab: token %s appears twice (ids %d and %d)", q,
+                       other, id);
+                free(q);
+                return -1;
+            }
+            i = (i + 1) & t->vocab_mask;
+        }
+        t->vocab_slot[i] = (uint32_t)id + 1;
+        L->str_off[id] = arena_add(&t->arena, e->string, len) + 1;
+        t->id_len[id] = (uint32_t)len;
+    }
+    return 0;
+}
+
+/* Vocab lookup during loading, while id_str is not yet set (strings are arena offsets). */
+static int32_t load_vocab_find(struct loader *L, const char *s, size_t n)
+{
+    struct tok *t = L->t;
+    size_t i = hash_bytes(s, n) & t->vocab_mask;
+    for (;;) {
+        uint32_t v = t->vocab_slot[i];
+        if (v == 0)
+            return -1;
+        int32_t id = (int32_t)v - 1;
+        if (t->id_len[id] == n && memcmp(t->arena.data + L->str_off[id] - 1, s, n) == 0)
+            return id;
+        i = (i + 1) & t->vocab_mask;
+    }
+}
+
+static int add_merge(struct loader *L, size_t rank, const char *a, const char *b)
+{
+    struct tok *t = L->t;
+    size_t la = strlen(a), lb = strlen(b);
+    int32_t ia = load_vocab_find(L, a, la), ib = load_vocab_find(L, b, lb);
+    char *ab = xmalloc(la + lb + 1);
+    memcpy(ab, a, la);
+    memcpy(ab + la, b, lb + 1);
+    int32_t iab = load_vocab_find(L, ab, la + lb);
+    if (ia < 0 || ib < 0 || iab < 0) {
+        const char *missing = ia < 0 ? a : ib < 0 ? b : ab;
+        char *q = quote(missing, strlen(missing));
+        seterr(L->err, L->errlen, "model.merges[%zu]: token %s is not in the vocabulary", rank, q);
+        free(q);
+        free(ab);
+        return -1;
+    }
+    free(ab);
+    uint64_t key = (uint64_t)(uint32_t)ia << 32 | (uint32_t)ib;
+    size_t i = hash_u64(key) & t->merge_mask;
+    while (t->merges[i].key != UINT64_MAX && t->merges[i].key != key)
+        i = (i + 1) & t->merge_mask;
+    /* A repeated pair takes its last rank, as the library's HashMap collect does. */
+    t->merges[i].key = key;
+    t->merges[i].rank = (uint32_t)rank;
+    t->merges[i].new_id = iab;
+    return 0;
+}
+
+static int parse_merges(struct loader *L, const cJSON *merges)
+{
+    struct tok *t = L->t;
+    if (!cJSON_IsArray(merges)) {
+        seterr(L->err, L->errlen, "model.merges must be an array");
+        return -1;
+    }
+    int n = cJSON_GetArraySize(merges);
+    size_t cap = pow2_at_least((size_t)(n > 0 ? n : 1) * 2);
+    t->merges = xmalloc(cap * sizeof(*t->merges));
+    for (size_t i = 0; i < cap; i++)
+        t->merges[i].key = UINT64_MAX;
+    t->merge_mask = cap - 1;
+    int form = 0; /* 1: "a b" strings, 2: ["a", "b"] pairs */
+    size_t rank = 0, index = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, merges)
+    {
+        int this_form = cJSON_IsString(e) ? 1 : cJSON_IsArray(e) ? 2 : 0;
+        if (this_form == 0 || (form && this_form != form)) {
+            seterr(L->err, L->errlen,
+                   "model.merges[%zu] must be a \"a b\" string or an [\"a\", \"b\"] pair, all "
+                   "of the same form",
+                   index);
+            return -1;
+        }
+        form = this_form;
+        if (form == 1) {
+            const char *s = e->valuestring;
+            if (strncmp(s, "#version", 8) == 0) {
+                index++;
+                continue; /* the library skips these lines without counting them */
+            }
+            const char *sp = strchr(s, ' ');
+            if (!sp || strchr(sp + 1, ' ')) {
+                char *q = quote(s, strlen(s));
+                seterr(L->err, L->errlen,
+                       "model.merges[%zu] %s is not two tokens separated by one space", index, q);
+                free(q);
+                return -1;
+            }
+            char *a = xstrndup(s, (size_t)(sp - s));
+            int rc = add_merge(L, rank, a, sp + 1);
+            free(a);
+            if (rc < 0)
+                return -1;
+        } else {
+            const cJSON *a = cJSON_GetArrayItem(e, 0), *b = cJSON_GetArrayItem(e, 1);
+            if (cJSON_GetArraySize(e) != 2 || !cJSON_IsString(a) || !cJSON_IsString(b)) {
+                seterr(L->err, L->errlen, "model.merges[%zu] must be a pair of two strings", index);
+                return -1;
+            }
+            if (add_merge(L, rank, a->valuestring, b->valuestring) < 0)
+                return -1;
+        }
+        rank++;
+        index++;
+    }
+    return 0;
+}
+
+static int parse_model(struct loader *L, const cJSON *model)
+{
+    struct tok *t = L->t;
+    if (!cJSON_IsObject(model)) {
+        seterr(L->err, L->errlen, "tokenizer.json has no \"model\" object");
+        return -1;
+    }
+    const char *ty = type_of(model);
+    if (!ty || strcmp(ty, "BPE") != 0) {
+        seterr(L->err, L->errlen, "model.type is '%s'; only BPE is supported",
+               ty ? ty : "(missing)");
+        return -1;
+    }
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(model, "dropout");
+    if (v && !cJSON_IsNull(v) && !(cJSON_IsNumber(v) && v->valuedouble == 0.0)) {
+        seterr(L->err, L->errlen, "model.dropout must be null (BPE dropout is not supported)");
+        return -1;
+    }
+    static const char *const affixes[] = { "continuing_subword_prefix", "end_of_word_suffix" };
+    for (size_t k = 0; k < 2; k++) {
+        v = cJSON_GetObjectItemCaseSensitive(model, affixes[k]);
+        if (v && !cJSON_IsNull(v) && !(cJSON_IsString(v) && v->valuestring[0] == 0)) {
+            seterr(L->err, L->errlen, "model.%s must be null (not supported)", affixes[k]);
+            return -1;
+        }
+    }
+    bool byte_fallback;
+    if (get_bool(L, model, "model", "byte_fallback", false, &byte_fallback) < 0 ||
+        get_bool(L, model, "model", "fuse_unk", false, &t->fuse_unk) < 0 ||
+        get_bool(L, model, "model", "ignore_merges", false, &t->ignore_merges) < 0)
+        return -1;
+    if (byte_fallback) {
+        seterr(L->err, L->errlen, "model.byte_fallback=true is not supported");
+        return -1;
+    }
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
+    if (!vocab || !merges) {
+        seterr(L->err, L->errlen, "model needs both \"vocab\" and \"merges\"");
+        return -1;
+    }
+    if (parse_vocab(L, vocab) < 0 || parse_merges(L, merges) < 0)
+        return -1;
+    t->unk_id = -1;
+    v = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
+    if (v && !cJSON_IsNull(v)) {
+        if (!cJSON_IsString(v)) {
+            seterr(L->err, L->errlen, "model.unk_token must be a string or null");
+            return -1;
+        }
+        t->unk_name = xstrdup(v->valuestring);
+        t->unk_id = load_vocab_find(L, v->valuestring, strlen(v->valuestring));
+        if (t->unk_id < 0)
+            t->unk_id = -2; /* the library fails only when an unknown character shows up */
+    }
+    return 0;
+}
+
+static int parse_added(struct loader *L, const cJSON *list)
+{
+    struct tok *t = L->t;
+    if (!list || cJSON_IsNull(list))
+        return 0;
+    if (!cJSON_IsArray(list)) {
+        seterr(L->err, L->errlen, "added_tokens must be an array");
+        return -1;
+    }
+    int n = cJSON_GetArraySize(list);
+    t->added = xcalloc((size_t)(n > 0 ? n : 1), sizeof(*t->added));
+    int32_t next_id = t->n_vocab; /* what AddedVocabulary::add_tokens hands out */
+    int index = -1, rc = -1;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, list)
+    {
+        index++;
+        const cJSON *c = cJSON_IsObject(e) ? cJSON_GetObjectItemCaseSensitive(e, "content") : NULL;
+        const cJSON *idv = cJSON_IsObject(e) ? cJSON_GetObjectItemCaseSensitive(e, "id") : NULL;
+        int32_t id;
+        if (!cJSON_IsString(c) || get_id(idv, &id) < 0) {
+            seterr(L->err, L->errlen,
+                   "added_tokens[%d] needs a string \"content\" and an integer \"id\" in [0, %d)",
+                   index, TOK_MAX_ID);
+            goto out;
+        }
+        struct added a = { 0 };
+        char where[64];
+        snprintf(where, sizeof(where), "added_tokens[%d]", index);
+        if (get_bool(L, e, where, "special", false, &a.special) < 0 ||
+            get_bool(L, e, where, "single_word", false, &a.single_word) < 0 ||
+            get_bool(L, e, where, "lstrip", false, &a.lstrip) < 0 ||
+            get_bool(L, e, where, "rstrip", false, &a.rstrip) < 0 ||
+            get_bool(L, e, where, "normalized", !a.special, &a.normalized) < 0)
+            goto out;
+        a.len = strlen(c->valuestring);
+        if (a.len == 0)
+            continue; /* the library ignores empty added tokens */
+        /* Which id does the library give it? An earlier added token, then the vocabulary,
+         * then the next free id. */
+        int32_t lib_id = -1;
+        int dup = -1;
+        for (int k = 0; k < t->n_added; k++) {
+            if (t->added[k].len == a.len &&
+                memcmp(t->arena.data + t->added[k].off, c->valuestring, a.len) == 0) {
+                dup = k;
+                lib_id = t->added[k].id;
+            }
+        }
+        int32_t vid = load_vocab_find(L, c->valuestring, a.len);
+        if (lib_id < 0)
+            lib_id = vid >= 0 ? vid : next_id++;
+        if (id != lib_id) {
+            char *q = quote(c->valuestring, a.len);
+            seterr(L->err, L->errlen,
+                   "added_tokens[%d] %s has id %d but the vocabulary order gives it id %d", index,
+                   q, id, lib_id);
+            free(q);
+            goto out;
+        }
+        if (vid < 0 && id < t->n_ids && L->str_off[id]) {
+            char *q1 = quote(c->valuestring, a.len);
+            char *q2 = quote(t->arena.data + L->str_off[id] - 1, t->id_len[id]);
+            seterr(L->err, L->errlen, "added_tokens[%d] %s has id %d, which belongs to %s", index,
+                   q1, id, q2);
+            free(q1);
+            free(q2);
+            goto out;
+        }
+        a.id = id;
+        if (dup >= 0) {
+            a.off = t->added[dup].off;
+            t->added[dup] = a; /* later properties win, as in the library */
+            continue;
+        }
+        a.off = arena_add(&t->arena, c->valuestring, a.len);
+        t->added[t->n_added++] = a;
+    }
+    /* Grow the id tables over the added ids and give them their strings. */
+    int32_t max_id = t->n_ids - 1;
+    for (int k = 0; k < t->n_added; k++)
+        if (t->added[k].id > max_id)
+            max_id = t->added[k].id;
+    if (max_id + 1 > t->n_ids) {
+        size_t old = (size_t)t->n_ids, nn = (size_t)max_id + 1;
+        L->str_off = xrealloc(L->str_off, nn * sizeof(size_t));
+        t->id_len = xrealloc(t->id_len, nn * sizeof(uint32_t));
+        memset(L->str_off + old, 0, (nn - old) * sizeof(size_t));
+        memset(t->id_len + old, 0, (nn - old) * sizeof(uint32_t));
+        t->n_ids = max_id + 1;
+    }
+    for (int k = 0; k < t->n_added; k++) {
+        L->str_off[t->added[k].id] = t->added[k].off + 1;
+        t->id_len[t->added[k].id] = (uint32_t)t->added[k].len;
+    }
+    rc = 0;
+out:
+    return rc;
+}
+
+struct added_key {
+    unsigned char first;
+    size_t len;
+    int32_t id;
+    int index;
+};
+
+static int cmp_added(const void *pa, const void *pb)
+{
+    const struct added_key *a = pa, *b = pb;
+    if (a->first != b->first)
+        return a->first < b->first ? -1 : 1;
+    if (a->len != b->len)
+        return a->len > b->len ? -1 : 1;
+    return a->id < b->id ? -1 : a->id > b->id;
+}
+
+/* Builds the per-pass first-byte buckets of the added tokens (longest first in a bucket). */
+static void index_added(struct tok *t)
+{
+    struct added_key *keys = xmalloc(sizeof(*keys) * (size_t)(t->n_added + 1));
+    for (int pass = 0; pass < 2; pass++) {
+        int *ord = xmalloc(sizeof(int) * (size_t)(t->n_added + 1));
+        int m = 0;
+        for (int k = 0; k < t->n_added; k++) {
+            const struct added *a = &t->added[k];
+            if (a->normalized == (pass == 1))
+                keys[m++] = (struct added_key){ (unsigned char)a->content[0], a->len, a->id, k };
+        }
+        qsort(keys, (size_t)m, sizeof(*keys), cmp_added);
+        for (int k = 0; k < m; k++)
+            ord[k] = keys[k].index;
+        int k = 0;
+        for (int b = 0; b < 256; b++) {
+            t->bucket[pass][b] = k;
+            while (k < m && (unsigned char)t->added[ord[k]].content[0] == b)
+                k++;
+        }
+        t->bucket[pass][256] = m;
+        t->order[pass] = ord;
+    }
+    free(keys);
+}
+
+/* Decoded bytes of a token for the ByteLevel decoder: every character mapped back to its
+ * byte, or the token's own UTF-8 when some character is outside the byte-level alphabet. */
+static void decode_token_bytes(const int16_t *c2b, const char *s, size_t n, struct buf *out)
+{
+    size_t start = out->len;
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        size_t l, bad;
+        if (utf8_seq(u, n, i, &bad) == 0)
+            break;
+        uint32_t cp = utf8_dec(u, i, &l);
+        if (cp >= 512 || c2b[cp] < 0)
+            break;
+        unsigned char byte = (unsigned char)c2b[cp];
+        buf_append(out, &byte, 1);
+        i += l;
+    }
+    if (i < n) {
+        out->len = start;
+        buf_append(out, s, n);
+    }
+}
+
+static int parse_root(struct loader *L, const cJSON *root)
+{
+    struct tok *t = L->t;
+    if (!cJSON_IsObject(root)) {
+        seterr(L->err, L->errlen, "tokenizer.json: the top level is not a JSON object");
+        return -1;
+    }
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "version");
+    if (v && !(cJSON_IsString(v) && strcmp(v->valuestring, "1.0") == 0)) {
+        seterr(L->err, L->errlen, "tokenizer.json: version must be \"1.0\"");
+        return -1;
+    }
+    static const char *const must_be_null[] = { "truncation", "padding" };
+    for (size_t k = 0; k < 2; k++) {
+        v = cJSON_GetObjectItemCaseSensitive(root, must_be_null[k]);
+        if (v && !cJSON_IsNull(v)) {
+            seterr(L->err, L->errlen, "tokenizer.json: %s must be null (not supported)",
+                   must_be_null[k]);
+            return -1;
+        }
+    }
+    if (parse_model(L, cJSON_GetObjectItemCaseSensitive(root, "model")) < 0)
+        return -1;
+
+    v = cJSON_GetObjectItemCaseSensitive(root, "normalizer");
+    if (v && !cJSON_IsNull(v)) {
+        const char *ty = type_of(v);
+        if (!ty || strcmp(ty, "NFC") != 0) {
+            seterr(L->err, L->errlen,
+                   "normalizer '%s' is not supported (only null, or NFC on text it leaves "
+                   "unchanged)",
+                   ty ? ty : "(no type)");
+            return -1;
+        }
+        t->nfc = true;
+    }
+
+    v = cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer");
+    if (!v || cJSON_IsNull(v)) {
+        seterr(L->err, L->errlen, "pre_tokenizer is null; only byte-level BPE is supported");
+        return -1;
+    }
+    if (parse_pretok(L, v, 0) < 0)
+        return -1;
+    for (int k = 0; k < t->n_steps; k++) {
+        if ((t->steps[k].kind == STEP_BYTELEVEL) != (k == t->n_steps - 1)) {
+            seterr(L->err, L->errlen,
+                   "pre_tokenizer must end with exactly one ByteLevel step (Split steps may come "
+                   "before it)");
+            return -1;
+        }
+    }
+
+    v = cJSON_GetObjectItemCaseSensitive(root, "decoder");
+    const char *dty = v ? type_of(v) : NULL;
+    if (!dty || strcmp(dty, "ByteLevel") != 0) {
+        seterr(L->err, L->errlen, "decoder '%s' is not supported (only ByteLevel)",
+               dty ? dty : "(null)");
+        return -1;
+    }
+
+    if (parse_added(L, cJSON_GetObjectItemCaseSensitive(root, "added_tokens")) < 0)
+        return -1;
+
+    /* Added tokens that are matched on normalized text must be NFC themselves. */
+    if (t->nfc) {
+        for (int k = 0; k < t->n_added; k++) {
+            const char *s = t->arena.data + t->added[k].off;
+            const unsigned char *u = (const unsigned char *)s;
+            for (size_t i = 0; i < t->added[k].len;) {
+                size_t l;
+                unsigned qc, ccc;
+                utab_nfc(utf8_dec(u, i, &l), &qc, &ccc);
+                if (t->added[k].normalized && (qc != UTAB_NFC_YES || ccc != 0)) {
+                    char *q = quote(s, t->added[k].len);
+                    seterr(L->err, L->errlen,
+                           "added token %s is not plain NFC text; not supported with the NFC "
+                           "normalizer",
+                           q);
+                    free(q);
+                    return -1;
+                }
+                i += l;
+            }
+        }
+    }
+    return 0;
+}
+
+struct tok *tok_load_buf(const char *json, size_t len, char *err, size_t errlen)
+{
+    seterr(err, errlen, "unknown error");
+    size_t bad = utf8_check((const unsigned char *)json, len);
+    if (bad < len) {
+        seterr(err, errlen, "tokenizer.json is not valid UTF-8 (byte %zu)", bad);
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
+    if (!root) {
+        /* On failure cJSON points end at the error (cJSON_GetErrorPtr is a global). */
+        const char *at = end;
+        size_t off = at && at >= json && at <= json + len ? (size_t)(at - json) : 0;
+        seterr(err, errlen, "tokenizer.json is not valid JSON (near byte %zu)", off);
+        return NULL;
+    }
+    while (end && end < json + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+        end++;
+    if (!end || end != json + len) {
+        seterr(err, errlen, "tokenizer.json has data after the JSON value");
+        cJSON_Delete(root);
+        return NULL;
+    }
+    struct tok *t = xcalloc(1, sizeof(*t));
+    buf_init(&t->arena);
+    struct loader L = { .t = t, .err = err, .errlen = errlen };
+    bytes_to_unicode(t->b2c);
+    if (parse_root(&L, root) < 0)
+        goto fail;
+    cJSON_Delete(root);
+    root = NULL;
+
+    /* The arena no longer grows except for the decoded strings: build those as offsets. */
+    int16_t c2b[512];
+    for (int c = 0; c < 512; c++)
+        c2b[c] = -1;
+    for (int b = 0; b < 256; b++)
+        c2b[t->b2c[b]] = (int16_t)b;
+    L.dec_off = xcalloc((size_t)t->n_ids, sizeof(size_t));
+    t->id_declen = xcalloc((size_t)t->n_ids, sizeof(uint32_t));
+    for (int32_t id = 0; id < t->n_ids; id++) {
+        if (!L.str_off[id])
+            continue;
+        struct buf tmp;
+        buf_init(&tmp);
+        decode_token_bytes(c2b, t->arena.data + L.str_off[id] - 1, t->id_len[id], &tmp);
+        L.dec_off[id] = arena_add(&t->arena, tmp.data ? tmp.data : "", tmp.len);
+        t->id_declen[id] = (uint32_t)tmp.len;
+        buf_release(&tmp);
+    }
+    t->id_str = xcalloc((size_t)t->n_ids, sizeof(char *));
+    t->id_dec = xcalloc((size_t)t->n_ids, sizeof(char *));
+    for (int32_t id = 0; id < t->n_ids; id++) {
+        if (!L.str_off[id])
+            continue;
+        t->id_str[id] = t->arena.data + L.str_off[id] - 1;
+        t->id_dec[id] = t->arena.data + L.dec_off[id];
+    }
+    for (int k = 0; k < t->n_added; k++)
+        t->added[k].content = t->arena.data + t->added[k].off;
+    index_added(t);
+
+    /* The one-character tokens of the 256 bytes. */
+    for (int b = 0; b < 256; b++) {
+        char s[4];
+        size_t n = utf8_enc(t->b2c[b], s);
+        t->byte_id[b] = vocab_find(t, s, n);
+    }
+    free(L.str_off);
+    free(L.dec_off);
+    return t;
+
+fail:
+    cJSON_Delete(root);
+    free(L.str_off);
+    free(L.dec_off);
+    tok_free(t);
+    return NULL;
+}
+
+struct tok *tok_load(const char *path, char *err, size_t errlen)
+{
+    char *data = NULL;
+    size_t len = 0;
+    int rc = file_read_all(path, &data, &len);
+    if (rc < 0) {
+        seterr(err, errlen, "cannot read tokenizer '%s': %s", path, strerror(-rc));
+        return NULL;
+    }
+    struct tok *t = tok_load_buf(data, len, err, errlen);
+    if (!t && err && errlen) {
+        char *msg = xasprintf("%s: %s", path, err);
+        seterr(err, errlen, "%s", msg);
+        free(msg);
+    }
+    free(data);
+    return t;
+}
+
+/* ============================================================================================
+ * BPE
+ * ========================================================================================== */
+
+struct sym {
+    int32_t c;
+    int32_t prev, next; /* -1 none */
+    uint32_t len;       /* bytes; 0 once merged into its left neighbour */
+};
+
+struct hent {
+    uint32_t rank;
+    uint32_t pos;
+    int32_t new_id;
+};
+
+/* Output ids and the reusable scratch of one encode call. */
+struct enc {
+    const struct tok *t;
+    int32_t *ids;
+    size_t n, cap;
+    struct sym *sym;
+    size_t sym_cap;
+    struct hent *heap;
+    size_t heap_cap;
+    char *tmp; /* prefix-space copy of a piece */
+    size_t tmp_cap;
+    struct buf bl; /* byte-level string of a word (ignore_merges) */
+    /* Word cache: key bytes and id lists in two arenas, open addressing on top. */
+    struct cslot {
+        uint64_t h;
+        uint32_t koff, klen, ioff, nids;
+    } * slots;
+    size_t slot_mask, used;
+    struct buf keys;
+    int32_t *cids;
+    size_t cn, ccap;
+    tok_piece_fn fn; /* tok_pretokenize: pieces go here instead of BPE */
+    void *fn_arg;
+    char *err;
+    size_t errlen;
+};
+
+static void push_id(struct enc *e, int32_t id)
+{
+    if (e->n == e->cap) {
+        e->cap = e->cap ? e->cap * 2 : 1024;
+        e->ids = xrealloc(e->ids, e->cap * sizeof(int32_t));
+    }
+    e->ids[e->n++] = id;
+}
+
+static bool hent_less(const struct hent *a, const struct hent *b)
+{
+    return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos;
+}
+
+static void heap_push(struct enc *e, size_t *hn, struct hent h)
+{
+    if (*hn == e->heap_cap) {
+        e->heap_cap = e->heap_cap ? e->heap_cap * 2 : 64;
+        e->heap = xrealloc(e->heap, e->heap_cap * sizeof(*e->heap));
+    }
+    size_t i = (*hn)++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!hent_less(&h, &e->heap[p]))
+            break;
+        e->heap[i] = e->heap[p];
+        i = p;
+    }
+    e->heap[i] = h;
+}
+
+static struct hent heap_pop(struct enc *e, size_t *hn)
+{
+    struct hent top = e->heap[0];
+    struct hent last = e->heap[--(*hn)];
+    size_t i = 0, n = *hn;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        const struct hent *best = &last;
+        if (l < n && hent_less(&e->heap[l], best)) {
+            m = l;
+            best = &e->heap[l];
+        }
+        if (r < n && hent_less(&e->heap[r], best))
+            m = r;
+        if (m == i)
+            break;
+        e->heap[i] = e->heap[m];
+        i = m;
+    }
+    if (n > 0)
+        e->heap[i] = last;
+    return top;
+}
+
+static void try_push_pair(struct enc *e, size_t *hn, int32_t pos)
+{
+    const struct sym *s = &e->sym[pos];
+    if (s->next < 0)
+        return;
+    const struct merge_slot *m = merge_find(e->t, s->c, e->sym[s->next].c);
+    if (m)
+        heap_push(e, hn, (struct hent){ m->rank, (uint32_t)pos, m->new_id });
+}
+
+/* BPE of one piece (raw bytes), appending its ids to e; the algorithm of word.rs merge_all. */
+static int bpe_word(struct enc *e, const unsigned char *w, size_t n)
+{
+    const struct tok *t = e->t;
+    if (t->ignore_merges) {
+        e->bl.len = 0;
+        for (size_t i = 0; i < n; i++) {
+            char s[4];
+            buf_append(&e->bl, s, utf8_enc(t->b2c[w[i]], s));
+        }
+        int32_t id = vocab_find(t, e->bl.data, e->bl.len);
+        if (id >= 0) {
+            push_id(e, id);
+            return 0;
+        }
+    }
+    if (n > e->sym_cap) {
+        e->sym_cap = n < 64 ? 64 : n;
+        e->sym = xrealloc(e->sym, e->sym_cap * sizeof(*e->sym));
+    }
+    /* The symbols, as BPE::merge_word builds them: one per byte-level character, unknown
+     * characters dropped (no unk_token) or turned into unk symbols (fused if fuse_unk). */
+    int32_t ns = 0;
+    uint32_t unk_len = 0; /* bytes of the pending unk symbol, 0 when none */
+    for (size_t i = 0; i <= n; i++) {
+        int32_t id = i < n ? t->byte_id[w[i]] : -1;
+        if (i < n && id < 0) {
+            if (t->unk_id == -1)
+                continue;
+            if (t->unk_id == -2) {
+                seterr(e->err, e->errlen,
+                       "byte 0x%02x has no token and unk_token '%s' is not in the vocabulary", w[i],
+                       t->unk_name);
+                return -1;
+            }
+            if (unk_len && t->fuse_unk) {
+                unk_len++;
+                continue;
+            }
+        }
+        if (unk_len) { /* flush the pending unk before a known symbol, a new unk or the end */
+            e->sym[ns] = (struct sym){ t->unk_id, ns - 1, ns + 1, unk_len };
+            ns++;
+            unk_len = 0;
+        }
+        if (i == n)
+            break;
+        if (id < 0) {
+            unk_len = 1;
+            continue;
+        }
+        e->sym[ns] = (struct sym){ id, ns - 1, ns + 1, 1 };
+        ns++;
+    }
+    if (ns > 0)
+        e->sym[ns - 1].next = -1;
+
+    size_t hn = 0;
+    for (int32_t i = 0; i + 1 < ns; i++)
+        try_push_pair(e, &hn, i);
+    while (hn > 0) {
+        struct hent top = heap_pop(e, &hn);
+        struct sym *cur = &e->sym[top.pos];
+        if (cur->len == 0 || cur->next < 0)
+            continue;
+        int32_t next_pos = cur->next;
+        struct sym right = e->sym[next_pos];
+        const struct merge_slot *m = merge_find(t, cur->c, right.c);
+        if (!m || m->new_id != top.new_id)
+            continue; /* expired entry */
+        cur->c = top.new_id;
+        cur->len += right.len;
+        cur->next = right.next;
+        e->sym[next_pos].len = 0;
+        if (right.next >= 0)
+            e->sym[right.next].prev = (int32_t)top.pos;
+        if (cur->prev >= 0)
+            try_push_pair(e, &hn, cur->prev);
+        try_push_pair(e, &hn, (int32_t)top.pos);
+    }
+    for (int32_t i = 0; i < ns; i++)
+        if (e->sym[i].len)
+            push_id(e, e->sym[i].c);
+    return 0;
+}
+
+static void cache_grow(struct enc *e)
+{
+    size_t cap = e->slots ? (e->slot_mask + 1) * 2 : 4096;
+    struct cslot *ns = xcalloc(cap, sizeof(*ns));
+    if (e->slots) {
+        for (size_t i = 0; i <= e->slot_mask; i++) {
+            if (!e->slots[i].klen)
+                continue;
+            size_t j = e->slots[i].h & (cap - 1);
+            while (ns[j].klen)
+                j = (j + 1) & (cap - 1);
+            ns[j] = e->slots[i];
+        }
+        free(e->slots);
+    }
+    e->slots = ns;
+    e->slot_mask = cap - 1;
+}
+
+/* BPE of a piece through the per-call cache. */
+static int bpe_cached(struct enc *e, const unsigned char *w, size_t n)
+{
+    if (n >= CACHE_MAX_KEY)
+        return bpe_word(e, w, n);
+    if (!e->slots || e->used * 2 >= e->slot_mask + 1) {
+        if (e->used >= CACHE_MAX_ENTRIES)
+            return bpe_word(e, w, n);
+        cache_grow(e);
+    }
+    uint64_t h = hash_bytes(w, n);
+    size_t i = h & e->slot_mask;
+    while (e->slots[i].klen) {
+        struct cslot *s = &e->slots[i];
+        if (s->h == h && s->klen == n && memcmp(e->keys.data + s->koff, w, n) == 0) {
+            for (uint32_t k = 0; k < s->nids; k++)
+                push_id(e, e->cids[s->ioff + k]);
+            return 0;
+        }
+        i = (i + 1) & e->slot_mask;
+    }
+    size_t before = e->n;
+    if (bpe_word(e, w, n) < 0)
+        return -1;
+    size_t nids = e->n - before;
+    if (e->cn + nids > e->ccap) {
+        e->ccap = (e->cn + nids) * 2;
+        e->cids = xrealloc(e->cids, e->ccap * sizeof(int32_t));
+    }
+    memcpy(e->cids + e->cn, e->ids + before, nids * sizeof(int32_t));
+    struct cslot s = { h, (uint32_t)e->keys.len, (uint32_t)n, (uint32_t)e->cn, (uint32_t)nids };
+    buf_append(&e->keys, w, n);
+    e->cn += nids;
+    e->slots[i] = s;
+    e->used++;
+    return 0;
+}
+
+/* ============================================================================================
+ * Encode pipeline
+ * ========================================================================================== */
+
+static int emit_piece(struct enc *e, const char *s, size_t n, int32_t added_id)
+{
+    if (e->fn)
+        return e->fn(e->fn_arg, s, n, added_id);
+    if (added_id >= 0) {
+        push_id(e, added_id);
+        return 0;
+    }
+    return bpe_cached(e, (const unsigned char *)s, n);
+}
+
+static int pretok(struct enc *e, int k, const char *s, size_t n);
+
+/* Splits s with pattern p and hands the pieces to step k (matches dropped when removed). */
+static int split_with(struct enc *e, int k, const struct pat *p, bool removed, const char *s,
+                      size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0, gap = 0;
+    while (i < n) {
+        size_t end = pat_match(p, u, n, i);
+        if (end == i) { /* no match here: the character joins the current gap */
+            size_t l;
+            utf8_dec(u, i, &l);
+            i += l;
+            continue;
+        }
+        int rc;
+        if (gap < i && (rc = pretok(e, k, s + gap, i - gap)) != 0)
+            return rc;
+        if (!removed && (rc = pretok(e, k, s + i, end - i)) != 0)
+            return rc;
+        i = gap = end;
+    }
+    return gap < n ? pretok(e, k, s + gap, n - gap) : 0;
+}
+
+/* Runs pre-tokenizer step k (and the ones after it) on the piece s; pieces that come out of
+ * the last step go to BPE. Empty pieces are dropped, as in PreTokenizedString::split. */
+static int pretok(struct enc *e, int k, const char *s, size_t n)
+{
+    const struct tok *t = e->t;
+    if (n == 0)
+        return 0;
+    if (k == t->n_steps)
+        return emit_piece(e, s, n, -1);
+    const struct step *st = &t->steps[k];
+    if (st->kind == STEP_SPLIT)
+        return split_with(e, k + 1, &st->pat, st->removed, s, n);
+    /* ByteLevel, always the last step. */
+    if (st->add_prefix_space && s[0] != ' ') {
+        if (n + 1 > e->tmp_cap) {
+            e->tmp_cap = (n + 1) * 2;
+            e->tmp = xrealloc(e->tmp, e->tmp_cap);
+        }
+        e->tmp[0] = ' ';
+        memcpy(e->tmp + 1, s, n);
+        s = e->tmp;
+        n++;
+    }
+    if (st->use_regex)
+        return split_with(e, k + 1, &gpt2_pattern, false, s, n);
+    return pretok(e, k + 1, s, n);
+}
+
+/* Does a code point count as \w (Rust regex) for single_word? */
+static bool word_before(const char *s, size_t start)
+{
+    if (start == 0)
+        return false;
+    size_t l;
+    size_t p = utf8_prev((const unsigned char *)s, start);
+    return utab_class(utf8_dec((const unsigned char *)s, p, &l)) & UTAB_W;
+}
+
+static bool word_after(const char *s, size_t n, size_t stop)
+{
+    if (stop >= n)
+        return false;
+    size_t l;
+    return utab_class(utf8_dec((const unsigned char *)s, stop, &l)) & UTAB_W;
+}
+
+static int after_added(struct enc *e, int pass, const char *s, size_t n);
+
+/* Leftmost-longest search for the added tokens of a pass in s[pos..n): the first position
+ * where one matches, and the longest one there (buckets are sorted longest first). */
+static const struct added *find_added(const struct tok *t, int pass, const char *s, size_t n,
+                                      size_t pos, size_t *at)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    const int *ord = t->order[pass];
+    const int *bk = t->bucket[pass];
+    for (size_t q = pos; q < n; q++) {
+        for (int k = bk[u[q]]; k < bk[u[q] + 1]; k++) {
+            const struct added *a = &t->added[ord[k]];
+            if (a->len <= n - q && memcmp(s + q, a->content, a->len) == 0) {
+                *at = q;
+                return a;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* Cuts the added tokens of one pass out of s (AddedVocabulary::find_matches) and passes the
+ * text in between on. */
+static int split_added(struct enc *e, int pass, const char *s, size_t n)
+{
+    const struct tok *t = e->t;
+    const unsigned char *u = (const unsigned char *)s;
+    size_t start_offset = 0, pos = 0;
+    int rc;
+    if (t->bucket[pass][256] == 0)
+        return after_added(e, pass, s, n);
+    while (pos < n) {
+        /* Leftmost-longest: the first position where some token matches, longest there. */
+        size_t q;
+        const struct added *hit = find_added(t, pass, s, n, pos, &q);
+        if (!hit)
+            break;
+        size_t start = q, stop = start + hit->len;
+        pos = stop; /* the search resumes after the match, even when it is discarded */
+        if (hit->single_word && (word_before(s, start) || word_after(s, n, stop)))
+            continue;
+        if (hit->lstrip) {
+            size_t ns = start;
+            while (ns > 0) {
+                size_t p = utf8_prev(u, ns), l;
+                if (!(utab_class(utf8_dec(u, p, &l)) & UTAB_WS))
+                    break;
+                ns = p;
+            }
+            start = ns > start_offset ? ns : start_offset;
+        }
+        if (hit->rstrip) {
+            while (stop < n) {
+                size_t l;
+                if (!(utab_class(utf8_dec(u, stop, &l)) & UTAB_WS))
+                    break;
+                stop += l;
+            }
+        }
+        if (start_offset < start &&
+            (rc = after_added(e, pass, s + start_offset, start - start_offset)) != 0)
+            return rc;
+        if (start > stop)
+            start = stop;
+        if ((rc = emit_piece(e, s + start, stop - start, hit->id)) != 0)
+            return rc;
+        start_offset = stop;
+    }
+    if (start_offset < n)
+        return after_added(e, pass, s + start_offset, n - start_offset);
+    return 0;
+}
+
+/* The UAX #15 NFC quick check; 0 when it answers YES (NFC would not change s). */
+static int nfc_check(struct enc *e, const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    unsigned last = 0;
+    for (size_t i = 0; i < n;) {
+        if (u[i] < 0x80) {
+            last = 0;
+            i++;
+            continue;
+        }
+        size_t l;
+        uint32_t cp = utf8_dec(u, i, &l);
+        unsigned qc, ccc;
+        utab_nfc(cp, &qc, &ccc);
+        if ((ccc != 0 && last > ccc) || qc != UTAB_NFC_YES) {
+            seterr(e->err, e->errlen,
+                   "text is not provably NFC at U+%04X (byte %zu); the NFC normalizer is only "
+                   "supported on text it leaves unchanged",
+                   (unsigned)cp, i);
+            return -1;
+        }
+        last = ccc;
+        i += l;
+    }
+    return 0;
+}
+
+/* Text left over by pass 0 is normalized and goes to pass 1; text left by pass 1 is
+ * pre-tokenized. */
+static int after_added(struct enc *e, int pass, const char *s, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (pass == 0) {
+        if (e->t->nfc && nfc_check(e, s, n) < 0)
+            return -1;
+        return split_added(e, 1, s, n);
+    }
+    return pretok(e, 0, s, n);
+}
+
+static void enc_release(struct enc *e)
+{
+    free(e->ids);
+    free(e->sym);
+    free(e->heap);
+    free(e->tmp);
+    buf_release(&e->bl);
+    free(e->slots);
+    buf_release(&e->keys);
+    free(e->cids);
+}
+
+static int run_pipeline(struct enc *e, const char *text, size_t len)
+{
+    if (len > (size_t)INT_MAX / 2) {
+        seterr(e->err, e->errlen, "text of %zu bytes is too long to encode", len);
+        return -1;
+    }
+    if (len && !text) {
+        seterr(e->err, e->errlen, "text is NULL");
+        return -1;
+    }
+    size_t bad = utf8_check((const unsigned char *)text, len);
+    if (bad < len) {
+        seterr(e->err, e->errlen, "text is not valid UTF-8 (byte %zu)", bad);
+        return -1;
+    }
+    if (len == 0)
+        return 0;
+    return split_added(e, 0, text, len);
+}
+
+int tok_encode(const struct tok *t, const char *text, size_t len, int32_t **ids, char *err,
+               size_t errlen)
+{
+    struct enc e = { .t = t, .err = err, .errlen = errlen };
+    buf_init(&e.bl);
+    buf_init(&e.keys);
+    *ids = NULL;
+    int rc = run_pipeline(&e, text, len);
+    if (rc != 0 || e.n > (size_t)INT_MAX) {
+        if (rc == 0)
+            seterr(err, errlen, "too many tokens");
+        enc_release(&e);
+        return -1;
+    }
+    int count = (int)e.n;
+    *ids = e.ids;
+    e.ids = NULL;
+    enc_release(&e);
+    return count;
+}
+
+int tok_pretokenize(const struct tok *t, const char *text, size_t len, tok_piece_fn fn, void *arg,
+                    char *err, size_t errlen)
+{
+    struct enc e = { .t = t, .fn = fn, .fn_arg = arg, .err = err, .errlen = errlen };
+    buf_init(&e.bl);
+    buf_init(&e.keys);
+    int rc = run_pipeline(&e, text, len);
+    enc_release(&e);
+    return rc;
+}
+
+/* ============================================================================================
+ * Decode and lookups
+ * ========================================================================================== */
+
+char *tok_decode_n(const struct tok *t, const int32_t *ids, size_t n, size_t *len)
+{
+    struct buf raw, out;
+    buf_init(&raw);
+    buf_init(&out);
+    for (size_t i = 0; i < n; i++) {
+        int32_t id = ids[i];
+        if (id < 0 || id >= t->n_ids || !t->id_dec[id])
+            continue;
+        buf_append(&raw, t->id_dec[id], t->id_declen[id]);
+    }
+    /* String::from_utf8_lossy. */
+    const unsigned char *u = (const unsigned char *)raw.data;
+    size_t i = 0;
+    while (i < raw.len) {
+        size_t start = i;
+        while (i < raw.len && u[i] < 0x80)
+            i++;
+        size_t bad = 0, l;
+        while (i < raw.len && (l = utf8_seq(u, raw.len, i, &bad)) > 0)
+            i += l;
+        if (i > start)
+            buf_append(&out, raw.data + start, i - start);
+        if (i < raw.len && bad) {
+            buf_append(&out, "\xef\xbf\xbd", 3);
+            i += bad;
+        }
+    }
+    buf_release(&raw);
+    if (len)
+        *len = out.len;
+    return buf_steal(&out);
+}
+
+char *tok_decode(const struct tok *t, const int32_t *ids, size_t n)
+{
+    return tok_decode_n(t, ids, n, NULL);
+}
+
+int tok_vocab_size(const struct tok *t)
+{
+    return t->n_ids;
+}
+
+int tok_token_id(const struct tok *t, const char *token)
+{
+    size_t n = strlen(token);
+    for (int k = 0; k < t->n_added; k++)
+        if (t->added[k].len == n && memcmp(t->added[k].content, token, n) == 0)
+            return t->added[k].id;
+    return vocab_find(t, token, n);
+}
+
+const char *tok_id_token(const struct tok *t, int32_t id)
+{
+    if (id < 0 || id >= t->n_ids)
+        return NULL;
+    return t->id_str[id];
+}

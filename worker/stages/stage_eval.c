@@ -1,0 +1,442 @@
+/*
+ * stage_eval: the native evaluation stages ppl, mcqa and speed (spec JSON in docs/lanes.md,
+ * protocols in tests/data/tiny-a/README.md). Each loads the input model on the CPU engine with
+ * ctx->nthreads threads, reports progress per window / item / run, checks cancellation at the
+ * same points, and reports its metrics through stage_metric(). They write no model and touch no
+ * file outside what the spec names. The shared pieces (data loading, windows, mcqa scoring)
+ * live in worker/evals/eval.c so the calibration stages reuse them.
+ */
+#include "worker/stages/stage.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cJSON.h>
+
+#include "common/util.h"
+#include "kernels/cuda.h"
+#include "worker/evals/eval.h"
+#include "worker/engine/model.h"
+
+/* ---- spec helpers ------------------------------------------------------------------------ */
+
+static cJSON *spec_parse(struct stage_ctx *ctx, int *rc)
+{
+    cJSON *root = ctx->spec_json ? cJSON_Parse(ctx->spec_json) : NULL;
+    if (!root || !cJSON_IsObject(root)) {
+        *rc =
+            stage_fail(ctx, STAGE_ERR_ERROR, "%s stage: the spec is not a JSON object: %.200s",
+                       ctx->kind ? ctx->kind : "eval", ctx->spec_json ? ctx->spec_json : "(none)");
+        cJSON_Delete(root);
+        return NULL;
+    }
+    return root;
+}
+
+/* An integer field in [lo, hi] (default def when absent or null). */
+static int spec_int(struct stage_ctx *ctx, const cJSON *root, const char *name, int64_t def,
+                    int64_t lo, int64_t hi, int64_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
+    if (!v || cJSON_IsNull(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < lo ||
+        v->valuedouble > hi)
+        return stage_fail(ctx, STAGE_ERR_ERROR, "%s stage: '%s' must be an integer in [%lld, %lld]",
+                          ctx->kind, name, (long long)lo, (long long)hi);
+    *out = (int64_t)v->valuedouble;
+    return 0;
+}
+
+/* A string field; NULL when absent. Fails when present but not a non-empty string. */
+static int spec_str(struct stage_ctx *ctx, const cJSON *root, const char *name, const char **out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
+    *out = NULL;
+    if (!v || cJSON_IsNull(v))
+        return 0;
+    if (!cJSON_IsString(v) || !v->valuestring[0])
+        return stage_fail(ctx, STAGE_ERR_ERROR, "%s stage: '%s' must be a path string", ctx->kind,
+                          name);
+    *out = v->valuestring;
+    return 0;
+}
+
+/*
+ * Loads the stage's model. On a slot with a GPU (STAGE_BACKEND_CUDA) and when `gpu` is set, the
+ * engine's kernels run on it (KERN_IMPL_CUDA: op by op through the host wrappers of
+ * kernels/cuda.h, the weights copied per call; docs/cuda.md). The speed stage passes gpu = 0:
+ * decode through those copies would measure PCIe, not the engine, until the device-resident
+ * decode exists.
+ */
+static int load_model(struct stage_ctx *ctx, struct model **m, int gpu)
+{
+    struct model_opts o = { ctx->nthreads > 0 ? ctx->nthreads : 1, KERN_IMPL_CPU, 0 };
+    char *err = NULL;
+    int rc;
+    if (ctx->backend == STAGE_BACKEND_CUDA) {
+        const char *why = NULL;
+        if (!gpu)
+            stage_log(ctx,
+                      "%s: runs on the CPU (the GPU engine has no device-resident decode "
+                      "yet)",
+                      ctx->kind);
+        else if (!cuda_api_get(&why))
+            stage_log(ctx, "%s: the CUDA backend is unavailable (%s); running on the CPU",
+                      ctx->kind, why ? why : "unknown reason");
+        else
+            o.impl = KERN_IMPL_CUDA;
+    }
+    stage_log(ctx, "%s: engine kernels on the %s", ctx->kind,
+              o.impl == KERN_IMPL_CUDA ? "GPU (cuda)" : "CPU");
+    rc = model_load(m, ctx->input_dir, &o, &err);
+    if (rc) {
+        rc = stage_fail(ctx, rc == -ENOMEM ? STAGE_ERR_OOM : STAGE_ERR_ERROR,
+                        "cannot load the model in '%s': %s", ctx->input_dir,
+                        err ? err : "unknown error");
+        free(err);
+        *m = NULL;
+        return rc;
+    }
+    return 0;
+}
+
+static int model_fail(struct stage_ctx *ctx, int rc, char *err)
+{
+    rc = stage_fail(ctx, rc == -ENOMEM ? STAGE_ERR_OOM : STAGE_ERR_ERROR, "%s: %s", ctx->kind,
+                    err ? err : "model error");
+    free(err);
+    return rc;
+}
+
+/* ---- ppl --------------------------------------------------------------------------------- */
+
+static int ppl_window(void *arg, int64_t done, int64_t total)
+{
+    struct stage_ctx *ctx = arg;
+    stage_progress(ctx, (double)done, (double)total, "window");
+    return stage_cancelled(ctx) && done < total ? 1 : 0; /* positive: stop (eval.h) */
+}
+
+int stage_ppl_run(struct stage_ctx *ctx)
+{
+    cJSON *spec;
+    struct model *m = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int64_t seq_len, max_windows, W;
+    const char *ids_path, *text_path;
+    char msg[1024], *err = NULL;
+    struct eval_ppl_result res;
+    double t0;
+    int rc = 0;
+
+    if (!(spec = spec_parse(ctx, &rc)))
+        return rc;
+    if ((rc = spec_str(ctx, spec, "ids", &ids_path)) ||
+        (rc = spec_str(ctx, spec, "text", &text_path)) ||
+        (rc = spec_int(ctx, spec, "seq_len", 512, 1, 1 << 24, &seq_len)) ||
+        (rc = spec_int(ctx, spec, "max_windows", 0, 0, INT64_C(1) << 40, &max_windows)))
+        goto out;
+    if (!ids_path == !text_path) {
+        rc = stage_fail(ctx, STAGE_ERR_ERROR, "ppl stage: give exactly one of 'ids' and 'text'");
+        goto out;
+    }
+    if ((rc = load_model(ctx, &m, 1)))
+        goto out;
+    if (seq_len > m->cfg.max_position_embeddings) {
+        rc = stage_fail(ctx, STAGE_ERR_ERROR,
+                        "ppl stage: seq_len %lld exceeds the model's max_position_embeddings (%d)",
+                        (long long)seq_len, m->cfg.max_position_embeddings);
+        goto out;
+    }
+    t0 = now_mono();
+    if (eval_tokens_load(ids_path, text_path, ctx->input_dir, m->cfg.vocab_size, &ids, &n, msg,
+                         sizeof(msg)) < 0) {
+        rc = stage_fail(ctx, STAGE_ERR_ERROR, "ppl stage: %s", msg);
+        goto out;
+    }
+    if (text_path)
+        stage_log(ctx, "ppl: tokenized '%s' into %zu tokens in %.2f s", text_path, n,
+                  now_mono() - t0);
+    W = eval_ppl_windows(n, (int)seq_len, max_windows);
+    if (W < 1) {
+        rc = stage_fail(ctx, STAGE_ERR_ERROR,
+                        "ppl stage: '%s' holds %zu tokens, not enough for one window of seq_len "
+                        "%lld (needs %lld tokens)",
+                        ids_path ? ids_path : text_path, n, (long long)seq_len,
+                        (long long)seq_len + 1);
+        goto out;
+    }
+    stage_log(ctx, "ppl: %lld windows of %lld tokens (%zu tokens available), %d threads",
+              (long long)W, (long long)seq_len, n, ctx->nthreads);
+    t0 = now_mono();
+    rc = eval_ppl_run(m, ids, n, (int)seq_len, W, ppl_window, ctx, &res, &err);
+    if (rc > 0) {
+        rc = stage_fail(ctx, STAGE_ERR_CANCELLED, "ppl stage cancelled");
+        goto out;
+    }
+    if (rc) {
+        rc = model_fail(ctx, rc, err);
+        err = NULL;
+        goto out;
+    }
+    double nll = res.nll_sum / (double)res.tokens, ppl = exp(nll);
+    if (!isfinite(ppl)) {
+        rc = stage_fail(ctx, STAGE_ERR_ERROR,
+                        "ppl stage: the perplexity is not finite (mean NLL %g): the model "
+                        "produces non-finite logits",
+                        nll);
+        goto out;
+    }
+    stage_log(ctx, "ppl: %.4f (mean NLL %.5f) over %lld tokens in %.2f s", ppl, nll,
+              (long long)res.tokens, now_mono() - t0);
+    stage_metric(ctx, "ppl", ppl);
+    stage_metric(ctx, "nll_mean", nll);
+    stage_metric(ctx, "eval_tokens", (double)res.tokens);
+out:
+    free(err);
+    free(ids);
+    model_free(m);
+    cJSON_Delete(spec);
+    return rc;
+}
+
+/* ---- mcqa -------------------------------------------------------------------------------- */
+
+int stage_mcqa_run(struct stage_ctx *ctx)
+{
+    cJSON *spec;
+    struct model *m = NULL;
+    struct tok *t = NULL;
+    struct eval_mcqa *sc = NULL;
+    struct eval_mcqa_set set = { NULL, 0 };
+    const char *items;
+    int64_t limit;
+    char msg[1024], *err = NULL;
+    double *sums = NULL, t0;
+    int rc = 0, hits = 0, hits_norm = 0, maxc = 0;
+
+    if (!(spec = spec_parse(ctx, &rc)))
+        return rc;
+    if ((rc = spec_str(ctx, spec, "items", &items)) ||
+        (rc = spec_int(ctx, spec, "limit", 0, 0, INT32_MAX, &limit)))
+        goto out;
+    if (!items) {
+        rc = stage_fail(ctx, STAGE_ERR_ERROR, "mcqa stage: 'items' (a JSONL file) is required");
+        goto out;
+    }
+    if (eval_mcqa_load(items, (int)limit, &set, msg, sizeof(msg)) < 0) {
+        rc = stage_fail(ctx, STAGE_ERR_ERROR, "mcqa stage: %s", msg);
+        goto out;
+    }
+    if ((rc = load_model(ctx, &m, 1)))
+        goto out;
+    if (!(t = eval_tok_load(ctx->input_dir, msg, sizeof(msg)))) {
+        rc = stage_fail(ctx, STAGE_ERR_ERROR, "mcqa stage: %s", msg);
+        goto out;
+    }
+    for (int i = 0; i < set.n; i++)
+        if (set.items[i].nchoices > maxc)
+            maxc = set.items[i].nchoices;
+    sums = xmalloc(sizeof(double) * (size_t)maxc);
+    sc = eval_mcqa_new(m, t);
+    stage_log(ctx, "mcqa: %d items from '%s', %d threads", set.n, items, ctx->nthreads);
+    t0 = now_mono();
+    for (int i = 0; i < set.n; i++) {
+        int pick, pick_norm;
+        stage_progress(ctx, i, set.n, "item");
+        if (stage_cancelled(ctx)) {
+            rc = stage_fail(ctx, STAGE_ERR_CANCELLED, "mcqa stage cancelled");
+            goto out;
+        }
+        if ((rc = eval_mcqa_score(sc, &set.items[i], sums, NULL, &err))) {
+            rc = model_fail(ctx, rc, err);
+            err = NULL;
+            goto out;
+        }
+        eval_mcqa_pick(&set.items[i], sums, &pick, &pick_norm);
+        hits += pick == set.items[i].answer;
+        hits_norm += pick_norm == set.items[i].answer;
+    }
+    stage_progress(ctx, set.n, set.n, "item");
+    stage_log(ctx, "mcqa: acc %.4f, acc_norm %.4f over %d items in %.2f s", (double)hits / set.n,
+              (double)hits_norm / set.n, set.n, now_mono() - t0);
+    stage_metric(ctx, "mcqa_acc", (double)hits / set.n);
+    stage_metric(ctx, "mcqa_acc_norm", (double)hits_norm / set.n);
+    stage_metric(ctx, "mcqa_items", set.n);
+out:
+    free(err);
+    free(sums);
+    eval_mcqa_free(sc);
+    tok_free(t);
+    model_free(m);
+    eval_mcqa_release(&set);
+    cJSON_Delete(spec);
+    return rc;
+}
+
+/* ---- speed ------------------------------------------------------------------------------- */
+
+static uint64_t splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static int32_t argmax_f(const float *v, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best])
+            best = i;
+    return best;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* One run: prefill the prompt, then G greedy decode steps through the cache. Returns 0, 1 when
+ * cancelled, or a negative errno-style code with *err set. */
+static int speed_once(struct stage_ctx *ctx, struct model *m, struct model_kv *kv,
+                      const int32_t *prompt, int P, int G, float *logits, double *prefill_s,
+                      double *decode_s, char **err)
+{
+    int rc;
+    model_kv_reset(kv);
+    double t0 = now_mono();
+    if ((rc = model_forward(m, prompt, P, kv, MODEL_LOGITS_LAST, logits, NULL, err)))
+        return rc;
+    double t1 = now_mono();
+    int32_t tok = argmax_f(logits, m->cfg.vocab_size);
+    for (int i = 0; i < G; i++) {
+        if (stage_cancelled(ctx))
+            return 1;
+        if ((rc = model_forward(m, &tok, 1, kv, MODEL_LOGITS_LAST, logits, NULL, err)))
+            return rc;
+        tok = argmax_f(logits, m->cfg.vocab_size);
+    }
+    *prefill_s = t1 - t0;
+    *decode_s = now_mono() - t1;
+    return 0;
+}
+
+int stage_speed_run(struct stage_ctx *ctx)
+{
+    cJSON *spec;
+    struct model *m = NULL;
+    struct model_kv *kv = NULL;
+    int64_t P, G, R;
+    int32_t *prompt = NULL;
+    float *logits = NULL;
+    double *pre = NULL, *dec = NULL;
+    char *err = NULL;
+    int rc = 0;
+
+    if (!(spec = spec_parse(ctx, &rc)))
+        return rc;
+    if ((rc = spec_int(ctx, spec, "prompt_tokens", 128, 1, 1 << 24, &P)) ||
+        (rc = spec_int(ctx, spec, "gen_tokens", 128, 1, 1 << 24, &G)) ||
+        (rc = spec_int(ctx, spec, "repeats", 3, 1, 100000, &R)))
+        goto out;
+    if ((rc = load_model(ctx, &m, 0)))
+        goto out;
+    if (P + G > m->cfg.max_position_embeddings) {
+        rc = stage_fail(ctx, STAGE_ERR_ERROR,
+                        "speed stage: prompt_tokens + gen_tokens = %lld exceeds the model's "
+                        "max_position_embeddings (%d)",
+                        (long long)(P + G), m->cfg.max_position_embeddings);
+        goto out;
+    }
+    {
+        /* The fp32 KV cache: K and V per layer, KV head, position and dim. */
+        double kv_bytes = 2.0 * m->n_layers * m->cfg.num_key_value_heads * (double)(P + G) *
+                          m->cfg.head_dim * sizeof(float);
+        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && psz > 0 && kv_bytes > 0.8 * (double)pages * (double)psz) {
+            rc = stage_fail(ctx, STAGE_ERR_OOM,
+                            "speed stage: the KV cache for %lld positions needs %.1f GB, more "
+                            "than this machine's memory",
+                            (long long)(P + G), kv_bytes / 1e9);
+            goto out;
+        }
+    }
+    /* A fixed pseudo-random prompt (seeded, so every lane times the same input). */
+    prompt = xmalloc(sizeof(int32_t) * (size_t)P);
+    {
+        uint64_t seed = 0x5eed5eedull;
+        for (int64_t i = 0; i < P; i++)
+            prompt[i] = (int32_t)(splitmix64(&seed) % (uint64_t)m->cfg.vocab_size);
+    }
+    kv = model_kv_new(m, (int)(P + G));
+    logits = xmalloc(sizeof(float) * (size_t)m->cfg.vocab_size);
+    pre = xmalloc(sizeof(double) * (size_t)R);
+    dec = xmalloc(sizeof(double) * (size_t)R);
+    stage_log(ctx,
+              "speed: prompt %lld tokens, %lld greedy decode steps, 1 warm-up + %lld timed "
+              "runs, %d threads",
+              (long long)P, (long long)G, (long long)R, ctx->nthreads);
+    for (int64_t r = -1; r < R; r++) {
+        double ps = 0, ds = 0;
+        stage_progress(ctx, (double)(r + 1), (double)(R + 1), "run");
+        if (stage_cancelled(ctx))
+            rc = 1;
+        else
+            rc = speed_once(ctx, m, kv, prompt, (int)P, (int)G, logits, &ps, &ds, &err);
+        if (rc > 0) {
+            rc = stage_fail(ctx, STAGE_ERR_CANCELLED, "speed stage cancelled");
+            goto out;
+        }
+        if (rc) {
+            rc = model_fail(ctx, rc, err);
+            err = NULL;
+            goto out;
+        }
+        if (r < 0)
+            continue; /* warm-up: pages the weights in, warms the caches and the thread pool */
+        pre[r] = (double)P / (ps > 0 ? ps : 1e-9);
+        dec[r] = ds / (double)G;
+        stage_log(ctx, "speed: run %lld: prefill %.1f tokens/s, decode %.3f ms/token",
+                  (long long)r + 1, pre[r], dec[r] * 1e3);
+    }
+    stage_progress(ctx, (double)(R + 1), (double)(R + 1), "run");
+    {
+        double tpt = median(dec, (int)R), pts = median(pre, (int)R);
+        if (!(tpt > 0))
+            tpt = 1e-9; /* a clock too coarse to see one step: keep the metrics finite */
+        stage_metric(ctx, "time_per_token", tpt);
+        stage_metric(ctx, "decode_tok_s", 1.0 / tpt);
+        stage_metric(ctx, "prefill_tok_s", pts);
+        stage_log(ctx, "speed: time_per_token %.6f s (%.1f tokens/s), prefill %.1f tokens/s", tpt,
+                  1.0 / tpt, pts);
+    }
+out:
+    free(err);
+    free(pre);
+    free(dec);
+    free(logits);
+    free(prompt);
+    model_kv_free(kv);
+    model_free(m);
+    cJSON_Delete(spec);
+    return rc;
+}
