@@ -528,11 +528,6 @@ int st_file_open(struct st_file **out, const char *path, char **err)
     return 0;
 }
 
-const char *st_file_path(const struct st_file *f)
-{
-    return f->path;
-}
-
 int st_file_count(const struct st_file *f)
 {
     return f->n;
@@ -812,11 +807,6 @@ const struct st_tensor *st_dir_find(const struct st_dir *d, const char *name)
 int st_dir_nfiles(const struct st_dir *d)
 {
     return d->nfiles;
-}
-
-const struct st_file *st_dir_file(const struct st_dir *d, int i)
-{
-    return i >= 0 && i < d->nfiles ? d->files[i] : NULL;
 }
 
 void st_tensor_to_f32(const struct st_tensor *t, float *out)

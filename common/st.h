@@ -68,7 +68,6 @@ int st_file_open(struct st_file **out, const char *path, char **err);
  * source in error messages (e.g. the file name). */
 int st_file_parse(struct st_file **out, const void *buf, size_t len, const char *label, char **err);
 void st_file_free(struct st_file *f);
-const char *st_file_path(const struct st_file *f); /* path given to open, or the label */
 int st_file_count(const struct st_file *f);
 /* Tensors in file (data) order. */
 const struct st_tensor *st_file_tensor(const struct st_file *f, int i);
@@ -90,7 +89,6 @@ int st_dir_count(const struct st_dir *d);
 const struct st_tensor *st_dir_tensor(const struct st_dir *d, int i);
 const struct st_tensor *st_dir_find(const struct st_dir *d, const char *name);
 int st_dir_nfiles(const struct st_dir *d);
-const struct st_file *st_dir_file(const struct st_dir *d, int i);
 
 /* Converts any tensor to fp32 (integers and BOOL by value). out has numel floats. */
 void st_tensor_to_f32(const struct st_tensor *t, float *out);

@@ -494,13 +494,6 @@ void sha256_final_hex(struct sha256_ctx *c, char out[SHA256_HEX_LEN])
     hex_encode(md, 32, out);
 }
 
-void sha256_hex(const void *data, size_t len, char out[SHA256_HEX_LEN])
-{
-    struct sha256_ctx *c = sha256_new();
-    sha256_update(c, data, len);
-    sha256_final_hex(c, out);
-}
-
 int sha256_file_hex(const char *path, char out[SHA256_HEX_LEN])
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -84,7 +84,6 @@ int file_copy(const char *src, const char *dst);
 
 /* SHA-256. Hex output is 64 chars + NUL. */
 #define SHA256_HEX_LEN 65
-void sha256_hex(const void *data, size_t len, char out[SHA256_HEX_LEN]);
 int sha256_file_hex(const char *path, char out[SHA256_HEX_LEN]);
 /* Incremental hashing; ctx is opaque. */
 struct sha256_ctx;

@@ -131,18 +131,6 @@ fail:
     return -1;
 }
 
-int store_exec_sync(struct store *s, const char *sql, char *err, size_t errlen)
-{
-    char *msg = NULL;
-    EXAQ_ASSERT(!s->started);
-    if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        set_err(err, errlen, "%s", msg ? msg : sqlite3_errmsg(s->db));
-        sqlite3_free(msg);
-        return -1;
-    }
-    return 0;
-}
-
 int store_query_sync(struct store *s, const char *sql,
                      int (*cb)(void *arg, const struct store_row *r), void *arg, char *err,
                      size_t errlen)

@@ -34,8 +34,6 @@ struct store_row {
 int store_query_sync(struct store *s, const char *sql,
                      int (*cb)(void *arg, const struct store_row *r), void *arg, char *err,
                      size_t errlen);
-/* Executes statements synchronously (schema changes, recovery); only before store_start(). */
-int store_exec_sync(struct store *s, const char *sql, char *err, size_t errlen);
 
 /* Starts the writer thread; completions are delivered on loop. */
 void store_start(struct store *s, uv_loop_t *loop);

@@ -127,16 +127,6 @@ void lanes__jv_push(struct jv *arr, struct jv *val)
     arr->v[arr->n++] = val;
 }
 
-struct jv *lanes__jv_get(const struct jv *obj, const char *key)
-{
-    if (!obj || obj->t != JV_OBJ)
-        return NULL;
-    for (size_t i = 0; i < obj->n; i++)
-        if (strcmp(obj->keys[i], key) == 0)
-            return obj->v[i];
-    return NULL;
-}
-
 void lanes__jv_print_string(struct buf *b, const char *s)
 {
     static const char hex[] = "0123456789abcdef";

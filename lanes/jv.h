@@ -56,7 +56,6 @@ void lanes__jv_set(struct jv *obj, const char *key, struct jv *val);
 /* Takes val; the caller guarantees key is not in obj yet (no O(n) check). */
 void lanes__jv_set_new(struct jv *obj, const char *key, struct jv *val);
 void lanes__jv_push(struct jv *arr, struct jv *val);
-struct jv *lanes__jv_get(const struct jv *obj, const char *key);
 
 /* Print modes. In key mode *files collects the distinct paths in print order. */
 struct jv_files {

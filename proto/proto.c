@@ -97,11 +97,6 @@ const char *proto_type_wire(enum proto_type t)
     return defs[t].wire;
 }
 
-enum proto_kind proto_type_kind(enum proto_type t)
-{
-    return defs[t].kind;
-}
-
 void proto_msg_init(struct proto_msg *m, enum proto_type type)
 {
     memset(m, 0, sizeof(*m));

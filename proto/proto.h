@@ -118,7 +118,6 @@ struct proto_msg {
 void proto_msg_init(struct proto_msg *m, enum proto_type type);
 void proto_msg_release(struct proto_msg *m);
 const char *proto_type_wire(enum proto_type t);
-enum proto_kind proto_type_kind(enum proto_type t);
 
 /*
  * Parses one frame (without its newline). expect_kind selects whether "op" (a message) or "re"

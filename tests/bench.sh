@@ -17,6 +17,7 @@
 #     codes (w4i8) and packed nibbles (w4, the engine's format), W4 asymmetric, FP8 and W4 with
 #     g_idx, on three L3-resident shapes and one DRAM-resident one; and the speed stage on tiny-a
 #     quantized by the quantize stage (RTN W4A16 g128, RTN W8A16) beside the BF16 one;
+#   - GPTQ on one tiny-a layer (bench_gptq: gptq_prepare and the column loop per linear);
 #   - GPTQ W4A16 g128 of tiny-a through `exaq-worker run quantize`, 128 calibration windows of
 #     512 tokens included (goal: <= 60 s on 2 cores).
 # The rows are also appended to results/bench.csv. Environment: EXAQ_BENCH_TMP (default /tmp),
@@ -27,10 +28,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 BENCH=$BIN/../bench/bench_engine
 QBENCH=$BIN/../bench/bench_qmatmul
+GBENCH=$BIN/../bench/bench_gptq
 W=$BIN/exaq-worker
 TINY=tests/data/tiny-exaone4
 DATA=tests/data/tiny-a
-for f in "$BENCH" "$QBENCH" "$W"; do
+for f in "$BENCH" "$QBENCH" "$GBENCH" "$W"; do
     [ -x "$f" ] || { echo "bench: $f is missing (run: make bench)" >&2; exit 1; }
 done
 [ -f "$TINY/model.safetensors" ] || { echo "bench: $TINY is missing" >&2; exit 1; }
@@ -107,6 +109,15 @@ if "$QBENCH" gemv >"$TMP/qout" 2>"$TMP/err"; then
     grep '^csv,' "$TMP/qout" | sed -e 's/^csv,//' >>"$ROWS"
 else
     say "bench: bench_qmatmul gemv failed:"
+    cat "$TMP/err" >&2
+fi
+
+# ---- GPTQ on one tiny-a layer (factorization and column loop apart) -----------------------
+say "bench: bench_gptq"
+if "$GBENCH" >"$TMP/gout" 2>"$TMP/err"; then
+    grep '^csv,' "$TMP/gout" | sed -e 's/^csv,//' >>"$ROWS"
+else
+    say "bench: bench_gptq failed:"
     cat "$TMP/err" >&2
 fi
 

@@ -965,94 +965,6 @@ static void test_prepared(void **state)
     free(H);
 }
 
-/* ---- timing ---------------------------------------------------------------------------------- */
-
-static void time_case(const char *name, int r, const struct gptq_prep *p, int c, double *total)
-{
-    float *W = make_w(r, c, (uint64_t)r * 7 + c);
-    struct qweight w;
-    struct gptq_stats st;
-    assert_int_equal(qweight_init(&w, QSCHEME_W4A16, r, c, 128), 0);
-    double t0 = now_mono();
-    assert_int_equal(gptq_quantize_prep(&w, W, p, &st, NULL), 0);
-    double dt = now_mono() - t0;
-    *total += dt;
-    printf("  %-10s %5d x %-5d %.3f s (column loop + lazy updates %.3f, RTN loss %.3f); "
-           "loss/loss_rtn %.3f\n",
-           name, r, c, dt, st.seconds_quant, st.seconds_loss_rtn,
-           st.loss_rtn > 0 ? st.loss / st.loss_rtn : NAN);
-    qweight_release(&w);
-    free(W);
-}
-
-static struct gptq_prep *time_prep(const char *name, const float *H, int c, bool loss_rtn,
-                                   double *total)
-{
-    struct gptq_opts o;
-    gptq_opts_default(&o);
-    o.compute_loss_rtn = loss_rtn;
-    struct gptq_prep *p = NULL;
-    double t0 = now_mono();
-    assert_int_equal(gptq_prepare(H, c, &o, &p, NULL), 0);
-    double dt = now_mono() - t0;
-    *total += dt;
-    printf("  Hinv %-5s %5d x %-5d %.3f s\n", name, c, c, dt);
-    return p;
-}
-
-static void test_timing(void **state)
-{
-    (void)state;
-    /* One tiny-a layer: hidden 256, MLP 1024 (tests/data/tiny-a/README.md); q/k/v share one
-     * Hessian, o has its own, gate/up share one, down has its own. */
-    float *X1 = make_x(512, 256, 61), *X2 = make_x(512, 1024, 62);
-    float *H1 = make_h(X1, 512, 256), *H2 = make_h(X2, 512, 1024);
-    double total = 0.0;
-    printf("GPTQ W4A16 g128 (defaults), one tiny-a layer, %s:\n",
-           getenv("EXAQ_GPTQ_GENERIC") ? "generic kernels" : "AVX2 kernels where available");
-    struct gptq_prep *p = time_prep("qkv", H1, 256, true, &total);
-    time_case("q_proj", 256, p, 256, &total);
-    time_case("k_proj", 128, p, 256, &total);
-    time_case("v_proj", 128, p, 256, &total);
-    gptq_prep_free(p);
-    p = time_prep("o", H1, 256, true, &total);
-    time_case("o_proj", 256, p, 256, &total);
-    gptq_prep_free(p);
-    p = time_prep("mlp", H1, 256, true, &total);
-    time_case("gate_proj", 1024, p, 256, &total);
-    time_case("up_proj", 1024, p, 256, &total);
-    gptq_prep_free(p);
-    p = time_prep("down", H2, 1024, true, &total);
-    time_case("down_proj", 256, p, 1024, &total);
-    gptq_prep_free(p);
-    printf("  total %.3f s\n", total);
-    free(X1);
-    free(X2);
-    free(H1);
-    free(H2);
-
-    const char *b = getenv("EXAQ_GPTQ_BENCH");
-    if (!b || *b != '1')
-        return;
-    int n = 4096, T = 8192;
-    float *X = malloc(sizeof(float) * (size_t)T * n);
-    rng_seed(5);
-    for (size_t i = 0; i < (size_t)T * n; i++)
-        X[i] = (float)rng_normal() * (i % n % 13 == 5 ? 8.0f : 1.0f);
-    double t0 = now_mono();
-    float *H = make_h(X, T, n);
-    printf("H 4096^2 from %d rows (syrk): %.3f s\n", T, now_mono() - t0);
-    free(X);
-    for (int k = 0; k < 2; k++) {
-        total = 0.0;
-        p = time_prep("down", H, n, k == 0, &total);
-        time_case("down-like", 2048, p, n, &total);
-        printf("  total %.3f s (RTN loss %s)\n", total, k == 0 ? "on" : "off");
-        gptq_prep_free(p);
-    }
-    free(H);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1060,7 +972,7 @@ int main(void)
         cmocka_unit_test(test_t1_blocksize),    cmocka_unit_test(test_t3_t5_loss_grid),
         cmocka_unit_test(test_t4_heldout),      cmocka_unit_test(test_t6_invariance),
         cmocka_unit_test(test_identity_is_rtn), cmocka_unit_test(test_fallback_and_errors),
-        cmocka_unit_test(test_prepared),        cmocka_unit_test(test_timing),
+        cmocka_unit_test(test_prepared),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

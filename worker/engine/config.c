@@ -901,11 +901,6 @@ int config_set_float(struct config *c, const char *key, double v)
     return set_item(c, key, number_with_lexeme(v, s));
 }
 
-int config_set_bool(struct config *c, const char *key, int v)
-{
-    return set_item(c, key, cJSON_CreateBool(v ? 1 : 0));
-}
-
 int config_set_string(struct config *c, const char *key, const char *v)
 {
     return set_item(c, key, cJSON_CreateString(v));

@@ -86,7 +86,6 @@ int config_reparse(struct config *c, char **err);
 int config_set_int(struct config *c, const char *key, long long v);
 /* Written as Python's repr(); -EINVAL for NaN and infinities. */
 int config_set_float(struct config *c, const char *key, double v);
-int config_set_bool(struct config *c, const char *key, int v);
 int config_set_string(struct config *c, const char *key, const char *v);
 int config_set_null(struct config *c, const char *key);
 /* Any JSON value given as text, e.g. "[\"full_attention\"]". */
