@@ -168,7 +168,8 @@ struct slot {
     struct slot *reserved_by; /* this slot lends its GPU to a multi-GPU attempt */
     char *backend;
     char *gpu_name;
-    double gpu_mem_gb;
+    double gpu_total_gb; /* device memory in GB (10^9 bytes); 0 for a CPU slot */
+    double gpu_free_gb;  /* free device memory the idle worker last reported; < 0 unknown */
     int threads;
     double last_seen_mono;
     double conn_lost_mono;
@@ -280,7 +281,14 @@ void workers_on_msg(struct daemon *d, struct conn *c, struct proto_msg *m);
 int workers_hello(struct daemon *d, struct conn *c, struct proto_msg *m, char *err, size_t errlen);
 void workers_shutdown(struct daemon *d);
 bool workers_all_exited(const struct daemon *d);
-int workers_detect_gpus(void);
+/* Number of CUDA devices (0 without a driver); when mem_gb is not NULL, mem_gb[i] gets the total
+ * memory of device i in GB (10^9 bytes), for i < max. */
+int workers_detect_gpus(double *mem_gb, int max);
+/* The most GPU memory (GB) any slot has; 0 when exaqd has CPU slots only. */
+double workers_max_gpu_gb(const struct daemon *d);
+/* Why a stage asking want_gb of GPU memory can never run when the largest slot has max_gb (new
+ * string); pure, so submit's worker threads use it too. */
+char *sched_gpu_mem_refusal(double want_gb, double max_gb);
 int64_t proc_start_time(pid_t pid);
 
 /* ---- server.c: socket and connections ---- */

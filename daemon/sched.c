@@ -364,7 +364,24 @@ static void stage_set_failed(struct daemon *d, struct dstage *st, enum fail_clas
         "issds", (int64_t)st->tries, fail_class_name(c), st->err_msg, st->ended, st->key);
 }
 
-/* Best-fit placement: the idle slots with the least GPU memory that still fits. */
+char *sched_gpu_mem_refusal(double want_gb, double max)
+{
+    if (max <= 0)
+        return xasprintf("gpu_mem_gb=%g but exaqd has no GPU slot (CPU slots only); drop the "
+                         "key or run exaqd on a GPU machine",
+                         want_gb);
+    return xasprintf("gpu_mem_gb=%g but the largest worker slot has %.1f GB of GPU memory", want_gb,
+                     max);
+}
+
+/* The GPU memory (GB) a slot can give a stage now: what its idle worker last reported free, or
+ * the device's total before the first report. */
+static double slot_avail_gb(const struct slot *s)
+{
+    return s->gpu_free_gb >= 0 ? s->gpu_free_gb : s->gpu_total_gb;
+}
+
+/* Best-fit placement: the idle slots with the least free GPU memory that still fits. */
 static int pick_slots(struct daemon *d, const struct dstage *st, struct slot **out, int want)
 {
     int got = 0;
@@ -375,10 +392,9 @@ static int pick_slots(struct daemon *d, const struct dstage *st, struct slot **o
             struct slot *s = &d->slots[i];
             if (used[i] || s->state != SLOT_IDLE || s->reserved_by)
                 continue;
-            if (d->gpu_slots && st->res.gpu_mem_gb > 0 && s->gpu_mem_gb > 0 &&
-                s->gpu_mem_gb + 1e-9 < st->res.gpu_mem_gb)
+            if (st->res.gpu_mem_gb > 0 && slot_avail_gb(s) + 1e-9 < st->res.gpu_mem_gb)
                 continue;
-            if (!best || (d->gpu_slots && s->gpu_mem_gb < best->gpu_mem_gb))
+            if (!best || (d->gpu_slots && slot_avail_gb(s) < slot_avail_gb(best)))
                 best = s;
         }
         if (!best)
@@ -449,6 +465,13 @@ static void pump(struct daemon *d)
         if (want > d->nslots || want > 64) {
             char *msg =
                 xasprintf("stage needs %d GPUs but exaqd has %d worker slot(s)", want, d->nslots);
+            stage_set_failed(d, st, FAIL_ERROR, msg);
+            sched_event(d, NULL, NULL, st->key, "%s", msg);
+            free(msg);
+            continue;
+        }
+        if (st->res.gpu_mem_gb > workers_max_gpu_gb(d)) {
+            char *msg = sched_gpu_mem_refusal(st->res.gpu_mem_gb, workers_max_gpu_gb(d));
             stage_set_failed(d, st, FAIL_ERROR, msg);
             sched_event(d, NULL, NULL, st->key, "%s", msg);
             free(msg);
@@ -855,8 +878,10 @@ char *sched_status_json(struct daemon *d, struct dsweep *only)
             jw_kint(&w, "device", s->device);
         if (s->gpu_name)
             jw_kstr(&w, "gpu", s->gpu_name);
-        if (s->gpu_mem_gb > 0)
-            jw_knum(&w, "gpu_mem_gb", s->gpu_mem_gb);
+        if (s->gpu_total_gb > 0)
+            jw_knum(&w, "gpu_mem_gb", s->gpu_total_gb);
+        if (s->gpu_total_gb > 0 && s->gpu_free_gb >= 0)
+            jw_knum(&w, "gpu_free_gb", s->gpu_free_gb);
         if (s->pid > 0)
             jw_kint(&w, "pid", s->pid);
         if (s->threads > 0)

@@ -207,6 +207,9 @@ struct submit_job {
     struct plane *lanes;
     int nlanes;
     char *home;
+    double max_gpu_gb; /* the largest slot's GPU memory when the submit arrived */
+    int nslots;
+    bool gpu_slots;
 };
 
 static void add_err(struct submit_job *j, const char *fmt, ...)
@@ -334,6 +337,23 @@ static char *settings_json(const struct lanes_file *lf)
     return buf_steal(&b);
 }
 
+/* A stage whose resources no slot of this exaqd can ever give is refused here rather than left
+ * waiting: gpu_mem_gb beyond the largest slot, or more GPUs than there are slots. */
+static void check_resources(struct submit_job *j, const char *lane, const struct lanes_stage *ls)
+{
+    if (ls->res.gpu_mem_gb > j->max_gpu_gb) {
+        char *why = sched_gpu_mem_refusal(ls->res.gpu_mem_gb, j->max_gpu_gb);
+        add_err(j, "%s:%d:%d: error: stage '%s' of lane '%s': %s", j->lf->path, ls->line, ls->col,
+                ls->name, lane, why);
+        free(why);
+    }
+    if (j->gpu_slots && ls->res.gpus > j->nslots)
+        add_err(j,
+                "%s:%d:%d: error: stage '%s' of lane '%s' needs gpus=%d but exaqd has %d worker "
+                "slot(s)",
+                j->lf->path, ls->line, ls->col, ls->name, lane, ls->res.gpus, j->nslots);
+}
+
 static void work_cb(uv_work_t *req)
 {
     struct submit_job *j = req->data;
@@ -363,6 +383,11 @@ static void work_cb(uv_work_t *req)
                     "%s:%d:%d: error: lane id 'baseline' is reserved for the implicit "
                     "baseline lane (hint: rename the lane)",
                     j->lf->path, j->lf->lanes[i].line, j->lf->lanes[i].col);
+    for (size_t i = 0; i < j->lf->nlanes; i++)
+        for (size_t k = 0; k < j->lf->lanes[i].nstages; k++)
+            check_resources(j, j->lf->lanes[i].id, &j->lf->lanes[i].stages[k]);
+    for (size_t i = 0; i < j->lf->neval; i++)
+        check_resources(j, "(eval)", &j->lf->eval[i]);
     if (j->err)
         return;
     rc = dir_hash(j->lf->base_model, bk, &j->base_size);
@@ -639,6 +664,9 @@ void submit_start(struct daemon *d, struct conn *c, const struct pm_submit *req)
     j->rerun = req->has_rerun && req->rerun;
     j->priority = req->has_priority ? (int)req->priority : 0;
     j->home = xstrdup(d->home);
+    j->max_gpu_gb = workers_max_gpu_gb(d);
+    j->nslots = d->nslots;
+    j->gpu_slots = d->gpu_slots;
     c->pending_async++;
     rc = uv_queue_work(d->loop, &j->req, work_cb, after_cb);
     if (rc < 0) {

@@ -47,20 +47,39 @@ int64_t proc_start_time(pid_t pid)
 }
 
 /* Counts CUDA devices through the driver API, loaded at run time so exaqd needs no CUDA. */
-int workers_detect_gpus(void)
+int workers_detect_gpus(double *mem_gb, int max)
 {
     void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     int (*init)(unsigned);
     int (*count)(int *);
+    int (*get)(int *, int);
+    int (*total)(size_t *, int);
     int n = 0;
     if (!h)
         return 0;
     *(void **)&init = dlsym(h, "cuInit");
     *(void **)&count = dlsym(h, "cuDeviceGetCount");
+    *(void **)&get = dlsym(h, "cuDeviceGet");
+    *(void **)&total = dlsym(h, "cuDeviceTotalMem_v2");
     if (!init || !count || init(0) != 0 || count(&n) != 0)
         n = 0;
+    for (int i = 0; mem_gb && i < n && i < max; i++) {
+        int dev = 0;
+        size_t bytes = 0;
+        mem_gb[i] = 0;
+        if (get && total && get(&dev, i) == 0 && total(&bytes, dev) == 0)
+            mem_gb[i] = (double)bytes / 1e9;
+    }
     dlclose(h);
     return n;
+}
+
+double workers_max_gpu_gb(const struct daemon *d)
+{
+    double m = 0;
+    for (int i = 0; i < d->nslots; i++)
+        m = EXAQ_MAX(m, d->slots[i].gpu_total_gb);
+    return m;
 }
 
 static void spawn_worker(struct daemon *d, struct slot *s);
@@ -226,8 +245,9 @@ static void spawn_worker(struct daemon *d, struct slot *s)
 int workers_init(struct daemon *d, int nslots, char *err, size_t errlen)
 {
     int ngpu = 0;
+    double mem_gb[256] = { 0 };
     if (strcmp(d->backend, "cpu") != 0)
-        ngpu = workers_detect_gpus();
+        ngpu = workers_detect_gpus(mem_gb, 256);
     if (!strcmp(d->backend, "cuda") && ngpu == 0) {
         snprintf(err, errlen, "--backend cuda: no CUDA device found (is the driver loaded?)");
         return -1;
@@ -242,6 +262,8 @@ int workers_init(struct daemon *d, int nslots, char *err, size_t errlen)
         struct slot *s = &d->slots[i];
         s->idx = i;
         s->device = ngpu > 0 ? i % ngpu : -1;
+        s->gpu_total_gb = s->device >= 0 && s->device < 256 ? mem_gb[s->device] : 0;
+        s->gpu_free_gb = -1;
         s->backoff_s = 1;
         spawn_worker(d, s);
     }
@@ -275,7 +297,9 @@ int workers_hello(struct daemon *d, struct conn *c, struct proto_msg *m, char *e
     s->backend = xstrdup(h->backend);
     free(s->gpu_name);
     s->gpu_name = h->has_gpu_name ? xstrdup(h->gpu_name) : NULL;
-    s->gpu_mem_gb = h->has_gpu_mem_mb ? (double)h->gpu_mem_mb / 1024.0 : 0;
+    if (h->has_gpu_mem_mb)
+        s->gpu_total_gb = (double)h->gpu_mem_mb * 1048576.0 / 1e9;
+    s->gpu_free_gb = h->has_gpu_free_mb ? (double)h->gpu_free_mb * 1048576.0 / 1e9 : -1;
     s->threads = h->has_threads ? (int)h->threads : 0;
     proto_msg_init(&r, PROTO_T_hello_r);
     r.u.hello_r.slot = s->idx;
@@ -427,6 +451,9 @@ void workers_on_msg(struct daemon *d, struct conn *c, struct proto_msg *m)
     s->last_seen_mono = now_mono();
     switch (m->type) {
     case PROTO_T_heartbeat:
+        /* An idle CUDA worker reports its device's free memory (docs/lanes.md: gpu_mem_gb). */
+        if (m->u.heartbeat.has_gpu_free_mb)
+            s->gpu_free_gb = (double)m->u.heartbeat.gpu_free_mb * 1048576.0 / 1e9;
         return;
     case PROTO_T_started:
         id = m->u.started.attempt;

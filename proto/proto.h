@@ -18,7 +18,7 @@
 #include "common/util.h"
 
 /* Bump if anything in proto.def changes. */
-#define PROTO_VERSION 1
+#define PROTO_VERSION 2
 /* Longest frame accepted (bytes, newline excluded). Replies may be larger: see docs. */
 #define PROTO_MAX_LINE  (1u << 20)
 #define PROTO_MAX_REPLY (64u << 20)

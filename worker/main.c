@@ -377,6 +377,8 @@ static int serve(const char *home, const char *sock, int slot, const char *backe
             proto_set_str(&m.u.hello.gpu_name, &m.u.hello.has_gpu_name, gi.name);
             m.u.hello.gpu_mem_mb = (int64_t)(gi.mem_total >> 20);
             m.u.hello.has_gpu_mem_mb = true;
+            m.u.hello.gpu_free_mb = (int64_t)(gi.mem_free >> 20);
+            m.u.hello.has_gpu_free_mb = true;
             log_info("slot %d: cuda device '%s', %lld MiB, compute capability %d.%d", slot, gi.name,
                      (long long)(gi.mem_total >> 20), gi.cc_major, gi.cc_minor);
         } else {
@@ -419,6 +421,14 @@ static int serve(const char *home, const char *sock, int slot, const char *backe
             if (w.busy) {
                 m.u.heartbeat.attempt = w.job.attempt;
                 m.u.heartbeat.has_attempt = true;
+            } else if (!strcmp(w.backend, "cuda")) {
+                /* Idle: no job holds the device, so the free memory the daemon places stages
+                 * by (gpu_mem_gb) is read without waiting on one. */
+                struct cuda_device_info gi;
+                if (cuda_device_get_info(&gi, NULL) == 0) {
+                    m.u.heartbeat.gpu_free_mb = (int64_t)(gi.mem_free >> 20);
+                    m.u.heartbeat.has_gpu_free_mb = true;
+                }
             }
             wsend(&w, &m);
             last_hb = now;

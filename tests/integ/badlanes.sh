@@ -78,6 +78,26 @@ sweep: bad
 lanes:
   - {id: a, stages: [{exec: {run: "true"}}]}
 YAML
+# gpu_mem_gb beyond every slot: refused at submit, naming the stage and the largest slot (this
+# daemon's slots are CPU slots unless the machine has a GPU; then the ask is beyond any GPU).
+max_gb=$(status_json | jq '[.daemon.slots[].gpu_mem_gb // 0] | max')
+if [ "$max_gb" = 0 ]; then slot_text="has no GPU slot"; else slot_text="largest worker slot has"; fi
+check gpu_mem_beyond_slots 5:25 "stage 'exec' of lane 'big': gpu_mem_gb=100000 but .*$slot_text" <<'YAML'
+version: 1
+sweep: bad
+base_model: ./base
+lanes:
+  - {id: big, stages: [{exec: {run: "true", gpu_mem_gb: 100000}}]}
+YAML
+check gpu_mem_default 7:15 "stage 'exec' of lane 'a': gpu_mem_gb=100000" <<'YAML'
+version: 1
+sweep: bad
+base_model: ./base
+defaults: {gpu_mem_gb: 100000}
+lanes:
+  - id: a
+    stages: [{exec: {run: "true"}}]
+YAML
 [ "$(status_json | jq '.sweeps | length')" -eq 0 ] || fail "a bad file queued a sweep"
 expect_rc 0 ctl ping
 echo "badlanes ok ($n cases)"

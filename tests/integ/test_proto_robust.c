@@ -98,7 +98,7 @@ static char *request(const char *line)
 
 static void assert_alive(void)
 {
-    char *r = request("{\"v\":1,\"op\":\"ping\"}\n");
+    char *r = request("{\"v\":2,\"op\":\"ping\"}\n");
     assert_non_null(r);
     assert_non_null(strstr(r, "\"ok\":true"));
     assert_non_null(strstr(r, "\"re\":\"ping\""));
@@ -156,7 +156,7 @@ static int teardown(void **state)
 {
     (void)state;
     if (daemon_pid > 0) {
-        char *r = request("{\"v\":1,\"op\":\"shutdown\"}\n");
+        char *r = request("{\"v\":2,\"op\":\"shutdown\"}\n");
         free(r);
         for (int i = 0; i < 100 && kill(daemon_pid, 0) == 0; i++)
             usleep(50000);
@@ -171,12 +171,12 @@ static void test_invalid_json(void **state)
     int fd = connect_daemon();
     char *r;
     (void)state;
-    send_all(fd, "{\"v\":1,\"op\":\"ping\"\n", 19);
+    send_all(fd, "{\"v\":2,\"op\":\"ping\"\n", 19);
     r = read_line(fd, 5);
     assert_error(r, "parse");
     free(r);
     /* The same connection keeps working after a bad frame. */
-    send_all(fd, "{\"v\":1,\"op\":\"ping\"}\n", 20);
+    send_all(fd, "{\"v\":2,\"op\":\"ping\"}\n", 20);
     r = read_line(fd, 5);
     assert_non_null(r);
     assert_non_null(strstr(r, "\"ok\":true"));
@@ -198,7 +198,7 @@ static void test_binary_garbage(void **state)
     junk[sizeof(junk) - 1] = '\n';
     send_all(fd, junk, sizeof(junk));
     /* Some reply lines, then the daemon must still answer a ping on this connection. */
-    send_all(fd, "\n{\"v\":1,\"op\":\"ping\"}\n", 21);
+    send_all(fd, "\n{\"v\":2,\"op\":\"ping\"}\n", 21);
     for (int i = 0; i < 100; i++) {
         char *r = read_line(fd, 5);
         bool pong;
@@ -218,7 +218,7 @@ static void test_binary_garbage(void **state)
 
 static void test_unknown_op(void **state)
 {
-    char *r = request("{\"v\":1,\"op\":\"frobnicate\"}\n");
+    char *r = request("{\"v\":2,\"op\":\"frobnicate\"}\n");
     (void)state;
     assert_error(r, "unknown_op");
     assert_non_null(strstr(r, "frobnicate"));
@@ -233,7 +233,7 @@ static void test_huge_line(void **state)
     int fd = connect_daemon();
     char *r;
     (void)state;
-    memcpy(big, "{\"v\":1,\"op\":\"ping\",\"pad\":\"", 26);
+    memcpy(big, "{\"v\":2,\"op\":\"ping\",\"pad\":\"", 26);
     memset(big + 26, 'x', n - 26);
     big[n] = '\n';
     send_all(fd, big, n + 1);
@@ -250,13 +250,13 @@ static void test_disconnect_mid_message(void **state)
     (void)state;
     for (int i = 0; i < 20; i++) {
         int fd = connect_daemon();
-        send_all(fd, "{\"v\":1,\"op\":\"sub", 16);
+        send_all(fd, "{\"v\":2,\"op\":\"sub", 16);
         close(fd);
     }
     {
         /* A half-written submit that would take the daemon's thread pool if it were parsed. */
         int fd = connect_daemon();
-        send_all(fd, "{\"v\":1,\"op\":\"submit\",\"path\":\"/nonexistent/x.y", 46);
+        send_all(fd, "{\"v\":2,\"op\":\"submit\",\"path\":\"/nonexistent/x.y", 46);
         shutdown(fd, SHUT_WR);
         close(fd);
     }
@@ -267,31 +267,31 @@ static void test_field_checks(void **state)
 {
     char *r;
     (void)state;
-    r = request("{\"v\":2,\"op\":\"ping\"}\n");
+    r = request("{\"v\":99,\"op\":\"ping\"}\n");
     assert_error(r, "version");
     free(r);
     r = request("{\"op\":\"ping\"}\n");
     assert_error(r, "parse");
     free(r);
-    r = request("{\"v\":1,\"op\":\"status\",\"sweep\":7}\n");
+    r = request("{\"v\":2,\"op\":\"status\",\"sweep\":7}\n");
     assert_error(r, "parse");
     assert_non_null(strstr(r, "must be a string"));
     free(r);
-    r = request("{\"v\":1,\"op\":\"status\",\"bogus\":1}\n");
+    r = request("{\"v\":2,\"op\":\"status\",\"bogus\":1}\n");
     assert_error(r, "parse");
     assert_non_null(strstr(r, "unknown field"));
     free(r);
-    r = request("{\"v\":1,\"op\":\"cancel\"}\n");
+    r = request("{\"v\":2,\"op\":\"cancel\"}\n");
     assert_error(r, "parse");
     assert_non_null(strstr(r, "required field 'sweep'"));
     free(r);
     r = request("[1,2,3]\n");
     assert_error(r, "parse");
     free(r);
-    r = request("{\"v\":1,\"op\":\"submit\",\"path\":\"relative.yaml\"}\n");
+    r = request("{\"v\":2,\"op\":\"submit\",\"path\":\"relative.yaml\"}\n");
     assert_error(r, "invalid");
     free(r);
-    r = request("{\"v\":1,\"op\":\"submit\",\"path\":\"/nonexistent/lanes.yaml\"}\n");
+    r = request("{\"v\":2,\"op\":\"submit\",\"path\":\"/nonexistent/lanes.yaml\"}\n");
     assert_error(r, "invalid");
     assert_non_null(strstr(r, "/nonexistent/lanes.yaml"));
     free(r);
@@ -302,14 +302,14 @@ static void test_worker_ops_refused(void **state)
 {
     char *r;
     (void)state;
-    r = request("{\"v\":1,\"op\":\"done\",\"attempt\":1,\"metrics\":{}}\n");
+    r = request("{\"v\":2,\"op\":\"done\",\"attempt\":1,\"metrics\":{}}\n");
     assert_error(r, "denied");
     free(r);
-    r = request("{\"v\":1,\"op\":\"hello\",\"slot\":0,\"pid\":1,\"backend\":\"cpu\","
+    r = request("{\"v\":2,\"op\":\"hello\",\"slot\":0,\"pid\":1,\"backend\":\"cpu\","
                 "\"version\":\"0\"}\n");
     assert_error(r, "denied");
     free(r);
-    r = request("{\"v\":1,\"op\":\"hello\",\"slot\":99,\"pid\":1,\"backend\":\"cpu\","
+    r = request("{\"v\":2,\"op\":\"hello\",\"slot\":99,\"pid\":1,\"backend\":\"cpu\","
                 "\"version\":\"0\"}\n");
     assert_error(r, "denied");
     free(r);
@@ -324,7 +324,7 @@ static void test_many_clients(void **state)
         fds[i] = connect_daemon();
     for (int i = 0; i < 64; i++)
         if (fds[i] >= 0)
-            send_all(fds[i], "{\"v\":1,\"op\":\"ping\"}\n", 20);
+            send_all(fds[i], "{\"v\":2,\"op\":\"ping\"}\n", 20);
     for (int i = 0; i < 64; i++) {
         char *r = fds[i] >= 0 ? read_line(fds[i], 10) : NULL;
         assert_non_null(r);

@@ -113,29 +113,29 @@ static void test_rejects(void **state)
     expect_fail("{\"op\":\"ping\"}", PROTO_KIND_MSG, PROTO_E_PARSE, "version");
     expect_fail("{\"v\":\"1\",\"op\":\"ping\"}", PROTO_KIND_MSG, PROTO_E_PARSE, "version");
     expect_fail("{\"v\":1.5,\"op\":\"ping\"}", PROTO_KIND_MSG, PROTO_E_PARSE, "version");
-    expect_fail("{\"v\":9,\"op\":\"ping\"}", PROTO_KIND_MSG, PROTO_E_VERSION, "speaks 1");
-    expect_fail("{\"v\":1}", PROTO_KIND_MSG, PROTO_E_PARSE, "\"op\"");
-    expect_fail("{\"v\":1,\"op\":3}", PROTO_KIND_MSG, PROTO_E_PARSE, "\"op\"");
-    expect_fail("{\"v\":1,\"op\":\"nope\"}", PROTO_KIND_MSG, PROTO_E_UNKNOWN_OP, "nope");
-    expect_fail("{\"v\":1,\"op\":\"ping\",\"x\":1}", PROTO_KIND_MSG, PROTO_E_PARSE,
+    expect_fail("{\"v\":9,\"op\":\"ping\"}", PROTO_KIND_MSG, PROTO_E_VERSION, "speaks 2");
+    expect_fail("{\"v\":2}", PROTO_KIND_MSG, PROTO_E_PARSE, "\"op\"");
+    expect_fail("{\"v\":2,\"op\":3}", PROTO_KIND_MSG, PROTO_E_PARSE, "\"op\"");
+    expect_fail("{\"v\":2,\"op\":\"nope\"}", PROTO_KIND_MSG, PROTO_E_UNKNOWN_OP, "nope");
+    expect_fail("{\"v\":2,\"op\":\"ping\",\"x\":1}", PROTO_KIND_MSG, PROTO_E_PARSE,
                 "unknown field");
-    expect_fail("{\"v\":1,\"op\":\"cancel\"}", PROTO_KIND_MSG, PROTO_E_PARSE, "required field");
-    expect_fail("{\"v\":1,\"op\":\"cancel\",\"sweep\":1}", PROTO_KIND_MSG, PROTO_E_PARSE,
+    expect_fail("{\"v\":2,\"op\":\"cancel\"}", PROTO_KIND_MSG, PROTO_E_PARSE, "required field");
+    expect_fail("{\"v\":2,\"op\":\"cancel\",\"sweep\":1}", PROTO_KIND_MSG, PROTO_E_PARSE,
                 "must be a string");
-    expect_fail("{\"v\":1,\"op\":\"submit\",\"path\":\"/a\",\"priority\":1.5}", PROTO_KIND_MSG,
+    expect_fail("{\"v\":2,\"op\":\"submit\",\"path\":\"/a\",\"priority\":1.5}", PROTO_KIND_MSG,
                 PROTO_E_PARSE, "integer");
-    expect_fail("{\"v\":1,\"op\":\"submit\",\"path\":\"/a\",\"rerun\":1}", PROTO_KIND_MSG,
+    expect_fail("{\"v\":2,\"op\":\"submit\",\"path\":\"/a\",\"rerun\":1}", PROTO_KIND_MSG,
                 PROTO_E_PARSE, "true or false");
-    expect_fail("{\"v\":1,\"op\":\"metrics\",\"attempt\":1,\"metrics\":{\"a\":\"x\"}}",
+    expect_fail("{\"v\":2,\"op\":\"metrics\",\"attempt\":1,\"metrics\":{\"a\":\"x\"}}",
                 PROTO_KIND_MSG, PROTO_E_PARSE, "finite number");
-    expect_fail("{\"v\":1,\"op\":\"metrics\",\"attempt\":1,\"metrics\":[1]}", PROTO_KIND_MSG,
+    expect_fail("{\"v\":2,\"op\":\"metrics\",\"attempt\":1,\"metrics\":[1]}", PROTO_KIND_MSG,
                 PROTO_E_PARSE, "object");
-    expect_fail("{\"v\":1,\"op\":\"cancel\",\"sweep\":\"a\",\"sweep\":\"b\"}", PROTO_KIND_MSG,
+    expect_fail("{\"v\":2,\"op\":\"cancel\",\"sweep\":\"a\",\"sweep\":\"b\"}", PROTO_KIND_MSG,
                 PROTO_E_PARSE, "duplicate");
-    expect_fail("{\"v\":1,\"re\":\"ping\"}", PROTO_KIND_REPLY, PROTO_E_PARSE, "\"ok\"");
-    expect_fail("{\"v\":1,\"re\":\"ping\",\"ok\":false}", PROTO_KIND_REPLY, PROTO_E_PARSE, "err");
+    expect_fail("{\"v\":2,\"re\":\"ping\"}", PROTO_KIND_REPLY, PROTO_E_PARSE, "\"ok\"");
+    expect_fail("{\"v\":2,\"re\":\"ping\",\"ok\":false}", PROTO_KIND_REPLY, PROTO_E_PARSE, "err");
     /* A message parsed as a reply (and vice versa) is an unknown op. */
-    expect_fail("{\"v\":1,\"re\":\"ping\",\"ok\":true}", PROTO_KIND_MSG, PROTO_E_PARSE, "\"op\"");
+    expect_fail("{\"v\":2,\"re\":\"ping\",\"ok\":true}", PROTO_KIND_MSG, PROTO_E_PARSE, "\"op\"");
 }
 
 struct lines {
