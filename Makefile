@@ -259,7 +259,7 @@ format:
 
 LOOP_FILES := $(wildcard daemon/server.c proto/proto.c daemon/handlers*.c daemon/sched.c daemon/workers.c)
 lint: format all
-	$(Q)if grep -nE 'sqlite3_|zip_|fopen|fsync|sleep\(|system\(|popen|waitpid' $(LOOP_FILES); then \
+	$(Q)if grep -nE 'sqlite3_|zip_|fopen|fsync|sleep\(|system\(|popen|waitpid|[^_]statv?fs\(' $(LOOP_FILES); then \
 	  echo "lint: blocking call on the loop thread (see docs/design.md)"; exit 1; fi
 	$(Q)sh tests/lint_protocol.sh $(BINDIR)
 

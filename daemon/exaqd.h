@@ -228,6 +228,11 @@ struct daemon {
     double last_tick_mono;
     int pidfile_fd;
     double started_wall;
+    /* Free space of the home's file system (min_free_gb), read by uv_fs_statfs off the loop. */
+    uv_fs_t statfs_req;
+    bool statfs_busy;
+    double home_free_gb;   /* < 0: unknown or unreadable */
+    double home_free_mono; /* when it was read; 0: never */
 };
 
 /* ---- sched.c: the model and its state transitions ---- */

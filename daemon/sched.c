@@ -21,7 +21,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/statvfs.h>
 
 #include "common/jw.h"
 #include "common/log.h"
@@ -405,12 +404,31 @@ static int pick_slots(struct daemon *d, const struct dstage *st, struct slot **o
     return got;
 }
 
-static double free_gb(const char *path)
+/* The home's free space for min_free_gb: statfs runs on libuv's thread pool, so the loop never
+ * waits on a slow or hung file system; a reading is trusted for one second. */
+#define HOME_FREE_MAX_AGE_S 1.0
+
+static void on_statfs(uv_fs_t *req)
 {
-    struct statvfs vf;
-    if (statvfs(path, &vf) < 0)
-        return -1;
-    return (double)vf.f_bavail * (double)vf.f_frsize / 1e9;
+    struct daemon *d = req->data;
+    const uv_statfs_t *s = req->ptr;
+    d->home_free_gb = req->result == 0 && s ? (double)s->f_bavail * (double)s->f_bsize / 1e9 : -1;
+    d->home_free_mono = now_mono();
+    d->statfs_busy = false;
+    uv_fs_req_cleanup(req);
+    sched_kick(d);
+}
+
+/* True when d->home_free_gb is fresh; otherwise starts a reading (which kicks the pump). */
+static bool home_free_fresh(struct daemon *d)
+{
+    if (d->home_free_mono > 0 && now_mono() - d->home_free_mono < HOME_FREE_MAX_AGE_S)
+        return true;
+    if (!d->statfs_busy) {
+        d->statfs_req.data = d;
+        d->statfs_busy = uv_fs_statfs(d->loop, &d->statfs_req, d->home, on_statfs) == 0;
+    }
+    return false;
 }
 
 static void pump(struct daemon *d)
@@ -481,7 +499,9 @@ static void pump(struct daemon *d)
         if (got < want)
             continue;
         if (st->res.min_free_gb > 0) {
-            double f = free_gb(d->home);
+            if (!home_free_fresh(d))
+                continue; /* placed when the reading arrives */
+            double f = d->home_free_gb;
             if (f >= 0 && f < st->res.min_free_gb) {
                 char *msg = xasprintf("only %.1f GB free in '%s' but the stage needs "
                                       "min_free_gb=%.1f; free space, then retry",
