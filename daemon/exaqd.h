@@ -16,6 +16,7 @@
 
 #include "common/hmap.h"
 #include "common/util.h"
+#include "lanes/lanes.h"
 #include "proto/proto.h"
 
 struct daemon;
@@ -49,14 +50,6 @@ enum fail_class {
 };
 const char *fail_class_name(enum fail_class c);
 enum fail_class fail_class_parse(const char *s);
-
-struct dres {
-    int retries;
-    double timeout_min;
-    int gpus;
-    double gpu_mem_gb;
-    double min_free_gb;
-};
 
 struct attempt {
     int64_t id;
@@ -100,7 +93,7 @@ struct dstage {
     struct dstage *dep;
     char *input_dir;
     bool produces_model;
-    struct dres res;
+    struct lanes_res res; /* LANES_RESOURCES */
     enum dstage_state state;
     int tries;     /* failed attempts counted against res.retries */
     int nattempts; /* attempts started, all kinds */

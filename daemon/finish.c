@@ -1009,13 +1009,14 @@ void finish_gc(struct daemon *d, struct conn *c, struct dsweep *sw, const char *
 
 static int load_result(void *arg, const struct store_row *row)
 {
-    struct fin_rec *rec = rec_get(row->text[0]);
+    struct fin_rec *rec = rec_get(store_text(row, "sweep"));
+    const char *pkg = store_text(row, "pkg"), *rank = store_text(row, "rank");
     cJSON *doc;
     (void)arg;
     rec->has_row = true;
-    if (row->text[2])
-        set_owned(&rec->pkg, xstrdup(row->text[2]));
-    doc = row->text[1] ? cJSON_Parse(row->text[1]) : NULL;
+    if (pkg)
+        set_owned(&rec->pkg, xstrdup(pkg));
+    doc = rank ? cJSON_Parse(rank) : NULL;
     if (cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(doc, "hook"))) {
         char *h = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(doc, "hook"));
         set_owned(&rec->hook, xstrdup(h));

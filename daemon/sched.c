@@ -769,6 +769,15 @@ static void write_stage(struct jw *w, const struct dlane *l, int i)
     jw_kint(w, "attempts", st->nattempts);
     jw_kint(w, "tries", st->tries);
     jw_kint(w, "retries", st->res.retries);
+#define RES_JSON_INT(k, v)                jw_kint(w, k, v)
+#define RES_JSON_NUM(k, v)                jw_knum(w, k, v)
+#define RES_JSON_NUMPOS(k, v)             jw_knum(w, k, v)
+#define RES_JSON(name, type, lo, hi, def) RES_JSON_##type(#name, st->res.name);
+    jw_key(w, "res");
+    jw_obj_begin(w);
+    LANES_RESOURCES(RES_JSON)
+    jw_obj_end(w);
+#undef RES_JSON
     if (st->started > 0)
         jw_knum(w, "started", st->started);
     if (st->ended > 0 && st->state != DSTAGE_RUNNING)
@@ -969,17 +978,18 @@ static int load_sweep(void *arg, const struct store_row *r)
 {
     struct load_ctx *lc = arg;
     struct dsweep *sw = xcalloc(1, sizeof(*sw));
-    sw->id = xstrdup(r->text[0]);
-    sw->seq = r->i64[1];
-    sw->name = xstrdup(r->text[2]);
-    sw->yaml_path = xstrdup(r->text[3]);
-    sw->base_model = xstrdup(r->text[4]);
-    sw->base_key = xstrdup(r->text[5]);
-    sw->base_size = r->i64[6];
-    sw->priority = (int)r->i64[7];
-    sw->settings = xstrdup(r->text[8] ? r->text[8] : "{}");
-    sw->created = r->f64[9];
-    sw->ended = r->text[10] ? r->f64[10] : 0;
+    const char *settings = store_text(r, "settings");
+    sw->id = xstrdup(store_text(r, "id"));
+    sw->seq = store_i64(r, "seq");
+    sw->name = xstrdup(store_text(r, "name"));
+    sw->yaml_path = xstrdup(store_text(r, "yaml_path"));
+    sw->base_model = xstrdup(store_text(r, "base_model"));
+    sw->base_key = xstrdup(store_text(r, "base_key"));
+    sw->base_size = store_i64(r, "base_size");
+    sw->priority = (int)store_i64(r, "priority");
+    sw->settings = xstrdup(settings ? settings : "{}");
+    sw->created = store_f64(r, "created");
+    sw->ended = store_null(r, "ended") ? 0 : store_f64(r, "ended");
     sched_sweep_add(lc->d, sw);
     return 0;
 }
@@ -988,25 +998,28 @@ static int load_stage(void *arg, const struct store_row *r)
 {
     struct load_ctx *lc = arg;
     struct dstage *st = xcalloc(1, sizeof(*st));
-    snprintf(st->key, sizeof(st->key), "%s", r->text[0]);
-    st->kind = xstrdup(r->text[1]);
-    st->spec = xstrdup(r->text[2]);
-    st->dep_key = r->text[3] ? xstrdup(r->text[3]) : NULL;
-    st->input_dir = xstrdup(r->text[4]);
-    st->produces_model = r->i64[5] != 0;
-    st->res.retries = (int)r->i64[6];
-    st->res.timeout_min = r->f64[7];
-    st->res.gpus = (int)r->i64[8];
-    st->res.gpu_mem_gb = r->f64[9];
-    st->res.min_free_gb = r->f64[10];
-    st->state = dstage_state_parse(r->text[11]);
-    st->tries = (int)r->i64[12];
-    st->err_class = r->text[13] ? fail_class_parse(r->text[13]) : FAIL_NONE;
-    st->err_msg = r->text[14] ? xstrdup(r->text[14]) : NULL;
-    st->size_bytes = r->text[15] ? r->i64[15] : -1;
-    st->created = r->f64[16];
-    st->started = r->text[17] ? r->f64[17] : 0;
-    st->ended = r->text[18] ? r->f64[18] : 0;
+    const char *dep = store_text(r, "dep"), *cls = store_text(r, "err_class");
+    const char *msg = store_text(r, "err_msg");
+    snprintf(st->key, sizeof(st->key), "%s", store_text(r, "key"));
+    st->kind = xstrdup(store_text(r, "kind"));
+    st->spec = xstrdup(store_text(r, "spec"));
+    st->dep_key = dep ? xstrdup(dep) : NULL;
+    st->input_dir = xstrdup(store_text(r, "input_dir"));
+    st->produces_model = store_i64(r, "produces_model") != 0;
+#define RES_GET_INT(r, n)                 (int)store_i64(r, n)
+#define RES_GET_NUM(r, n)                 store_f64(r, n)
+#define RES_GET_NUMPOS(r, n)              store_f64(r, n)
+#define RES_LOAD(name, type, lo, hi, def) st->res.name = RES_GET_##type(r, #name);
+    LANES_RESOURCES(RES_LOAD)
+#undef RES_LOAD
+    st->state = dstage_state_parse(store_text(r, "state"));
+    st->tries = (int)store_i64(r, "tries");
+    st->err_class = cls ? fail_class_parse(cls) : FAIL_NONE;
+    st->err_msg = msg ? xstrdup(msg) : NULL;
+    st->size_bytes = store_null(r, "size_bytes") ? -1 : store_i64(r, "size_bytes");
+    st->created = store_f64(r, "created");
+    st->started = store_null(r, "started") ? 0 : store_f64(r, "started");
+    st->ended = store_null(r, "ended") ? 0 : store_f64(r, "ended");
     sched_stage_add(lc->d, st);
     return 0;
 }
@@ -1014,7 +1027,8 @@ static int load_stage(void *arg, const struct store_row *r)
 static int load_lane(void *arg, const struct store_row *r)
 {
     struct load_ctx *lc = arg;
-    struct dsweep *sw = hmap_get(&lc->d->sweeps, r->text[0]);
+    struct dsweep *sw = hmap_get(&lc->d->sweeps, store_text(r, "sweep"));
+    const char *grp = store_text(r, "grp");
     struct dlane *l;
     if (!sw) {
         lc->bad++;
@@ -1022,11 +1036,11 @@ static int load_lane(void *arg, const struct store_row *r)
     }
     l = xcalloc(1, sizeof(*l));
     l->sw = sw;
-    l->id = xstrdup(r->text[1]);
-    l->idx = (int)r->i64[2];
-    l->grp = r->text[3] ? xstrdup(r->text[3]) : NULL;
-    l->baseline = r->i64[4] != 0;
-    l->cancelled = r->i64[5] != 0;
+    l->id = xstrdup(store_text(r, "id"));
+    l->idx = (int)store_i64(r, "idx");
+    l->grp = grp ? xstrdup(grp) : NULL;
+    l->baseline = store_i64(r, "baseline") != 0;
+    l->cancelled = store_i64(r, "cancelled") != 0;
     sw->lanes = xrealloc(sw->lanes, (size_t)(sw->nlanes + 1) * sizeof(*sw->lanes));
     sw->lanes[sw->nlanes++] = l;
     return 0;
@@ -1035,45 +1049,48 @@ static int load_lane(void *arg, const struct store_row *r)
 static int load_lane_stage(void *arg, const struct store_row *r)
 {
     struct load_ctx *lc = arg;
-    struct dsweep *sw = hmap_get(&lc->d->sweeps, r->text[0]);
-    struct dlane *l = sw ? sched_lane_get(sw, r->text[1]) : NULL;
-    struct dstage *st = hmap_get(&lc->d->stages, r->text[4]);
+    struct dsweep *sw = hmap_get(&lc->d->sweeps, store_text(r, "sweep"));
+    struct dlane *l = sw ? sched_lane_get(sw, store_text(r, "lane")) : NULL;
+    struct dstage *st = hmap_get(&lc->d->stages, store_text(r, "key"));
     if (!l || !st) {
         lc->bad++;
         return 0;
     }
-    sched_lane_add_stage(l, st, r->text[3], r->i64[5] != 0, r->i64[6] != 0);
+    sched_lane_add_stage(l, st, store_text(r, "name"), store_i64(r, "eval") != 0,
+                         store_i64(r, "reused") != 0);
     return 0;
 }
 
 static int load_metric(void *arg, const struct store_row *r)
 {
     struct load_ctx *lc = arg;
-    struct dstage *st = hmap_get(&lc->d->stages, r->text[0]);
+    struct dstage *st = hmap_get(&lc->d->stages, store_text(r, "key"));
     if (st)
-        proto_metrics_add(&st->metrics, r->text[1], r->f64[2]);
+        proto_metrics_add(&st->metrics, store_text(r, "name"), store_f64(r, "value"));
     return 0;
 }
 
 static int load_attempt_hist(void *arg, const struct store_row *r)
 {
     struct load_ctx *lc = arg;
-    struct dstage *st = hmap_get(&lc->d->stages, r->text[1]);
+    struct dstage *st = hmap_get(&lc->d->stages, store_text(r, "key"));
+    const char *state = store_text(r, "state"), *cls = store_text(r, "class");
     if (st)
-        hist_add(st, r->i64[0], (int)r->i64[2], r->text[3] && !strcmp(r->text[3], "done"),
-                 r->text[4] ? fail_class_parse(r->text[4]) : FAIL_NONE, r->text[5], r->f64[6],
-                 r->f64[7]);
+        hist_add(st, store_i64(r, "id"), (int)store_i64(r, "n"), state && !strcmp(state, "done"),
+                 cls ? fail_class_parse(cls) : FAIL_NONE, store_text(r, "msg"),
+                 store_f64(r, "started"), store_f64(r, "ended"));
     return 0;
 }
 
 static int load_attempt_count(void *arg, const struct store_row *r)
 {
     struct load_ctx *lc = arg;
-    struct dstage *st = hmap_get(&lc->d->stages, r->text[0]);
+    struct dstage *st = hmap_get(&lc->d->stages, store_text(r, "key"));
+    int64_t max_id = store_i64(r, "max_id");
     if (st)
-        st->nattempts = (int)r->i64[1];
-    if (r->i64[2] >= lc->d->next_attempt_id)
-        lc->d->next_attempt_id = r->i64[2] + 1;
+        st->nattempts = (int)store_i64(r, "n");
+    if (max_id >= lc->d->next_attempt_id)
+        lc->d->next_attempt_id = max_id + 1;
     return 0;
 }
 
@@ -1113,19 +1130,19 @@ static void kill_orphan_group(pid_t pgid, int64_t attempt)
 static int recover_attempt(void *arg, const struct store_row *r)
 {
     struct load_ctx *lc = arg;
-    int64_t id = r->i64[0];
-    pid_t wpid = (pid_t)r->i64[2];
-    int64_t wstart = r->i64[3];
-    pid_t pgid = (pid_t)r->i64[4];
+    int64_t id = store_i64(r, "id");
+    pid_t wpid = (pid_t)store_i64(r, "worker_pid");
+    int64_t wstart = store_i64(r, "worker_start");
+    pid_t pgid = (pid_t)store_i64(r, "pgid");
 
-    if (r->text[4])
+    if (!store_null(r, "pgid"))
         kill_orphan_group(pgid, id);
     if (wpid > 1 && wstart > 0 && proc_start_time(wpid) == wstart) {
         if (kill(wpid, SIGKILL) == 0)
             log_warn("killed orphaned worker %d of attempt %lld", (int)wpid, (long long)id);
     }
     {
-        struct dstage *st = hmap_get(&lc->d->stages, r->text[1]);
+        struct dstage *st = hmap_get(&lc->d->stages, store_text(r, "key"));
         double t = now_wall();
         const char *msg = "exaqd stopped while the attempt ran";
         store_exec(lc->d->store,
@@ -1133,7 +1150,8 @@ static int recover_attempt(void *arg, const struct store_row *r)
                    "WHERE id=?",
                    "sdi", msg, t, id);
         if (st)
-            hist_add(st, id, (int)r->i64[5], false, FAIL_INTERRUPTED, msg, r->f64[6], t);
+            hist_add(st, id, (int)store_i64(r, "n"), false, FAIL_INTERRUPTED, msg,
+                     store_f64(r, "started"), t);
     }
     return 0;
 }
@@ -1156,6 +1174,9 @@ static void remove_stale_tmp(struct daemon *d)
     free(dir);
 }
 
+/* ", retries, timeout_min, ...": the resource columns of the stages table (LANES_RESOURCES). */
+#define RES_COL(name, type, lo, hi, def) ", " #name
+
 int sched_load(struct daemon *d, char *err, size_t errlen)
 {
     struct load_ctx lc = { d, err, errlen, 0 };
@@ -1166,9 +1187,9 @@ int sched_load(struct daemon *d, char *err, size_t errlen)
                            "priority, settings, created, ended FROM sweeps ORDER BY seq",
                            load_sweep, &lc, err, errlen);
     rc |= store_query_sync(d->store,
-                           "SELECT key, kind, spec, dep, input_dir, produces_model, retries, "
-                           "timeout_min, gpus, gpu_mem_gb, min_free_gb, state, tries, err_class, "
-                           "err_msg, size_bytes, created, started, ended FROM stages",
+                           "SELECT key, kind, spec, dep, input_dir, produces_model" LANES_RESOURCES(
+                               RES_COL) ", state, tries, err_class, err_msg, size_bytes, created, "
+                                        "started, ended FROM stages",
                            load_stage, &lc, err, errlen);
     rc |= store_query_sync(d->store,
                            "SELECT sweep, id, idx, grp, baseline, cancelled FROM lanes "
@@ -1180,7 +1201,9 @@ int sched_load(struct daemon *d, char *err, size_t errlen)
                            load_lane_stage, &lc, err, errlen);
     rc |= store_query_sync(d->store, "SELECT key, name, value FROM metrics", load_metric, &lc, err,
                            errlen);
-    rc |= store_query_sync(d->store, "SELECT key, COUNT(*), MAX(id) FROM attempts GROUP BY key",
+    rc |= store_query_sync(d->store,
+                           "SELECT key, COUNT(*) AS n, MAX(id) AS max_id FROM attempts "
+                           "GROUP BY key",
                            load_attempt_count, &lc, err, errlen);
     rc |= store_query_sync(d->store,
                            "SELECT id, key, n, state, class, msg, started, ended FROM attempts "

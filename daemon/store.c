@@ -131,6 +131,34 @@ fail:
     return -1;
 }
 
+int store_col(const struct store_row *r, const char *name)
+{
+    for (int i = 0; i < r->ncols; i++)
+        if (r->names[i] && !strcmp(r->names[i], name))
+            return i;
+    EXAQ_BUG("store: the query has no column '%s'", name);
+}
+
+const char *store_text(const struct store_row *r, const char *name)
+{
+    return r->text[store_col(r, name)];
+}
+
+int64_t store_i64(const struct store_row *r, const char *name)
+{
+    return r->i64[store_col(r, name)];
+}
+
+double store_f64(const struct store_row *r, const char *name)
+{
+    return r->f64[store_col(r, name)];
+}
+
+bool store_null(const struct store_row *r, const char *name)
+{
+    return r->text[store_col(r, name)] == NULL;
+}
+
 int store_query_sync(struct store *s, const char *sql,
                      int (*cb)(void *arg, const struct store_row *r), void *arg, char *err,
                      size_t errlen)
@@ -145,7 +173,10 @@ int store_query_sync(struct store *s, const char *sql,
         const char **text = xcalloc((size_t)n + 1, sizeof(char *));
         int64_t *i64 = xcalloc((size_t)n + 1, sizeof(int64_t));
         double *f64 = xcalloc((size_t)n + 1, sizeof(double));
-        struct store_row row = { n, text, i64, f64 };
+        const char **names = xcalloc((size_t)n + 1, sizeof(char *));
+        for (int i = 0; i < n; i++)
+            names[i] = sqlite3_column_name(st, i);
+        struct store_row row = { n, text, i64, f64, names };
         int stop = 0;
         while (!stop && (rc = sqlite3_step(st)) == SQLITE_ROW) {
             for (int i = 0; i < n; i++) {
@@ -158,6 +189,7 @@ int store_query_sync(struct store *s, const char *sql,
         free(text);
         free(i64);
         free(f64);
+        free(names);
         if (!stop && rc != SQLITE_DONE) {
             set_err(err, errlen, "query failed: %s", sqlite3_errmsg(s->db));
             sqlite3_finalize(st);

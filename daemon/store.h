@@ -11,6 +11,7 @@
 #ifndef EXAQ_STORE_H
 #define EXAQ_STORE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -21,13 +22,22 @@ struct store;
 /* Opens (creating if needed) the database. Returns 0, or -1 with a message in err. */
 int store_open(const char *path, struct store **out, char *err, size_t errlen);
 
-/* A result row for store_query_sync(). Column i: text[i] (NULL when NULL), i64[i], f64[i]. */
+/* A result row for store_query_sync(). Column i: text[i] (NULL when NULL), i64[i], f64[i], named
+ * names[i]. Readers use the by-name accessors below, so a query's column order is free. */
 struct store_row {
     int ncols;
     const char *const *text;
     const int64_t *i64;
     const double *f64;
+    const char *const *names;
 };
+/* The column of r called name (as the query names it); a missing one is a bug (abort). */
+int store_col(const struct store_row *r, const char *name);
+/* Its value: text (NULL for SQL NULL), integer or real; store_null tells NULL apart. */
+const char *store_text(const struct store_row *r, const char *name);
+int64_t store_i64(const struct store_row *r, const char *name);
+double store_f64(const struct store_row *r, const char *name);
+bool store_null(const struct store_row *r, const char *name);
 
 /* Runs a read query synchronously; only before store_start(). cb returns non-zero to stop.
  * Returns 0 or -1 (message in err). */

@@ -44,11 +44,12 @@ static int fh_load_row(void *arg, const struct store_row *r)
 {
     struct fhash *h = xcalloc(1, sizeof(*h));
     (void)arg;
-    h->size = r->i64[1];
-    h->mtime_ns = r->i64[2];
-    h->ino = r->i64[3];
-    snprintf(h->sha, sizeof(h->sha), "%s", r->text[4] ? r->text[4] : "");
-    free(hmap_put(&fh_map, r->text[0], h));
+    const char *sha = store_text(r, "sha256");
+    h->size = store_i64(r, "size");
+    h->mtime_ns = store_i64(r, "mtime_ns");
+    h->ino = store_i64(r, "ino");
+    snprintf(h->sha, sizeof(h->sha), "%s", sha ? sha : "");
+    free(hmap_put(&fh_map, store_text(r, "path"), h));
     return 0;
 }
 
@@ -544,22 +545,31 @@ static struct dstage *merge_stage(struct daemon *d, struct submit_job *j, struct
     st->input_dir = ps->dep_key ? xasprintf("%s/artifacts/%s/model", d->home, ps->dep_key)
                                 : xstrdup(j->lf->base_model);
     st->produces_model = ls->produces_model != 0;
-    st->res.retries = ls->res.retries;
-    st->res.timeout_min = ls->res.timeout_min;
-    st->res.gpus = ls->res.gpus;
-    st->res.gpu_mem_gb = ls->res.gpu_mem_gb;
-    st->res.min_free_gb = ls->res.min_free_gb;
+    st->res = ls->res;
     st->state = DSTAGE_PENDING;
     st->size_bytes = -1;
     st->created = now_wall();
     sched_stage_add(d, st);
-    store_exec(d->store,
-               "INSERT INTO stages(key, kind, spec, dep, input_dir, produces_model, retries, "
-               "timeout_min, gpus, gpu_mem_gb, min_free_gb, state, created) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-               "sssssiididdd", st->key, st->kind, st->spec, st->dep_key, st->input_dir,
-               (int64_t)st->produces_model, (int64_t)st->res.retries, st->res.timeout_min,
-               (int64_t)st->res.gpus, st->res.gpu_mem_gb, st->res.min_free_gb, st->created);
+    /* The resource columns, placeholders, format letters and values come from LANES_RESOURCES. */
+#define RES_COL(name, type, lo, hi, def)   ", " #name
+#define RES_QMARK(name, type, lo, hi, def) ", ?"
+#define RES_FMT_INT                        "i"
+#define RES_FMT_NUM                        "d"
+#define RES_FMT_NUMPOS                     "d"
+#define RES_FMT(name, type, lo, hi, def)   RES_FMT_##type
+#define RES_VAL_INT(x)                     (int64_t)(x)
+#define RES_VAL_NUM(x)                     (double)(x)
+#define RES_VAL_NUMPOS(x)                  (double)(x)
+#define RES_VAL(name, type, lo, hi, def)   , RES_VAL_##type(st->res.name)
+    store_exec(
+        d->store,
+        "INSERT INTO stages(key, kind, spec, dep, input_dir, produces_model" LANES_RESOURCES(
+            RES_COL) ", state, created) VALUES (?, ?, ?, ?, ?, ?" LANES_RESOURCES(RES_QMARK) ", "
+                                                                                             "'pend"
+                                                                                             "ing',"
+                                                                                             " ?)",
+        "sssssi" LANES_RESOURCES(RES_FMT) "d", st->key, st->kind, st->spec, st->dep_key,
+        st->input_dir, (int64_t)st->produces_model LANES_RESOURCES(RES_VAL), st->created);
     return st;
 }
 

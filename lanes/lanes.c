@@ -353,8 +353,6 @@ static void parse_base_model(struct pstate *ps, const struct ynode *root)
 
 static void parse_defaults(struct pstate *ps, const struct ynode *root)
 {
-    static const char *const keys[] = { "retries",    "timeout_min", "gpus",
-                                        "gpu_mem_gb", "min_free_gb", NULL };
     const struct ynode *v = get(root, "defaults", NULL);
     lanes__res_default(&ps->c.defaults);
     if (!v)
@@ -363,7 +361,7 @@ static void parse_defaults(struct pstate *ps, const struct ynode *root)
         type_err(&ps->c, v, "a mapping like {retries: 1, timeout_min: 240, gpus: 1}", "defaults");
         return;
     }
-    lanes__check_keys(&ps->c, v, keys, "defaults");
+    lanes__check_keys(&ps->c, v, lanes_res_keys, "defaults");
     for (size_t i = 0; i < YMAP_LEN(v); i++) {
         const struct ynode *k = YMAP_KEY(v, i);
         if (k->kind == YNODE_SCALAR && lanes__is_res_key(k->text))
@@ -941,11 +939,12 @@ static void parse_lanes(struct pstate *ps, const struct ynode *root)
 static struct jv *res_jv(const struct lanes_res *r)
 {
     struct jv *o = lanes__jv_obj();
-    lanes__jv_set(o, "retries", lanes__jv_int(r->retries));
-    lanes__jv_set(o, "timeout_min", lanes__jv_num(r->timeout_min));
-    lanes__jv_set(o, "gpus", lanes__jv_int(r->gpus));
-    lanes__jv_set(o, "gpu_mem_gb", lanes__jv_num(r->gpu_mem_gb));
-    lanes__jv_set(o, "min_free_gb", lanes__jv_num(r->min_free_gb));
+#define RES_JV_INT(x)                   lanes__jv_int(x)
+#define RES_JV_NUM(x)                   lanes__jv_num(x)
+#define RES_JV_NUMPOS(x)                lanes__jv_num(x)
+#define RES_JV(name, type, lo, hi, def) lanes__jv_set(o, #name, RES_JV_##type(r->name));
+    LANES_RESOURCES(RES_JV)
+#undef RES_JV
     return o;
 }
 

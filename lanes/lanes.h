@@ -35,13 +35,30 @@ char *lanes_diag_format(const struct lanes_diag *d, size_t i);
 
 /* ---- parsed file --------------------------------------------------------------------------- */
 
+/*
+ * The stage resources: the one list of them. X(name, type, lo, hi, default) with type INT (an
+ * int in [lo, hi]), NUM (a double >= lo; hi is INFINITY) or NUMPOS (a double > lo). From it
+ * come the lanes keys, their checks and defaults (lanes/schema.c), struct lanes_res (which
+ * exaqd keeps per stage too), the stages table's columns in exaqd's queries and the "res"
+ * object of status --json. schema.sql has one column per entry; docs/lanes.md documents them.
+ */
+#define LANES_RESOURCES(X)                                                                         \
+    X(retries, INT, 0, 1000, 1)              /* attempts after the first */                        \
+    X(timeout_min, NUMPOS, 0, INFINITY, 240) /* minutes per attempt */                             \
+    X(gpus, INT, 0, 1024, 1)                 /* GPUs the stage reserves on a GPU exaqd */          \
+    X(gpu_mem_gb, NUM, 0, INFINITY, 0)       /* free GPU memory on one device, GB (10^9 bytes) */  \
+    X(min_free_gb, NUM, 0, INFINITY, 0)      /* free disk in the home dir, GB (10^9 bytes) */
+
+#define LANES_RES_CTYPE_INT                      int
+#define LANES_RES_CTYPE_NUM                      double
+#define LANES_RES_CTYPE_NUMPOS                   double
+#define LANES_RES_FIELD(name, type, lo, hi, def) LANES_RES_CTYPE_##type name;
 struct lanes_res {
-    int retries;        /* attempts after the first, >= 0 (default 1) */
-    double timeout_min; /* per attempt, > 0 (default 240) */
-    int gpus;           /* >= 0 (default 1) */
-    double gpu_mem_gb;  /* >= 0 (default 0: no requirement) */
-    double min_free_gb; /* free disk needed in the home dir, >= 0 (default 0) */
+    LANES_RESOURCES(LANES_RES_FIELD)
 };
+#undef LANES_RES_FIELD
+/* The resource keys, NULL-terminated, in LANES_RESOURCES order. */
+extern const char *const lanes_res_keys[];
 
 struct lanes_stage {
     char *kind;      /* quantize prune heal config exec ppl mcqa speed */

@@ -294,8 +294,10 @@ int lanes__check_keys(struct lanes__ctx *c, const struct ynode *map, const char 
 
 /* ===== resources ============================================================================== */
 
-static const char *const res_keys[] = { "retries",    "timeout_min", "gpus",
-                                        "gpu_mem_gb", "min_free_gb", NULL };
+#define RES_KEY(name, type, lo, hi, def) #name,
+const char *const lanes_res_keys[] = { LANES_RESOURCES(RES_KEY) NULL };
+#undef RES_KEY
+#define res_keys lanes_res_keys
 
 int lanes__is_res_key(const char *name)
 {
@@ -307,36 +309,48 @@ int lanes__is_res_key(const char *name)
 
 void lanes__res_default(struct lanes_res *res)
 {
-    res->retries = 1;
-    res->timeout_min = 240;
-    res->gpus = 1;
-    res->gpu_mem_gb = 0;
-    res->min_free_gb = 0;
+#define RES_DEFAULT(name, type, lo, hi, def) res->name = def;
+    LANES_RESOURCES(RES_DEFAULT)
+#undef RES_DEFAULT
+}
+
+/* The checker of each resource type; 0 and *out, or -1 after reporting. */
+static int res_get_INT(struct lanes__ctx *c, const struct ynode *v, const char *name, double lo,
+                       double hi, int *out)
+{
+    int64_t i;
+    if (lanes__get_int(c, v, name, (int64_t)lo, (int64_t)hi, &i) < 0)
+        return -1;
+    *out = (int)i;
+    return 0;
+}
+
+static int res_get_NUM(struct lanes__ctx *c, const struct ynode *v, const char *name, double lo,
+                       double hi, double *out)
+{
+    return lanes__get_num(c, v, name, lo, 0, hi, 0, out);
+}
+
+static int res_get_NUMPOS(struct lanes__ctx *c, const struct ynode *v, const char *name, double lo,
+                          double hi, double *out)
+{
+    return lanes__get_num(c, v, name, lo, 1, hi, 0, out);
 }
 
 void lanes__res_apply(struct lanes__ctx *c, const char *name, const struct ynode *v,
                       struct lanes_res *res)
 {
-    int64_t i;
-    double d;
     if (v->kind == YNODE_SCALAR && v->stype == YSCALAR_NULL)
         return; /* null: keep the inherited value */
-    if (strcmp(name, "retries") == 0) {
-        if (lanes__get_int(c, v, name, 0, 1000, &i) == 0)
-            res->retries = (int)i;
-    } else if (strcmp(name, "gpus") == 0) {
-        if (lanes__get_int(c, v, name, 0, 1024, &i) == 0)
-            res->gpus = (int)i;
-    } else if (strcmp(name, "timeout_min") == 0) {
-        if (lanes__get_num(c, v, name, 0, 1, INFINITY, 0, &d) == 0)
-            res->timeout_min = d;
-    } else if (strcmp(name, "gpu_mem_gb") == 0) {
-        if (lanes__get_num(c, v, name, 0, 0, INFINITY, 0, &d) == 0)
-            res->gpu_mem_gb = d;
-    } else if (strcmp(name, "min_free_gb") == 0) {
-        if (lanes__get_num(c, v, name, 0, 0, INFINITY, 0, &d) == 0)
-            res->min_free_gb = d;
+#define RES_APPLY(f, type, lo, hi, def)                                                            \
+    if (strcmp(name, #f) == 0) {                                                                   \
+        LANES_RES_CTYPE_##type x;                                                                  \
+        if (res_get_##type(c, v, name, lo, hi, &x) == 0)                                           \
+            res->f = x;                                                                            \
+        return;                                                                                    \
     }
+    LANES_RESOURCES(RES_APPLY)
+#undef RES_APPLY
 }
 
 /* ===== calibration ============================================================================ */

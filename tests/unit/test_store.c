@@ -16,6 +16,7 @@
 
 #include "common/util.h"
 #include "daemon/store.h"
+#include "lanes/lanes.h"
 
 static char dir[64];
 
@@ -121,6 +122,50 @@ static void test_schema_and_writes(void **state)
     free(path);
 }
 
+struct cols {
+    char names[64][64];
+    int n;
+};
+
+static int col_cb(void *arg, const struct store_row *r)
+{
+    struct cols *c = arg;
+    if (c->n < 64)
+        snprintf(c->names[c->n++], sizeof(c->names[0]), "%s", store_text(r, "name"));
+    return 0;
+}
+
+/* The stages table has a column for every resource of LANES_RESOURCES (exaqd's queries name them
+ * from that list), and rows are read by column name whatever the query's order. */
+static void test_resource_columns_and_names(void **state)
+{
+    char *path = xasprintf("%s/r.db", dir), err[512];
+    struct store *s;
+    struct cols c = { .n = 0 };
+    (void)state;
+    assert_int_equal(store_open(path, &s, err, sizeof(err)), 0);
+    assert_int_equal(store_query_sync(s, "PRAGMA table_info(stages)", col_cb, &c, err, sizeof(err)),
+                     0);
+    assert_true(c.n > 5);
+    for (const char *const *k = lanes_res_keys; *k; k++) {
+        bool found = false;
+        for (int i = 0; i < c.n; i++)
+            found |= !strcmp(c.names[i], *k);
+        if (!found)
+            fail_msg("schema.sql: the stages table has no column '%s' (LANES_RESOURCES)", *k);
+    }
+    /* By name: the same value whichever position the column has. */
+    store_exec(s, "INSERT INTO metrics(key, name, value) VALUES (?, ?, ?)", "ssd", "k", "m", 2.5);
+    c.n = 0;
+    assert_int_equal(
+        store_query_sync(s, "SELECT value, key AS name FROM metrics", col_cb, &c, err, sizeof(err)),
+        0);
+    assert_int_equal(c.n, 1);
+    assert_string_equal(c.names[0], "k");
+    store_close(s);
+    free(path);
+}
+
 static void test_version_refused(void **state)
 {
     char *path = xasprintf("%s/b.db", dir), err[512];
@@ -151,6 +196,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_schema_and_writes),
+        cmocka_unit_test(test_resource_columns_and_names),
         cmocka_unit_test(test_version_refused),
         cmocka_unit_test(test_not_a_database),
     };
