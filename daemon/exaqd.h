@@ -259,6 +259,23 @@ int sched_load(struct daemon *d, char *err, size_t errlen);
 int sched_running_count(const struct daemon *d);
 void sched_event(struct daemon *d, const char *sweep, const char *lane, const char *key,
                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* A change of a stage's state, for sched_stage_set. */
+struct stage_change {
+    enum dstage_state to;
+    enum fail_class cls;      /* the error that goes with it; FAIL_NONE clears err_class/msg */
+    const char *msg;          /* its message */
+    bool keep_error;          /* leave err_class/err_msg as they are (cls and msg ignored) */
+    double t;                 /* wall time of the change; 0: now */
+    const struct dlane *lane; /* names the sweep and lane in the event, or NULL */
+};
+/*
+ * The one place a stage's state changes. It sets st->state and the error, records the time
+ * (started when it starts running, ended when it is done or failed), writes every state column
+ * of the stage's row (state, tries, err_class, err_msg, size_bytes, started, ended) from st and
+ * emits the event fmt. Callers set st->tries and st->size_bytes before.
+ */
+void sched_stage_set(struct daemon *d, struct dstage *st, const struct stage_change *c,
+                     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /* Adds a lane-stage reference (used by submit and load). */
 void sched_lane_add_stage(struct dlane *l, struct dstage *st, const char *name, bool is_eval,
                           bool reused);

@@ -349,18 +349,42 @@ static int cand_cmp(const void *a, const void *b)
     return x->pos - y->pos;
 }
 
+void sched_stage_set(struct daemon *d, struct dstage *st, const struct stage_change *c,
+                     const char *fmt, ...)
+{
+    double t = c->t > 0 ? c->t : now_wall();
+    va_list ap;
+    char *what;
+    st->state = c->to;
+    if (!c->keep_error) {
+        char *m = c->cls != FAIL_NONE ? xstrdup(c->msg ? c->msg : "") : NULL;
+        free(st->err_msg);
+        st->err_msg = m;
+        st->err_class = c->cls;
+    }
+    if (c->to == DSTAGE_RUNNING)
+        st->started = t;
+    if (c->to == DSTAGE_DONE || c->to == DSTAGE_FAILED)
+        st->ended = t;
+    store_exec(d->store,
+               "UPDATE stages SET state=?, tries=?, err_class=?, err_msg=?, "
+               "size_bytes=NULLIF(?, -1), started=NULLIF(?, 0), ended=NULLIF(?, 0) WHERE key=?",
+               "sissidds", dstage_state_name(st->state), (int64_t)st->tries,
+               st->err_class != FAIL_NONE ? fail_class_name(st->err_class) : NULL, st->err_msg,
+               st->size_bytes, st->started, st->ended, st->key);
+    va_start(ap, fmt);
+    what = xvasprintf(fmt, ap);
+    va_end(ap);
+    sched_event(d, c->lane ? c->lane->sw->id : NULL, c->lane ? c->lane->id : NULL, st->key, "%s",
+                what);
+    free(what);
+}
+
 static void stage_set_failed(struct daemon *d, struct dstage *st, enum fail_class c,
                              const char *msg)
 {
-    st->state = DSTAGE_FAILED;
-    st->err_class = c;
-    free(st->err_msg);
-    st->err_msg = xstrdup(msg ? msg : "");
-    st->ended = now_wall();
-    store_exec(
-        d->store,
-        "UPDATE stages SET state='failed', tries=?, err_class=?, err_msg=?, ended=? WHERE key=?",
-        "issds", (int64_t)st->tries, fail_class_name(c), st->err_msg, st->ended, st->key);
+    sched_stage_set(d, st, &(struct stage_change){ .to = DSTAGE_FAILED, .cls = c, .msg = msg },
+                    "%s failed (%s): %s", st->kind, fail_class_name(c), msg ? msg : "");
 }
 
 char *sched_gpu_mem_refusal(double want_gb, double max)
@@ -484,14 +508,12 @@ static void pump(struct daemon *d)
             char *msg =
                 xasprintf("stage needs %d GPUs but exaqd has %d worker slot(s)", want, d->nslots);
             stage_set_failed(d, st, FAIL_ERROR, msg);
-            sched_event(d, NULL, NULL, st->key, "%s", msg);
             free(msg);
             continue;
         }
         if (st->res.gpu_mem_gb > workers_max_gpu_gb(d)) {
             char *msg = sched_gpu_mem_refusal(st->res.gpu_mem_gb, workers_max_gpu_gb(d));
             stage_set_failed(d, st, FAIL_ERROR, msg);
-            sched_event(d, NULL, NULL, st->key, "%s", msg);
             free(msg);
             continue;
         }
@@ -507,7 +529,6 @@ static void pump(struct daemon *d)
                                       "min_free_gb=%.1f; free space, then retry",
                                       f, d->home, st->res.min_free_gb);
                 stage_set_failed(d, st, FAIL_ERROR, msg);
-                sched_event(d, NULL, NULL, st->key, "%s", msg);
                 free(msg);
                 continue;
             }
@@ -567,29 +588,14 @@ void sched_attempt_done(struct daemon *d, struct attempt *a, const struct proto_
     store_exec(d->store, "UPDATE attempts SET state='done', ended=? WHERE id=?", "di", t, a->id);
     hist_add(st, a->id, a->n, true, FAIL_NONE, NULL, a->started, t);
     st->att = NULL;
-    st->state = DSTAGE_DONE;
-    st->ended = t;
-    st->err_class = FAIL_NONE;
-    free(st->err_msg);
-    st->err_msg = NULL;
     st->size_bytes = size_bytes;
     for (size_t i = 0; i < m->n; i++) {
         proto_metrics_add(&st->metrics, m->names[i], m->values[i]);
         store_exec(d->store, "INSERT OR REPLACE INTO metrics(key, name, value) VALUES (?, ?, ?)",
                    "ssd", st->key, m->names[i], m->values[i]);
     }
-    if (size_bytes >= 0)
-        store_exec(d->store,
-                   "UPDATE stages SET state='done', ended=?, size_bytes=?, err_class=NULL, "
-                   "err_msg=NULL WHERE key=?",
-                   "dis", t, size_bytes, st->key);
-    else
-        store_exec(
-            d->store,
-            "UPDATE stages SET state='done', ended=?, err_class=NULL, err_msg=NULL WHERE key=?",
-            "ds", t, st->key);
-    sched_event(d, NULL, NULL, st->key, "%s done (attempt %d, %.1fs)", st->kind, a->n,
-                t - a->started);
+    sched_stage_set(d, st, &(struct stage_change){ .to = DSTAGE_DONE, .t = t },
+                    "%s done (attempt %d, %.1fs)", st->kind, a->n, t - a->started);
     sched_check_sweeps(d);
     sched_kick(d);
 }
@@ -609,8 +615,8 @@ void sched_attempt_failed(struct daemon *d, struct attempt *a, enum fail_class c
     switch (c) {
     case FAIL_CANCELLED:
     case FAIL_INTERRUPTED:
-        st->state = DSTAGE_PENDING;
-        store_exec(d->store, "UPDATE stages SET state='pending' WHERE key=?", "s", st->key);
+        sched_stage_set(d, st, &(struct stage_change){ .to = DSTAGE_PENDING, .keep_error = true },
+                        "%s back to pending (%s; no retry used)", st->kind, fail_class_name(c));
         break;
     case FAIL_ERROR:
         st->tries++;
@@ -624,14 +630,9 @@ void sched_attempt_failed(struct daemon *d, struct attempt *a, enum fail_class c
             stage_set_failed(d, st, c, m2);
             free(m2);
         } else {
-            st->state = DSTAGE_PENDING;
-            st->err_class = c;
-            free(st->err_msg);
-            st->err_msg = xstrdup(msg ? msg : "");
-            store_exec(
-                d->store,
-                "UPDATE stages SET state='pending', tries=?, err_class=?, err_msg=? WHERE key=?",
-                "isss", (int64_t)st->tries, fail_class_name(c), st->err_msg, st->key);
+            sched_stage_set(
+                d, st, &(struct stage_change){ .to = DSTAGE_PENDING, .cls = c, .msg = msg },
+                "%s will retry (%d of %d retries used)", st->kind, st->tries, st->res.retries);
         }
     }
     cancel_unneeded(d);
@@ -707,15 +708,9 @@ void sched_retry(struct daemon *d, struct dsweep *sw, struct dlane *only, bool f
             struct dstage *st = l->st[k];
             if (st->state != DSTAGE_FAILED)
                 continue;
-            st->state = DSTAGE_PENDING;
             st->tries = 0;
-            st->err_class = FAIL_NONE;
-            free(st->err_msg);
-            st->err_msg = NULL;
-            store_exec(d->store,
-                       "UPDATE stages SET state='pending', tries=0, err_class=NULL, err_msg=NULL "
-                       "WHERE key=?",
-                       "s", st->key);
+            sched_stage_set(d, st, &(struct stage_change){ .to = DSTAGE_PENDING, .lane = l },
+                            "%s re-queued by retry", st->kind);
             (*nstages)++;
             touched = true;
         }
@@ -1233,12 +1228,10 @@ int sched_load(struct daemon *d, char *err, size_t errlen)
         if (!d->stages.keys[i])
             continue;
         st = d->stages.vals[i];
-        if (st->state == DSTAGE_RUNNING) {
-            st->state = DSTAGE_PENDING;
-            store_exec(d->store, "UPDATE stages SET state='pending' WHERE key=?", "s", st->key);
-            log_info("stage %.12s (%s) was running when exaqd stopped: re-queued", st->key,
-                     st->kind);
-        }
+        if (st->state == DSTAGE_RUNNING)
+            sched_stage_set(d, st,
+                            &(struct stage_change){ .to = DSTAGE_PENDING, .keep_error = true },
+                            "%s was running when exaqd stopped: re-queued", st->kind);
     }
     remove_stale_tmp(d);
     for (int i = 0; i < d->nsweeps; i++)

@@ -518,21 +518,13 @@ static struct dstage *merge_stage(struct daemon *d, struct submit_job *j, struct
     if (st) {
         if (st->state == DSTAGE_DONE && st->produces_model && !ps->have_artifact) {
             /* Its output was removed (exaqctl gc, or by hand): make it again. */
-            st->state = DSTAGE_PENDING;
             st->tries = 0;
-            store_exec(d->store, "UPDATE stages SET state='pending', tries=0 WHERE key=?", "s",
-                       st->key);
-            sched_event(d, NULL, NULL, st->key, "%s output is gone; it will run again", st->kind);
+            sched_stage_set(d, st, &(struct stage_change){ .to = DSTAGE_PENDING },
+                            "%s output is gone; it will run again", st->kind);
         } else if (st->state == DSTAGE_FAILED) {
-            st->state = DSTAGE_PENDING;
             st->tries = 0;
-            st->err_class = FAIL_NONE;
-            free(st->err_msg);
-            st->err_msg = NULL;
-            store_exec(d->store,
-                       "UPDATE stages SET state='pending', tries=0, err_class=NULL, err_msg=NULL "
-                       "WHERE key=?",
-                       "s", st->key);
+            sched_stage_set(d, st, &(struct stage_change){ .to = DSTAGE_PENDING },
+                            "%s failed before; a new sweep needs it, re-queued", st->kind);
         }
         return st;
     }

@@ -392,19 +392,17 @@ bool workers_dispatch(struct daemon *d, struct slot *s, struct dstage *st, struc
     s->att = a;
     for (int i = 0; i < nextra; i++)
         extra[i]->reserved_by = s;
-    st->state = DSTAGE_RUNNING;
     st->att = a;
-    st->started = a->started;
     store_exec(
         d->store,
         "INSERT INTO attempts(id, key, n, slot, worker_pid, worker_start, state, started, log) "
         "VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
         "isiiiids", a->id, st->key, (int64_t)a->n, (int64_t)s->idx, (int64_t)s->pid, s->pid_start,
         a->started, a->log_path);
-    store_exec(d->store, "UPDATE stages SET state='running', started=? WHERE key=?", "ds",
-               a->started, st->key);
-    sched_event(d, l ? l->sw->id : NULL, l ? l->id : NULL, st->key,
-                "%s attempt %d started on slot %d", st->kind, a->n, s->idx);
+    sched_stage_set(d, st,
+                    &(struct stage_change){
+                        .to = DSTAGE_RUNNING, .keep_error = true, .t = a->started, .lane = l },
+                    "%s attempt %d started on slot %d", st->kind, a->n, s->idx);
     return true;
 }
 
