@@ -13,6 +13,7 @@
 #include <cJSON.h>
 
 #include "proto/proto.h"
+#include "proto/vocab.h"
 
 enum {
     CTL_OK = 0,

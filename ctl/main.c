@@ -366,8 +366,8 @@ static cJSON *get_logs(struct ctl *c, struct args *a, int *rc)
 
 static bool stage_active(const char *state)
 {
-    return state &&
-           (!strcmp(state, "running") || !strcmp(state, "queued") || !strcmp(state, "waiting"));
+    enum view_state v = view_state_parse(state);
+    return v == VIEW_RUNNING || v == VIEW_QUEUED || v == VIEW_WAITING;
 }
 
 static int cmd_logs(struct ctl *c, struct args *a)

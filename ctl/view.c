@@ -42,15 +42,19 @@ static const char *color_of(const char *state, bool color)
 {
     if (!color || !state)
         return "";
-    if (!strcmp(state, "done"))
+    switch (view_state_parse(state)) { /* lane states are view-state names too */
+    case VIEW_DONE:
         return "\033[32m";
-    if (!strcmp(state, "running"))
+    case VIEW_RUNNING:
         return "\033[36m";
-    if (!strcmp(state, "failed"))
+    case VIEW_FAILED:
         return "\033[31m";
-    if (!strcmp(state, "cancelled") || !strcmp(state, "skipped"))
+    case VIEW_CANCELLED:
+    case VIEW_SKIPPED:
         return "\033[33m";
-    return "";
+    default:
+        return "";
+    }
 }
 
 static void fmt_dur(double s, char *out, size_t n)

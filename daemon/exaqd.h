@@ -18,38 +18,11 @@
 #include "common/util.h"
 #include "lanes/lanes.h"
 #include "proto/proto.h"
+#include "proto/vocab.h"
 
 struct daemon;
 struct conn;
 struct slot;
-
-enum dstage_state {
-    DSTAGE_PENDING = 0,
-    DSTAGE_RUNNING,
-    DSTAGE_DONE,
-    DSTAGE_FAILED,
-};
-
-enum lane_state {
-    LANE_QUEUED = 0,
-    LANE_RUNNING,
-    LANE_DONE,
-    LANE_FAILED,
-    LANE_CANCELLED,
-};
-
-/* Failure classes of an attempt (see docs/design.md). */
-enum fail_class {
-    FAIL_NONE = 0,
-    FAIL_ERROR,       /* deterministic: not retried */
-    FAIL_OOM,         /* retried */
-    FAIL_TIMEOUT,     /* retried */
-    FAIL_LOST,        /* worker died or went silent: retried */
-    FAIL_CANCELLED,   /* no lane needs it any more: back to pending, no retry used */
-    FAIL_INTERRUPTED, /* daemon stopped or crashed: back to pending, no retry used */
-};
-const char *fail_class_name(enum fail_class c);
-enum fail_class fail_class_parse(const char *s);
 
 struct attempt {
     int64_t id;
@@ -235,8 +208,6 @@ struct dstage *sched_stage_get(struct daemon *d, const char *key);
 struct dsweep *sched_sweep_get(struct daemon *d, const char *id);
 struct dlane *sched_lane_get(struct dsweep *sw, const char *id);
 enum lane_state sched_lane_state(const struct dlane *l);
-const char *lane_state_name(enum lane_state s);
-const char *dstage_state_name(enum dstage_state s);
 bool sched_sweep_ended(const struct dsweep *sw);
 /* Whether any live (not cancelled, not failed) lane still needs the stage. */
 bool sched_stage_needed(const struct dstage *st);

@@ -26,54 +26,6 @@
 #include "common/log.h"
 #include "daemon/store.h"
 
-static const char *fail_names[] = {
-    [FAIL_NONE] = "none",
-    [FAIL_ERROR] = "error",
-    [FAIL_OOM] = "oom",
-    [FAIL_TIMEOUT] = "timeout",
-    [FAIL_LOST] = "lost",
-    [FAIL_CANCELLED] = "cancelled",
-    [FAIL_INTERRUPTED] = "interrupted",
-};
-
-const char *fail_class_name(enum fail_class c)
-{
-    return fail_names[c];
-}
-
-enum fail_class fail_class_parse(const char *s)
-{
-    for (size_t i = 1; i < EXAQ_ARRAY_LEN(fail_names); i++)
-        if (s && !strcmp(s, fail_names[i]))
-            return (enum fail_class)i;
-    return FAIL_ERROR;
-}
-
-const char *lane_state_name(enum lane_state s)
-{
-    static const char *n[] = { "queued", "running", "done", "failed", "cancelled" };
-    return n[s];
-}
-
-const char *dstage_state_name(enum dstage_state s)
-{
-    static const char *n[] = { "pending", "running", "done", "failed" };
-    return n[s];
-}
-
-static enum dstage_state dstage_state_parse(const char *s)
-{
-    if (!s)
-        return DSTAGE_PENDING;
-    if (!strcmp(s, "running"))
-        return DSTAGE_RUNNING;
-    if (!strcmp(s, "done"))
-        return DSTAGE_DONE;
-    if (!strcmp(s, "failed"))
-        return DSTAGE_FAILED;
-    return DSTAGE_PENDING;
-}
-
 void sched_event(struct daemon *d, const char *sweep, const char *lane, const char *key,
                  const char *fmt, ...)
 {
@@ -604,7 +556,7 @@ void sched_attempt_failed(struct daemon *d, struct attempt *a, enum fail_class c
 {
     struct dstage *st = a->st;
     double t = now_wall();
-    const char *astate = c == FAIL_INTERRUPTED ? "interrupted" : "failed";
+    const char *astate = attempt_state_name(c == FAIL_INTERRUPTED ? ATT_INTERRUPTED : ATT_FAILED);
 
     store_exec(d->store, "UPDATE attempts SET state=?, class=?, msg=?, ended=? WHERE id=?", "sssdi",
                astate, fail_class_name(c), msg, t, a->id);
@@ -732,12 +684,12 @@ static const char *stage_view_state(const struct dlane *l, const struct dstage *
 {
     if (st->state == DSTAGE_PENDING) {
         if (l->cancelled)
-            return "cancelled";
+            return view_state_name(VIEW_CANCELLED);
         if (lane_has_failed(l))
-            return "skipped";
+            return view_state_name(VIEW_SKIPPED);
         if (st->dep && st->dep->state != DSTAGE_DONE)
-            return "waiting";
-        return "queued";
+            return view_state_name(VIEW_WAITING);
+        return view_state_name(VIEW_QUEUED);
     }
     return dstage_state_name(st->state);
 }
@@ -811,7 +763,10 @@ static void write_stage(struct jw *w, const struct dlane *l, int i)
         jw_obj_begin(w);
         jw_kint(w, "attempt", r->id);
         jw_kint(w, "n", r->n);
-        jw_kstr(w, "state", r->ok ? "done" : r->cls == FAIL_INTERRUPTED ? "interrupted" : "failed");
+        jw_kstr(w, "state",
+                attempt_state_name(r->ok                        ? ATT_DONE
+                                   : r->cls == FAIL_INTERRUPTED ? ATT_INTERRUPTED
+                                                                : ATT_FAILED));
         if (!r->ok) {
             jw_kstr(w, "class", fail_class_name(r->cls));
             jw_kstr(w, "msg", r->msg);
@@ -1071,7 +1026,8 @@ static int load_attempt_hist(void *arg, const struct store_row *r)
     struct dstage *st = hmap_get(&lc->d->stages, store_text(r, "key"));
     const char *state = store_text(r, "state"), *cls = store_text(r, "class");
     if (st)
-        hist_add(st, store_i64(r, "id"), (int)store_i64(r, "n"), state && !strcmp(state, "done"),
+        hist_add(st, store_i64(r, "id"), (int)store_i64(r, "n"),
+                 state && !strcmp(state, attempt_state_name(ATT_DONE)),
                  cls ? fail_class_parse(cls) : FAIL_NONE, store_text(r, "msg"),
                  store_f64(r, "started"), store_f64(r, "ended"));
     return 0;

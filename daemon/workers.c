@@ -105,7 +105,7 @@ static void unreserve(struct daemon *d, struct slot *owner)
 
 static void note_failure(struct daemon *d, struct slot *s, enum fail_class c)
 {
-    if (c == FAIL_LOST || c == FAIL_OOM || c == FAIL_TIMEOUT) {
+    if (fail_class_retried(c)) {
         s->consecutive_failures++;
         if (s->consecutive_failures >= d->quarantine_after) {
             s->quarantine_until_mono = now_mono() + d->quarantine_s;

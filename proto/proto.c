@@ -5,6 +5,7 @@
  * untrusted peers: every failure is an error code and message, never an assert.
  */
 #include "proto/proto.h"
+#include "proto/vocab.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -270,9 +271,9 @@ static int parse_field(struct proto_msg *m, const struct proto_field *f, const c
                 return perr(err, errlen, PROTO_E_PARSE,
                             "field '%s': metric '%s' must be a finite number", f->name,
                             c->string ? c->string : "?");
-            if (strlen(c->string) == 0 || strlen(c->string) > 63)
-                return perr(err, errlen, PROTO_E_PARSE,
-                            "field '%s': metric names must be 1-63 characters", f->name);
+            if (!vocab_metric_name_ok(c->string))
+                return perr(err, errlen, PROTO_E_PARSE, "field '%s': " VOCAB_METRIC_NAME_RULE,
+                            f->name);
             proto_metrics_add(mt, c->string, c->valuedouble);
         }
         break;

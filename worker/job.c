@@ -20,6 +20,7 @@
 
 #include "common/jw.h"
 #include "common/util.h"
+#include "proto/vocab.h"
 #include "worker/stages/stage.h"
 
 static int running_pgid; /* written by the job thread, read by the main thread (atomics) */
@@ -64,8 +65,8 @@ int job_parse_metrics(const char *text, struct job_metric **out, int *n, char *e
             snprintf(err, errlen, "metric '%.60s' is not a finite number", c->string);
             goto fail;
         }
-        if (!c->string[0] || strlen(c->string) > 63) {
-            snprintf(err, errlen, "metric names must be 1 to 63 characters ('%.60s')", c->string);
+        if (!vocab_metric_name_ok(c->string)) {
+            snprintf(err, errlen, VOCAB_METRIC_NAME_RULE " ('%.60s')", c->string);
             goto fail;
         }
         *out = xrealloc(*out, (size_t)(*n + 1) * sizeof(**out));
@@ -260,7 +261,7 @@ static int run_exec(struct jctx *x, const char *model_out, const char *metrics_p
 
     buf_init(&partial);
     if (exec_spec_parse(j->spec, &es, err, sizeof(err)) < 0) {
-        *cls = "error";
+        *cls = fail_class_name(FAIL_ERROR);
         snprintf(msg, msglen, "%s", err);
         free(progress);
         return -1;
@@ -268,13 +269,13 @@ static int run_exec(struct jctx *x, const char *model_out, const char *metrics_p
     cmd = substitute(es.run, names, vals, 5);
     jlogf(x, "exaq: running: %s", cmd);
     if (pipe2(pipefd, O_CLOEXEC) < 0) {
-        *cls = "error";
+        *cls = fail_class_name(FAIL_ERROR);
         snprintf(msg, msglen, "pipe: %s", strerror(errno));
         goto out;
     }
     pid = fork();
     if (pid < 0) {
-        *cls = "oom";
+        *cls = fail_class_name(FAIL_OOM);
         snprintf(msg, msglen, "fork: %s", strerror(errno));
         goto out;
     }
@@ -364,13 +365,13 @@ static int run_exec(struct jctx *x, const char *model_out, const char *metrics_p
     __atomic_store_n(&running_pgid, 0, __ATOMIC_RELEASE);
     poll_progress(x, progress, &seen);
     if (cancelled || __atomic_load_n(x->cancel, __ATOMIC_ACQUIRE)) {
-        *cls = "cancelled";
+        *cls = fail_class_name(FAIL_CANCELLED);
         snprintf(msg, msglen, "cancelled");
     } else if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
         rc = 0;
     } else if (WIFEXITED(status)) {
         int code = WEXITSTATUS(status);
-        *cls = output_mentions_oom(x) ? "oom" : "error";
+        *cls = fail_class_name(output_mentions_oom(x) ? FAIL_OOM : FAIL_ERROR);
         if (code == 127)
             snprintf(msg, msglen, "command not found (exit 127): %s", last_output(x));
         else if (code == 126)
@@ -379,7 +380,7 @@ static int run_exec(struct jctx *x, const char *model_out, const char *metrics_p
             snprintf(msg, msglen, "command exited with status %d: %s", code, last_output(x));
     } else {
         int sig = WTERMSIG(status);
-        *cls = sig == SIGKILL && output_mentions_oom(x) ? "oom" : "error";
+        *cls = fail_class_name(sig == SIGKILL && output_mentions_oom(x) ? FAIL_OOM : FAIL_ERROR);
         snprintf(msg, msglen, "command killed by signal %d (%s)", sig, strsignal(sig));
     }
 out:
@@ -446,7 +447,9 @@ static int run_native(struct jctx *x, const struct stage_def *def, const char *m
             (*metrics)[i].value = ctx.metrics[i].value;
         }
     } else {
-        *cls = rc == STAGE_ERR_OOM ? "oom" : rc == STAGE_ERR_CANCELLED ? "cancelled" : "error";
+        *cls = fail_class_name(rc == STAGE_ERR_OOM         ? FAIL_OOM
+                               : rc == STAGE_ERR_CANCELLED ? FAIL_CANCELLED
+                                                           : FAIL_ERROR);
         snprintf(msg, msglen, "%s", ctx.errmsg[0] ? ctx.errmsg : "native stage failed");
     }
     stage_ctx_release(&ctx);
@@ -522,7 +525,7 @@ void job_run(const struct job *j, const struct job_sink *sink, int *cancel)
 {
     struct jctx x;
     char *logdir, *model_out = NULL, *metrics_path, *text = NULL, msg[2048] = "";
-    const char *cls = "error";
+    const char *cls = fail_class_name(FAIL_ERROR);
     struct job_metric *m = NULL;
     int n = 0, rc;
     int64_t size = -1;
@@ -572,7 +575,7 @@ void job_run(const struct job *j, const struct job_sink *sink, int *cancel)
                 job_parse_metrics(text, &m, &n, err, sizeof(err)) < 0) {
                 snprintf(msg, sizeof(msg), "the command's metrics file '%s' is invalid: %s",
                          metrics_path, text ? err : "unreadable");
-                cls = "error";
+                cls = fail_class_name(FAIL_ERROR);
                 rc = -1;
             }
         }
@@ -602,7 +605,7 @@ void job_run(const struct job *j, const struct job_sink *sink, int *cancel)
                      "stage finished but wrote no model: '%s' has no config.json (an exec stage "
                      "with produces: model must write a model dir to {output})",
                      model_out);
-            cls = "error";
+            cls = fail_class_name(FAIL_ERROR);
             goto fail;
         }
         size = dir_size_bytes(model_out);
@@ -639,7 +642,7 @@ void job_run(const struct job *j, const struct job_sink *sink, int *cancel)
         if (wrc < 0) {
             snprintf(msg, sizeof(msg), "cannot publish the result in '%s': %s", j->final_dir,
                      strerror(-wrc));
-            cls = "error";
+            cls = fail_class_name(FAIL_ERROR);
             goto fail;
         }
     }

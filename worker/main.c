@@ -30,6 +30,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "proto/proto.h"
+#include "proto/vocab.h"
 #include "kernels/cuda.h"
 #include "worker/cmd.h"
 #include "worker/job.h"
@@ -218,7 +219,7 @@ static void start_job(struct worker *w, struct proto_msg *m)
             usleep(1000);
     reap_job(w);
     if (w->busy) {
-        s_failed(w, jm->attempt, "lost", "worker is busy with another attempt");
+        s_failed(w, jm->attempt, fail_class_name(FAIL_LOST), "worker is busy with another attempt");
         return;
     }
     memset(&w->job, 0, sizeof(w->job));
@@ -244,7 +245,7 @@ static void start_job(struct worker *w, struct proto_msg *m)
     w->busy = true;
     if (pthread_create(&w->thread, NULL, job_thread, w) != 0) {
         w->busy = false;
-        s_failed(w, w->job.attempt, "oom", "cannot start a job thread");
+        s_failed(w, w->job.attempt, fail_class_name(FAIL_OOM), "cannot start a job thread");
         job_release(&w->job);
         return;
     }

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "proto/proto.h"
+#include "proto/vocab.h"
 
 static void test_roundtrip_job(void **state)
 {
@@ -201,12 +202,46 @@ static void test_describe(void **state)
     free(d);
 }
 
+/* The shared vocabulary: every name parses back to its value, unknown words get the documented
+ * fallbacks, the retried classes are exactly oom, timeout and lost, and the metric-name rule. */
+static void test_vocab(void **state)
+{
+    (void)state;
+    for (int c = FAIL_NONE + 1; c <= FAIL_INTERRUPTED; c++)
+        assert_int_equal(fail_class_parse(fail_class_name((enum fail_class)c)), c);
+    assert_int_equal(fail_class_parse("nonsense"), FAIL_ERROR);
+    assert_int_equal(fail_class_parse(NULL), FAIL_ERROR);
+    assert_int_equal(fail_class_parse("none"), FAIL_ERROR); /* a worker never reports "none" */
+    assert_string_equal(fail_class_name(FAIL_OOM), "oom");
+    for (int c = FAIL_NONE; c <= FAIL_INTERRUPTED; c++)
+        assert_int_equal(fail_class_retried((enum fail_class)c),
+                         c == FAIL_OOM || c == FAIL_TIMEOUT || c == FAIL_LOST);
+    for (int s = DSTAGE_PENDING; s <= DSTAGE_FAILED; s++)
+        assert_int_equal(dstage_state_parse(dstage_state_name((enum dstage_state)s)), s);
+    assert_int_equal(dstage_state_parse("bogus"), DSTAGE_PENDING);
+    for (int v = VIEW_QUEUED; v <= VIEW_CANCELLED; v++)
+        assert_int_equal(view_state_parse(view_state_name((enum view_state)v)), v);
+    assert_int_equal(view_state_parse("pending"), VIEW__UNKNOWN);
+    for (int l = LANE_QUEUED; l <= LANE_CANCELLED; l++) /* lane names are view names too */
+        assert_int_not_equal(view_state_parse(lane_state_name((enum lane_state)l)), VIEW__UNKNOWN);
+    assert_string_equal(attempt_state_name(ATT_INTERRUPTED), "interrupted");
+    char name[VOCAB_METRIC_NAME_MAX + 2];
+    memset(name, 'a', sizeof(name));
+    name[VOCAB_METRIC_NAME_MAX] = '\0';
+    assert_true(vocab_metric_name_ok(name));
+    name[VOCAB_METRIC_NAME_MAX] = 'a';
+    name[VOCAB_METRIC_NAME_MAX + 1] = '\0';
+    assert_false(vocab_metric_name_ok(name));
+    assert_false(vocab_metric_name_ok(""));
+    assert_false(vocab_metric_name_ok(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_job), cmocka_unit_test(test_roundtrip_metrics_and_reply),
         cmocka_unit_test(test_rejects),       cmocka_unit_test(test_framer),
-        cmocka_unit_test(test_describe),
+        cmocka_unit_test(test_describe),      cmocka_unit_test(test_vocab),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
