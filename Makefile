@@ -62,8 +62,8 @@ KCFLAGS := $(BASE_CFLAGS) $(KOPT)
 
 # ---- sources -------------------------------------------------------------------------------
 # libexaq.a: common/ (helpers, the safetensors reader), lanes/ and proto/: no compute code.
-# exaqd and exaqctl link only it and libexaqd.a; exaq-worker links libexaqw.a (engine,
-# algorithms, stages, kernels) too. docs/design.md has the map of the folders.
+# exaqctl links only it; exaqd adds libexaqd.a; exaq-worker adds libexaqw.a (engine,
+# algorithms, stages, kernels). docs/design.md has the map of the folders.
 LIB_SRC := $(wildcard common/*.c) $(wildcard lanes/*.c) $(wildcard proto/*.c)
 DAEMON_LIB_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 CTL_SRC := $(wildcard ctl/*.c)
@@ -148,7 +148,7 @@ $(O)/%.a:
 	$(Q)rm -f $@ && ar rcs $@ $^
 
 $(BINDIR)/exaqd: $(call obj,daemon/main.c) $(DAEMON_A) $(LIB_A)
-$(BINDIR)/exaqctl: $(call obj,$(CTL_SRC)) $(DAEMON_A) $(LIB_A)
+$(BINDIR)/exaqctl: $(call obj,$(CTL_SRC)) $(LIB_A)
 $(BINDIR)/exaq-worker: $(call obj,worker/main.c) $(WORKER_A) $(LIB_A)
 $(BINDIR)/%:
 	@mkdir -p $(dir $@)

@@ -1,6 +1,6 @@
 /*
  * rank: exaqctl rank / package / gc. The daemon computes the ranking (rank --json is its
- * document, printed as is); the table, CSV and Markdown renderings come from daemon/report.c,
+ * document, printed as is); the table, CSV and Markdown renderings come from proto/report.c,
  * the same code that writes rank.csv and report.md, so the two never disagree.
  */
 #include "ctl/ctl.h"
@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "daemon/report.h"
+#include "proto/report.h"
 
 int ctl_rank(struct ctl *c, const char *sweep, const char *format)
 {

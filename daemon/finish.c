@@ -36,7 +36,7 @@
 #include "common/log.h"
 #include "daemon/pkg.h"
 #include "daemon/rank.h"
-#include "daemon/report.h"
+#include "proto/report.h"
 #include "daemon/store.h"
 
 extern char **environ;

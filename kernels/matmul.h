@@ -10,7 +10,7 @@
  *   INT4   the same with codes in [-8, 7] packed two per byte (layout below): half the bytes;
  *   FP8    E4M3FN bytes with BF16 scales (per channel or tensor; groups work too).
  * The value of a quantized weight is exactly W = (q - zp) * scale computed in fp32 from the
- * BF16 scale (FP8: e4m3(q) * scale), the same as worker/compress/quant.c qweight_dequant. Every
+ * BF16 scale (FP8: e4m3(q) * scale), the same as worker/engine/quant.c qweight_dequant. Every
  * format computes that product; the fast kernels only differ from the reference by fp32 summation
  * order (see docs/engine.md "Quantized linears").
  *
@@ -84,7 +84,7 @@ struct linear {
     unsigned qflags;                   /* LINEAR_QF_* */
 };
 
-/* What linear_init_quant reads: the fields of a worker/compress/quant.h struct qweight (kernels/
+/* What linear_init_quant reads: the fields of a worker/engine/quant.h struct qweight (kernels/
  * does not include worker/ headers, so the model copies them in). Every array is borrowed. */
 struct linear_qsrc {
     int out, in;

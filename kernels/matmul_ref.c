@@ -5,7 +5,7 @@
  *
  * The decoder here is the definition of a quantized weight: w = (float)(q - zp) * bf16(scale)
  * for integer codes and e4m3(b) * bf16(scale) for FP8, one fp32 multiply, exactly as
- * worker/compress/quant.c qweight_dequant computes it. The fast kernels (qmatmul_cpu.c) use it for
+ * worker/engine/quant.c qweight_dequant computes it. The fast kernels (qmatmul_cpu.c) use it for
  * their generic paths and are tested against matmul_ref.
  */
 #include "kernels/matmul.h"

@@ -19,7 +19,7 @@
 #include "common/util.h"
 #include "tests/bench/bench.h"
 #include "worker/compress/gptq.h"
-#include "worker/compress/quant.h"
+#include "worker/engine/quant.h"
 
 static uint64_t rng_s;
 

@@ -34,7 +34,7 @@
 #include "kernels/matmul.h"
 #include "kernels/par.h"
 #include "worker/engine/model.h"
-#include "worker/compress/quant.h"
+#include "worker/engine/quant.h"
 #include "tests/bench/bench.h"
 
 static int g_reps = 5;

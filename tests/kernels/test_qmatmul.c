@@ -54,7 +54,7 @@
 #include "tests/kernels/mm_test.h"
 #include "tests/kernels/qmat.h"
 #include "worker/engine/model.h"
-#include "worker/compress/quant.h"
+#include "worker/engine/quant.h"
 
 #define TINY "tests/data/tiny-exaone4"
 

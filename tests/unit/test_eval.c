@@ -37,6 +37,7 @@
 
 #include "common/util.h"
 #include "kernels/par.h"
+#include "worker/engine/tokdata.h"
 #include "worker/evals/eval.h"
 #include "worker/engine/model.h"
 #include "worker/stages/stage.h"
@@ -193,12 +194,12 @@ static void test_ppl_text(void **state)
     (void)state;
     /* The tokenizer reproduces the reference ids exactly... */
     char msg[512];
-    struct tok *t = eval_tok_load(TINY, msg, sizeof(msg));
+    struct tok *t = tokdata_tok_load(TINY, msg, sizeof(msg));
     assert_non_null(t);
     int32_t *a = NULL, *b = NULL;
     size_t na = 0, nb = 0;
-    assert_int_equal(eval_text_read(VALTXT, t, &a, &na, msg, sizeof(msg)), 0);
-    assert_int_equal(eval_ids_read(VALIDS, &b, &nb, msg, sizeof(msg)), 0);
+    assert_int_equal(tokdata_text_read(VALTXT, t, &a, &na, msg, sizeof(msg)), 0);
+    assert_int_equal(tokdata_ids_read(VALIDS, &b, &nb, msg, sizeof(msg)), 0);
     assert_true(na == nb && na > 200 * 512);
     assert_memory_equal(a, b, na * sizeof(int32_t));
     free(a);
@@ -241,7 +242,7 @@ static void test_ppl_windows(void **state)
     int32_t *ids;
     size_t n;
     char msg[512];
-    assert_int_equal(eval_ids_read(VALIDS, &ids, &n, msg, sizeof(msg)), 0);
+    assert_int_equal(tokdata_ids_read(VALIDS, &ids, &n, msg, sizeof(msg)), 0);
     assert_int_equal(file_write_all(p, ids, (3 * 64 + 1) * 4), 0);
     free(ids);
     struct run r = { 0 };
@@ -290,7 +291,7 @@ static void test_mcqa_kv_equals_full(void **state)
     char msg[512], *err = NULL;
     struct eval_mcqa_set set;
     assert_int_equal(model_load(&m, TINY, NULL, &err), 0);
-    struct tok *t = eval_tok_load(TINY, msg, sizeof(msg));
+    struct tok *t = tokdata_tok_load(TINY, msg, sizeof(msg));
     assert_non_null(t);
     assert_int_equal(eval_mcqa_load(MCQA, 5, &set, msg, sizeof(msg)), 0);
     assert_int_equal(set.n, 5);

@@ -41,7 +41,7 @@
 
 #include "common/util.h"
 #include "worker/compress/gptq.h"
-#include "worker/compress/quant.h"
+#include "worker/engine/quant.h"
 
 /* ---- random data ---------------------------------------------------------------------------- */
 

@@ -31,9 +31,10 @@
 #include "kernels/cuda.h"
 #include "kernels/par.h"
 #include "tests/kernels/check.h"
+#include "worker/engine/tokdata.h"
 #include "worker/evals/eval.h"
 #include "worker/engine/model.h"
-#include "worker/compress/quant.h"
+#include "worker/engine/quant.h"
 #include "common/st.h"
 #include "tests/unit/fixture.h"
 
@@ -220,7 +221,7 @@ static void test_nll_device_resident(void **state)
     int32_t *ids = NULL;
     size_t n = 0;
     char msg[256];
-    assert_int_equal(eval_ids_read(VALIDS, &ids, &n, msg, sizeof(msg)), 0);
+    assert_int_equal(tokdata_ids_read(VALIDS, &ids, &n, msg, sizeof(msg)), 0);
     assert_true(n > 3 * 512 + 1);
     struct model *m = load();
     double rel, d = nll_diff(m, ids, 3, &rel);

@@ -1,5 +1,5 @@
 /*
- * test_quant: the quantization grids and conversions of worker/compress/quant.c with hand-made
+ * test_quant: the quantization grids and conversions of worker/engine/quant.c with hand-made
  * numbers.
  *
  * Proves:
@@ -35,7 +35,7 @@
 
 #include "common/util.h"
 #include "kernels/kern.h"
-#include "worker/compress/quant.h"
+#include "worker/engine/quant.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 

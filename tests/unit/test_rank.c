@@ -20,7 +20,7 @@
 #include "common/util.h"
 #include "daemon/pkg.h"
 #include "daemon/rank.h"
-#include "daemon/report.h"
+#include "proto/report.h"
 
 #define TOL 1e-12
 

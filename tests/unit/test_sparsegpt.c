@@ -45,7 +45,7 @@
 #include "worker/engine/calib.h"
 #include "worker/compress/gptq.h"
 #include "worker/engine/model.h"
-#include "worker/compress/quant.h"
+#include "worker/engine/quant.h"
 #include "worker/compress/sparsegpt.h"
 #include "worker/stages/stage.h"
 #include "tests/unit/fixture.h"

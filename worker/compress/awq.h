@@ -21,7 +21,7 @@
 
 #include "worker/engine/config.h"
 #include "worker/engine/model.h"
-#include "worker/compress/quant.h"
+#include "worker/engine/quant.h"
 
 /* ---- exact folds ------------------------------------------------------------------------- */
 

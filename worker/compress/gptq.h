@@ -4,7 +4,7 @@
  *
  * The caller accumulates H from the layer's calibration inputs (hess_add), then calls
  * gptq_quantize() for every Linear that reads those inputs (q/k/v share one H, gate/up share
- * one). The result goes into a `struct qweight` (worker/compress/quant.h), so the writer and the
+ * one). The result goes into a `struct qweight` (worker/engine/quant.h), so the writer and the
  * engine see GPTQ and RTN output alike.
  */
 #ifndef EXAQ_GPTQ_H
@@ -13,7 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "worker/compress/quant.h"
+#include "worker/engine/quant.h"
 
 /* ---- Hessian ---------------------------------------------------------------------------- */
 

@@ -15,7 +15,7 @@
 #include <stdint.h>
 
 #include "worker/compress/gptq.h"
-#include "worker/compress/quant.h"
+#include "worker/engine/quant.h"
 
 struct sparsegpt_opts {
     double sparsity;             /* unstructured: fraction pruned in every block, [0, 1) */

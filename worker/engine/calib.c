@@ -9,12 +9,12 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "worker/evals/eval.h"
+#include "worker/engine/tokdata.h"
 
 int calib_read_ids(const char *path, int32_t **ids, int64_t *n, char *err, size_t errlen)
 {
     size_t len = 0;
-    int rc = eval_ids_read(path, ids, &len, err, errlen);
+    int rc = tokdata_ids_read(path, ids, &len, err, errlen);
     *n = rc < 0 ? 0 : (int64_t)len;
     return rc < 0 ? -1 : 0;
 }
@@ -50,9 +50,9 @@ int calib_load(struct calib *c, const char *spec_json, const char *model_dir, in
             snprintf(err, errlen, "calibration needs 'ids' or 'text'");
             goto out;
         }
-        if (eval_tokens_load(cJSON_IsString(ids) ? ids->valuestring : NULL,
-                             cJSON_IsString(ids) ? NULL : text->valuestring, model_dir, 0, &all,
-                             &len, err, errlen) < 0)
+        if (tokdata_load(cJSON_IsString(ids) ? ids->valuestring : NULL,
+                         cJSON_IsString(ids) ? NULL : text->valuestring, model_dir, 0, &all, &len,
+                         err, errlen) < 0)
             goto out;
         n = (int64_t)len;
     }

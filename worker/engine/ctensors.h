@@ -19,7 +19,7 @@
 
 #include <stdint.h>
 
-#include "worker/compress/quant.h"
+#include "worker/engine/quant.h"
 #include "common/st.h"
 
 struct cJSON;

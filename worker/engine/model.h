@@ -34,7 +34,7 @@
 #include "kernels/kern.h"
 #include "kernels/matmul.h"
 #include "worker/engine/config.h"
-#include "worker/compress/quant.h"
+#include "worker/engine/quant.h"
 #include "common/st.h"
 
 enum model_lin {

@@ -27,7 +27,7 @@
 #include "kernels/cuda.h"
 #include "kernels/matmul.h"
 #include "worker/engine/model_internal.h"
-#include "worker/compress/quant.h"
+#include "worker/engine/quant.h"
 
 /* One linear on the device. */
 struct glin {

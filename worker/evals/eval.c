@@ -30,136 +30,6 @@ static void seterr(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-/* ---- token data -------------------------------------------------------------------------- */
-
-int eval_ids_read(const char *path, int32_t **ids, size_t *n, char *err, size_t errlen)
-{
-    char *data = NULL;
-    size_t len = 0;
-    int rc;
-    *ids = NULL;
-    *n = 0;
-    rc = file_read_all(path, &data, &len);
-    if (rc < 0) {
-        seterr(err, errlen, "cannot read ids file '%s': %s", path, strerror(-rc));
-        return rc;
-    }
-    if (len % 4 != 0) {
-        seterr(err, errlen,
-               "ids file '%s' has %zu bytes, not a multiple of 4 (expected little-endian uint32 "
-               "token ids)",
-               path, len);
-        free(data);
-        return -EINVAL;
-    }
-    *n = len / 4;
-    if (*n > 0)
-        *ids = xmalloc(*n * sizeof(int32_t));
-    for (size_t i = 0; i < *n; i++) {
-        const unsigned char *p = (const unsigned char *)data + 4 * i;
-        uint32_t v =
-            (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-        if (v > INT32_MAX) {
-            seterr(err, errlen, "ids file '%s': id %u at position %zu is not a token id", path, v,
-                   i);
-            free(*ids);
-            *ids = NULL;
-            *n = 0;
-            free(data);
-            return -EINVAL;
-        }
-        (*ids)[i] = (int32_t)v;
-    }
-    free(data);
-    return 0;
-}
-
-struct tok *eval_tok_load(const char *model_dir, char *err, size_t errlen)
-{
-    char *path = path_join(model_dir, "tokenizer.json");
-    struct tok *t = NULL;
-    char msg[512] = "";
-    if (!is_file(path)) {
-        seterr(err, errlen, "model dir '%s' has no tokenizer.json (needed to tokenize text)",
-               model_dir);
-        goto out;
-    }
-    t = tok_load(path, msg, sizeof(msg));
-    if (!t)
-        seterr(err, errlen, "cannot load tokenizer '%s': %s", path, msg);
-out:
-    free(path);
-    return t;
-}
-
-int eval_text_read(const char *path, const struct tok *t, int32_t **ids, size_t *n, char *err,
-                   size_t errlen)
-{
-    char *data = NULL, msg[512] = "";
-    size_t len = 0;
-    int rc = file_read_all(path, &data, &len), cnt;
-    *ids = NULL;
-    *n = 0;
-    if (rc < 0) {
-        seterr(err, errlen, "cannot read text file '%s': %s", path, strerror(-rc));
-        return rc;
-    }
-    cnt = tok_encode(t, data, len, ids, msg, sizeof(msg));
-    free(data);
-    if (cnt < 0) {
-        seterr(err, errlen, "cannot tokenize '%s': %s", path, msg);
-        *ids = NULL;
-        return -EINVAL;
-    }
-    *n = (size_t)cnt;
-    return 0;
-}
-
-int64_t eval_ids_check(const int32_t *ids, size_t n, int vocab)
-{
-    for (size_t i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= vocab)
-            return (int64_t)i;
-    return -1;
-}
-
-int eval_tokens_load(const char *ids_path, const char *text_path, const char *model_dir, int vocab,
-                     int32_t **ids, size_t *n, char *err, size_t errlen)
-{
-    int rc;
-    *ids = NULL;
-    *n = 0;
-    if (!ids_path == !text_path) {
-        seterr(err, errlen, "give exactly one of 'ids' and 'text'");
-        return -EINVAL;
-    }
-    if (ids_path) {
-        rc = eval_ids_read(ids_path, ids, n, err, errlen);
-    } else {
-        struct tok *t = eval_tok_load(model_dir, err, errlen);
-        if (!t)
-            return -ENOENT;
-        rc = eval_text_read(text_path, t, ids, n, err, errlen);
-        tok_free(t);
-    }
-    if (rc < 0)
-        return rc;
-    if (vocab > 0) {
-        int64_t bad = eval_ids_check(*ids, *n, vocab);
-        if (bad >= 0) {
-            seterr(err, errlen,
-                   "'%s': token id %d at position %lld is outside the model's vocabulary (size "
-                   "%d)",
-                   ids_path ? ids_path : text_path, (*ids)[bad], (long long)bad, vocab);
-            free(*ids);
-            *ids = NULL;
-            *n = 0;
-            return -EINVAL;
-        }
-    }
-    return 0;
-}
-
 /* ---- perplexity windows ------------------------------------------------------------------ */
 
 int64_t eval_ppl_windows(size_t n, int seq_len, int64_t max_windows)
@@ -520,7 +390,7 @@ int eval_mcqa_score(struct eval_mcqa *s, const struct eval_mcqa_item *it, double
         }
         if (ncont[c] > maxc)
             maxc = ncont[c];
-        int64_t bad = eval_ids_check(cont[c], (size_t)ncont[c], V);
+        int64_t bad = tokdata_ids_check(cont[c], (size_t)ncont[c], V);
         if (bad >= 0) {
             err_setf(err, "item at line %d: token id %d is outside the model's vocabulary (%d)",
                      it->line, cont[c][bad], V);
@@ -529,7 +399,7 @@ int eval_mcqa_score(struct eval_mcqa *s, const struct eval_mcqa_item *it, double
         }
     }
     {
-        int64_t bad = eval_ids_check(ctx, (size_t)nctx, V);
+        int64_t bad = tokdata_ids_check(ctx, (size_t)nctx, V);
         if (bad >= 0) {
             err_setf(err, "item at line %d: token id %d is outside the model's vocabulary (%d)",
                      it->line, ctx[bad], V);

@@ -1,7 +1,6 @@
 /*
- * eval: the pieces shared by the native evaluation stages (worker/stages/stage_eval.c) and by the
- * stages that read calibration data: loading token data (`ids:` little-endian uint32 files or
- * `text:` files tokenized with the model's tokenizer.json), the perplexity window protocol of
+ * eval: the pieces of the native evaluation stages (worker/stages/stage_eval.c): the perplexity
+ * window protocol of
  * tests/data/tiny-a/README.md, and multiple-choice scoring with lm-evaluation-harness
  * conventions (JSONL items, whitespace moved to the continuation, context computed once in the
  * KV cache and every choice scored from the cached state).
@@ -18,32 +17,8 @@
 #include <stdint.h>
 
 #include "worker/engine/model.h"
+#include "worker/engine/tokdata.h"
 #include "worker/engine/tokenizer.h"
-
-/* ---- token data -------------------------------------------------------------------------- */
-
-/* Reads a file of little-endian uint32 token ids into a new int32 array (*ids, free() it; NULL
- * when the file is empty) and its length *n. Errors: unreadable file, a length that is not a
- * multiple of 4, an id above INT32_MAX. */
-int eval_ids_read(const char *path, int32_t **ids, size_t *n, char *err, size_t errlen);
-
-/* Loads <model_dir>/tokenizer.json; NULL with a message naming the dir when it has none or it
- * does not load. Free with tok_free(). */
-struct tok *eval_tok_load(const char *model_dir, char *err, size_t errlen);
-
-/* Tokenizes a UTF-8 text file with t (the whole file in one encode() call, no special tokens,
- * the protocol of the reference ids). Same outputs as eval_ids_read. */
-int eval_text_read(const char *path, const struct tok *t, int32_t **ids, size_t *n, char *err,
-                   size_t errlen);
-
-/* Loads the ids of a data source given as exactly one of ids_path and text_path (the other NULL);
- * text is tokenized with <model_dir>/tokenizer.json. With vocab > 0 every id must be below it
- * (the message names the first bad id and its position). */
-int eval_tokens_load(const char *ids_path, const char *text_path, const char *model_dir, int vocab,
-                     int32_t **ids, size_t *n, char *err, size_t errlen);
-
-/* Index of the first id outside [0, vocab), or -1 when all are inside. */
-int64_t eval_ids_check(const int32_t *ids, size_t n, int vocab);
 
 /* ---- perplexity windows ------------------------------------------------------------------ */
 

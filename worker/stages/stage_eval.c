@@ -21,6 +21,7 @@
 
 #include "common/util.h"
 #include "kernels/cuda.h"
+#include "worker/engine/tokdata.h"
 #include "worker/evals/eval.h"
 #include "worker/engine/model.h"
 
@@ -159,8 +160,8 @@ int stage_ppl_run(struct stage_ctx *ctx)
         goto out;
     }
     t0 = now_mono();
-    if (eval_tokens_load(ids_path, text_path, ctx->input_dir, m->cfg.vocab_size, &ids, &n, msg,
-                         sizeof(msg)) < 0) {
+    if (tokdata_load(ids_path, text_path, ctx->input_dir, m->cfg.vocab_size, &ids, &n, msg,
+                     sizeof(msg)) < 0) {
         rc = stage_fail(ctx, STAGE_ERR_ERROR, "ppl stage: %s", msg);
         goto out;
     }
@@ -240,7 +241,7 @@ int stage_mcqa_run(struct stage_ctx *ctx)
     }
     if ((rc = load_model(ctx, &m, 1)))
         goto out;
-    if (!(t = eval_tok_load(ctx->input_dir, msg, sizeof(msg)))) {
+    if (!(t = tokdata_tok_load(ctx->input_dir, msg, sizeof(msg)))) {
         rc = stage_fail(ctx, STAGE_ERR_ERROR, "mcqa stage: %s", msg);
         goto out;
     }

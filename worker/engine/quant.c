@@ -10,7 +10,7 @@
  * the default rounding mode; never roundf). This module never prints and never aborts on data:
  * NaN and infinite inputs give defined (if useless) codes.
  */
-#include "worker/compress/quant.h"
+#include "worker/engine/quant.h"
 
 #include <errno.h>
 #include <float.h>

@@ -7,7 +7,7 @@
  * against the speed metric and score against the model size, one dot per ranked lane
  * (labelled with its rank), the baseline as a red diamond with a dashed line at its x value.
  */
-#include "daemon/report.h"
+#include "proto/report.h"
 
 #include <math.h>
 #include <stdarg.h>
