@@ -92,8 +92,8 @@ int ctl_request(struct ctl *c, struct proto_msg *m, struct proto_msg *reply)
     close(fd);
     if (in.len == 0 || !memchr(in.data, '\n', in.len)) {
         buf_release(&in);
-        return unreachable(c, werr ? strerror(werr)
-                                   : "exaqd closed the connection without replying");
+        return unreachable(c,
+                           werr ? strerror(werr) : "exaqd closed the connection without replying");
     }
     in.len = (size_t)((char *)memchr(in.data, '\n', in.len) - in.data);
     rc = connection_error(in.data, in.len);

@@ -145,7 +145,7 @@ struct dsweep {
     double ended; /* 0 while running */
     int nlanes;
     struct dlane **lanes;
-    bool finishing; /* post-processing (rank, package, hooks) in flight */
+    bool finishing;   /* post-processing (rank, package, hooks) in flight */
     bool uncommitted; /* submitted, rows not yet committed: its lanes are not live */
 };
 

@@ -28,7 +28,7 @@
 
 #include "common/log.h"
 
-#define SERVER_PAUSE_BYTES  (1u << 20)  /* queued reply bytes that pause reading */
+#define SERVER_PAUSE_BYTES  (1u << 20)   /* queued reply bytes that pause reading */
 #define SERVER_RESUME_BYTES (256u << 10) /* ... and that resume it */
 #define SERVER_DROP_BYTES   (2 * (size_t)PROTO_MAX_REPLY + SERVER_PAUSE_BYTES)
 #define SERVER_INPUT_BUDGET (64u << 20) /* unframed bytes of all connections together */
@@ -380,8 +380,9 @@ static void on_connection(uv_stream_t *server, int status)
         c->peer_uid = cred.uid;
         if (cred.uid != getuid() && cred.uid != 0) {
             log_warn("refused a connection from uid %d (pid %d)", (int)cred.uid, (int)cred.pid);
-            deny(c, "permission denied: exaqd runs as uid %d and serves only that uid and root, "
-                    "not uid %d",
+            deny(c,
+                 "permission denied: exaqd runs as uid %d and serves only that uid and root, "
+                 "not uid %d",
                  (int)getuid(), (int)cred.uid);
             return;
         }
@@ -441,7 +442,6 @@ void server_close_all(struct daemon *d)
             server_close_conn(c);
     if (!uv_is_closing((uv_handle_t *)&d->server))
         uv_close((uv_handle_t *)&d->server, NULL);
-    if (uv_is_active((uv_handle_t *)&stall_timer) &&
-        !uv_is_closing((uv_handle_t *)&stall_timer))
+    if (uv_is_active((uv_handle_t *)&stall_timer) && !uv_is_closing((uv_handle_t *)&stall_timer))
         uv_close((uv_handle_t *)&stall_timer, NULL);
 }

@@ -5,7 +5,9 @@
 #   refused at submit with a clear error (so no two dirs share a key), and a symlink loop
 #   (`ln -s . m/a`) does not hang the submit;
 # - a worker killed mid-stage leaves no artifacts/*.tmp-* behind, and `exaqctl gc` removes
-#   stale ones of attempts that are not running.
+#   stale ones of attempts that are not running;
+# - a config stage setting vocab_size to 2^40 fails with "out of range (at most 2147483647)",
+#   not "must be an integer >= 1".
 . "$(dirname "$0")/lib.sh"
 mkdir -p "$T/w"
 fake_model "$T/w/C"
@@ -116,4 +118,23 @@ head -c 100000 /dev/zero >"$EXAQ_HOME/artifacts/0123abcd.tmp-999/model/x"
 expect_rc 0 ctl gc "$SK" --keep best
 [ ! -e "$EXAQ_HOME/artifacts/0123abcd.tmp-999" ] || fail "gc left a stale tmp dir"
 expect_rc 0 ctl ping
+
+# --- 4. an integer out of range is reported as such -----------------------------------------
+cat >"$T/w/big.yaml" <<YAML
+version: 1
+sweep: big
+base_model: $SRC/tests/data/tiny-exaone4
+lanes:
+  - id: v
+    stages:
+      - config: {vocab_size: 1099511627776}
+YAML
+expect_rc 0 ctl submit "$T/w/big.yaml"
+SB=$(cat "$OUT")
+expect_rc 0 ctl wait "$SB" --timeout 60
+msg=$(status_json "$SB" | jq -r '.sweeps[0].lanes[] | select(.id == "v") | .stages[0].error.msg')
+case "$msg" in
+*"field 'vocab_size' is 1099511627776, out of range (at most 2147483647)"*) ;;
+*) fail "config stage error: '$msg'" ;;
+esac
 echo "ok"
