@@ -253,6 +253,14 @@ demo: deps
 	$(Q)$(MAKE) --no-print-directory CFG=release all
 	$(Q)sh tests/demo.sh $(CURDIR)/$(BINDIR)
 
+# Fault injection, not part of `make test`: kill -9 storm, full-disk home (root only), slow
+# clients, malformed inputs, for EXAQ_TORTURE_S seconds (default 300, at most 600).
+.PHONY: torture
+torture: deps
+	$(Q)$(MAKE) --no-print-directory CFG=$(CFG) all $(O)/tests/integ/test_slow_client \
+	  $(O)/tests/integ/test_proto_robust
+	$(Q)EXAQ_BIN=$(CURDIR)/$(BINDIR) EXAQ_TEST_BIN=$(CURDIR)/$(O)/tests sh tests/torture.sh
+
 FMT_SRC = $(shell git ls-files '*.c' '*.h' '*.cu' '*.cuh' 2>/dev/null)
 format:
 	$(Q)clang-format --dry-run -Werror $(FMT_SRC)

@@ -479,7 +479,8 @@ int st_file_parse(struct st_file **out, const void *buf, size_t len, const char 
 int st_file_open(struct st_file **out, const char *path, char **err)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO in place of a tensor file must fail at once, not block the open. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
         int e = errno;
         err_setf(err, "cannot open '%s': %s", path, strerror(e));
@@ -494,7 +495,7 @@ int st_file_open(struct st_file **out, const char *path, char **err)
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        err_setf(err, "'%s' is not a regular file", path);
+        err_setf(err, "'%s' is not a regular file (a %s)", path, file_type_name(st.st_mode));
         return -EINVAL;
     }
     struct st_file *f = xcalloc(1, sizeof(*f));

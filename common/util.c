@@ -272,11 +272,10 @@ int rm_rf(const char *path)
     return rc;
 }
 
-int file_read_all(const char *path, char **out, size_t *len)
+int file_open_regular(const char *path)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
-    struct buf b;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0)
         return -errno;
     if (fstat(fd, &st) < 0) {
@@ -284,9 +283,48 @@ int file_read_all(const char *path, char **out, size_t *len)
         close(fd);
         return e;
     }
-    if (S_ISDIR(st.st_mode)) {
+    if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return -EISDIR;
+        return S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+    }
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    return fd;
+}
+
+const char *file_type_name(mode_t mode)
+{
+    if (S_ISREG(mode))
+        return "regular file";
+    if (S_ISDIR(mode))
+        return "directory";
+    if (S_ISLNK(mode))
+        return "symlink";
+    if (S_ISFIFO(mode))
+        return "FIFO";
+    if (S_ISCHR(mode))
+        return "character device";
+    if (S_ISBLK(mode))
+        return "block device";
+    if (S_ISSOCK(mode))
+        return "socket";
+    return "special file";
+}
+
+int file_read_all(const char *path, char **out, size_t *len)
+{
+    int fd = file_open_regular(path);
+    struct stat st;
+    struct buf b;
+    if (fd < 0)
+        return fd;
+    if (fstat(fd, &st) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
     }
     buf_init(&b);
     buf_reserve(&b, st.st_size > 0 ? (size_t)st.st_size : 4096);
@@ -424,10 +462,10 @@ int64_t dir_size_bytes(const char *path)
 
 int file_copy(const char *src, const char *dst)
 {
-    int in = open(src, O_RDONLY | O_CLOEXEC), out, rc = 0;
+    int in = file_open_regular(src), out, rc = 0;
     char buf[1 << 16];
     if (in < 0)
-        return -errno;
+        return in;
     out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (out < 0) {
         rc = -errno;
@@ -496,11 +534,11 @@ void sha256_final_hex(struct sha256_ctx *c, char out[SHA256_HEX_LEN])
 
 int sha256_file_hex(const char *path, char out[SHA256_HEX_LEN])
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = file_open_regular(path);
     struct sha256_ctx *c;
     static __thread char buf[1 << 20];
     if (fd < 0)
-        return -errno;
+        return fd;
     c = sha256_new();
     for (;;) {
         ssize_t n = read(fd, buf, sizeof(buf));

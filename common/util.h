@@ -70,7 +70,14 @@ char *path_abs(const char *p);                 /* realpath, or NULL with errno s
 char *path_dirname(const char *p);             /* new string */
 int mkdir_p(const char *path, mode_t mode);
 int rm_rf(const char *path);
-int file_read_all(const char *path, char **out, size_t *len); /* NUL-terminated, caller frees */
+/* Opens a file that must be regular for reading: O_NONBLOCK while opening, so a FIFO never
+ * blocks, then fstat. Returns the fd (O_NONBLOCK cleared), or -errno; -EINVAL when path is not
+ * a regular file (a FIFO, a device, a socket), -EISDIR for a directory. Symlinks are followed. */
+int file_open_regular(const char *path);
+/* A short name for the type of st_mode ("FIFO", "character device", "symlink"...). */
+const char *file_type_name(mode_t mode);
+/* Reads a whole regular file (file_open_regular rules); NUL-terminated, caller frees. */
+int file_read_all(const char *path, char **out, size_t *len);
 int file_write_all(const char *path, const void *data, size_t len);
 /* Write to path.tmp-<pid>, fsync, rename over path, fsync the directory. */
 int file_write_atomic(const char *path, const void *data, size_t len);
@@ -79,7 +86,7 @@ int is_dir(const char *path);
 int is_file(const char *path);
 /* Total bytes of regular files under path (recursive); -errno on failure. */
 int64_t dir_size_bytes(const char *path);
-/* Copy a regular file (data only, mode 0644). */
+/* Copy a regular file (data only, mode 0644); the source opens with file_open_regular. */
 int file_copy(const char *src, const char *dst);
 
 /* SHA-256. Hex output is 64 chars + NUL. */

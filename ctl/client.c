@@ -21,12 +21,34 @@ static int unreachable(struct ctl *c, const char *why)
     return CTL_EDAEMON;
 }
 
+/*
+ * An error the daemon sends before it reads any request (a refused uid, too many connections)
+ * answers no request, so its "re" is empty and proto_parse cannot place it. Prints its message
+ * and returns the exit code, or -1 when the line is something else.
+ */
+static int connection_error(const char *line, size_t len)
+{
+    cJSON *root = cJSON_ParseWithLength(line, len);
+    const cJSON *re = cJSON_GetObjectItemCaseSensitive(root, "re");
+    const cJSON *ok = cJSON_GetObjectItemCaseSensitive(root, "ok");
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "err");
+    const cJSON *msg = cJSON_GetObjectItemCaseSensitive(root, "msg");
+    int rc = -1;
+    if (cJSON_IsString(re) && !re->valuestring[0] && cJSON_IsFalse(ok) && cJSON_IsString(e) &&
+        cJSON_IsString(msg)) {
+        fprintf(stderr, "exaqctl: exaqd refused the request: %s\n", msg->valuestring);
+        rc = !strcmp(e->valuestring, "denied") ? CTL_EDAEMON : CTL_EUSER;
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
 int ctl_request(struct ctl *c, struct proto_msg *m, struct proto_msg *reply)
 {
     struct sockaddr_un sa;
     char *line, err[512];
     struct buf in;
-    int fd, rc;
+    int fd, rc, werr = 0;
 
     if (strlen(c->sock) >= sizeof(sa.sun_path))
         return unreachable(c, "socket path too long");
@@ -48,9 +70,9 @@ int ctl_request(struct ctl *c, struct proto_msg *m, struct proto_msg *reply)
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
-            free(line);
-            close(fd);
-            return unreachable(c, strerror(errno));
+            /* The daemon may have refused us and closed: its error is still to be read. */
+            werr = errno ? errno : EPIPE;
+            break;
         }
         off += (size_t)w;
     }
@@ -70,9 +92,15 @@ int ctl_request(struct ctl *c, struct proto_msg *m, struct proto_msg *reply)
     close(fd);
     if (in.len == 0 || !memchr(in.data, '\n', in.len)) {
         buf_release(&in);
-        return unreachable(c, "exaqd closed the connection without replying");
+        return unreachable(c,
+                           werr ? strerror(werr) : "exaqd closed the connection without replying");
     }
     in.len = (size_t)((char *)memchr(in.data, '\n', in.len) - in.data);
+    rc = connection_error(in.data, in.len);
+    if (rc >= 0) {
+        buf_release(&in);
+        return rc;
+    }
     rc = proto_parse(in.data, in.len, PROTO_KIND_REPLY, reply, err, sizeof(err));
     buf_release(&in);
     if (rc) {

@@ -614,6 +614,9 @@ int main(int argc, char **argv)
     int i = 1, rc;
     char *home;
 
+    /* A daemon that refuses us closes the socket: the write must fail with EPIPE (and the
+     * daemon's message still be read), not kill exaqctl. */
+    signal(SIGPIPE, SIG_IGN);
     while (i < argc && argv[i][0] == '-') {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);

@@ -111,7 +111,8 @@ struct dsweep {
     double ended; /* 0 while running */
     int nlanes;
     struct dlane **lanes;
-    bool finishing; /* post-processing (rank, package, hooks) in flight */
+    bool finishing;   /* post-processing (rank, package, hooks) in flight */
+    bool uncommitted; /* submitted, rows not yet committed: its lanes are not live */
 };
 
 enum slot_state {
@@ -158,6 +159,11 @@ struct conn {
     uid_t peer_uid;
     struct conn *next, *prev;
     int pending_async; /* requests still waiting for work; the conn is kept until 0 */
+    struct buf inq;    /* bytes read but not yet framed (reading paused mid-chunk) */
+    size_t in_bytes;   /* inq plus the framer's partial line, counted in the input budget */
+    bool paused;       /* its replies backed up: not reading until they drain */
+    bool denied;       /* refused peer: its bytes are read and dropped until it closes */
+    double paused_mono;
 };
 
 struct daemon {
@@ -253,6 +259,9 @@ void sched_lane_add_stage(struct dlane *l, struct dstage *st, const char *name, 
 void sched_stage_add(struct daemon *d, struct dstage *st);
 void sched_sweep_add(struct daemon *d, struct dsweep *sw);
 void sched_check_sweeps(struct daemon *d);
+/* Takes a sweep whose rows could not be committed out of the model and frees it; its stages
+ * stay (unreferenced ones are never dispatched). */
+void sched_sweep_discard(struct daemon *d, struct dsweep *sw);
 /* Lane metrics: union of its stages' metrics; size: its final model's bytes. */
 int64_t sched_lane_size(const struct dlane *l);
 

@@ -22,6 +22,7 @@
  */
 #include "daemon/exaqd.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -204,6 +205,8 @@ struct fin_job {
     char *hook_cwd;
     char **gc_keys;
     int ngc;
+    char **gc_live_tmp; /* artifacts/<key>.tmp-<id> names of running attempts: kept */
+    int nlive_tmp;
     char *home;
     /* outputs */
     char *pkg_json;
@@ -243,6 +246,9 @@ static void job_free(struct fin_job *j)
     for (int i = 0; i < j->ngc; i++)
         free(j->gc_keys[i]);
     free(j->gc_keys);
+    for (int i = 0; i < j->nlive_tmp; i++)
+        free(j->gc_live_tmp[i]);
+    free(j->gc_live_tmp);
     free(j->sweep);
     free(j->sweep_dir);
     free(j->out_dir);
@@ -333,9 +339,47 @@ static void work_package(struct fin_job *j)
     }
 }
 
+static bool gc_is_live_tmp(const struct fin_job *j, const char *name)
+{
+    for (int i = 0; i < j->nlive_tmp; i++)
+        if (!strcmp(j->gc_live_tmp[i], name))
+            return true;
+    return false;
+}
+
+/* Thread pool: partial outputs (artifacts/<key>.tmp-<id>/) of attempts that are not running:
+ * left by a worker that was killed, they may hold gigabytes. */
+static void work_gc_tmp(struct fin_job *j)
+{
+    char *dir = xasprintf("%s/artifacts", j->home);
+    DIR *dp = opendir(dir);
+    struct dirent *de;
+    while (dp && (de = readdir(dp))) {
+        char *p;
+        if (!strstr(de->d_name, ".tmp-") || gc_is_live_tmp(j, de->d_name))
+            continue;
+        p = path_join(dir, de->d_name);
+        if (is_dir(p)) {
+            int64_t sz = dir_size_bytes(p);
+            int rc = rm_rf(p);
+            if (rc < 0) {
+                log_warn("gc: cannot remove '%s': %s", p, strerror(-rc));
+            } else {
+                j->removed++;
+                j->removed_bytes += sz > 0 ? sz : 0;
+            }
+        }
+        free(p);
+    }
+    if (dp)
+        closedir(dp);
+    free(dir);
+}
+
 /* Thread pool: remove the artifact dirs (FJ_GC). */
 static void work_gc(struct fin_job *j)
 {
+    work_gc_tmp(j);
     for (int i = 0; i < j->ngc; i++) {
         char *p = xasprintf("%s/artifacts/%s", j->home, j->gc_keys[i]);
         if (is_dir(p)) {
@@ -986,6 +1030,14 @@ void finish_gc(struct daemon *d, struct conn *c, struct dsweep *sw, const char *
             hmap_put(&keep, st->key, (void *)1);
     }
     j = job_new(d, c, FJ_GC, sw);
+    for (int i = 0; i < d->nslots; i++) {
+        const struct attempt *a = d->slots[i].att;
+        if (!a)
+            continue;
+        j->gc_live_tmp =
+            xrealloc(j->gc_live_tmp, (size_t)(j->nlive_tmp + 1) * sizeof(*j->gc_live_tmp));
+        j->gc_live_tmp[j->nlive_tmp++] = xasprintf("%s.tmp-%lld", a->st->key, (long long)a->id);
+    }
     for (int i = 0; i < sw->nlanes; i++) {
         const struct dlane *l = sw->lanes[i];
         for (int k = 0; k < l->n; k++) {

@@ -64,7 +64,36 @@ struct walk {
     size_t n;
     int64_t total;
     char *reason;
+    char *root_real; /* realpath of the model dir */
 };
+
+/* Whether the resolved path p lies inside the resolved dir root. */
+static bool path_inside(const char *root, const char *p)
+{
+    size_t n = strlen(root);
+    return !strncmp(p, root, n) && (p[n] == '/' || (n == 1 && root[0] == '/'));
+}
+
+/*
+ * A symlink in a model dir may point to a file inside the dir, never outside it: a package
+ * holds the model's own files, not /etc/shadow. NULL, or a new reason.
+ */
+static char *check_link(const struct walk *w, const char *full, const char *rel)
+{
+    char *real = path_abs(full), *why = NULL, target[4096];
+    ssize_t n;
+    if (!real)
+        return xasprintf("cannot resolve symlink '%s': %s", rel, strerror(errno));
+    if (!path_inside(w->root_real, real)) {
+        n = readlink(full, target, sizeof(target) - 1);
+        target[n > 0 ? n : 0] = '\0';
+        why = xasprintf("'%s' is a symlink to '%s', outside the model dir; packages never "
+                        "include files from outside it (copy the file in instead)",
+                        rel, n > 0 ? target : real);
+    }
+    free(real);
+    return why;
+}
 
 /* Lists the regular files under root/rel into w. 0, or -1 with w->reason. */
 static int walk_dir(const char *root, const char *rel, struct walk *w, int depth)
@@ -102,6 +131,9 @@ static int walk_dir(const char *root, const char *rel, struct walk *w, int depth
             rc = -1;
         } else if (S_ISDIR(st.st_mode)) {
             rc = walk_dir(root, r, w, depth + 1);
+        } else if (S_ISREG(st.st_mode) && S_ISLNK(lst.st_mode) &&
+                   (w->reason = check_link(w, full, r))) {
+            rc = -1;
         } else if (S_ISREG(st.st_mode)) {
             w->files = xrealloc(w->files, (w->n + 1) * sizeof(char *));
             w->files[w->n++] = r;
@@ -204,7 +236,7 @@ static char *check_contents(const char *dir, char **files, size_t n, bool need_t
 int pkg_check_model(const char *dir, bool need_tok_config, double max_unzipped_gb, char ***files,
                     size_t *nfiles, int64_t *total, char **reason)
 {
-    struct walk w = { NULL, 0, 0, NULL };
+    struct walk w = { NULL, 0, 0, NULL, NULL };
     char *why = NULL;
 
     *files = NULL;
@@ -214,6 +246,11 @@ int pkg_check_model(const char *dir, bool need_tok_config, double max_unzipped_g
     if (!dir || !is_dir(dir)) {
         *reason = xasprintf("model dir '%s' does not exist", dir ? dir : "(none)");
         return -1;
+    }
+    w.root_real = path_abs(dir);
+    if (!w.root_real) {
+        why = xasprintf("cannot resolve '%s': %s", dir, strerror(errno));
+        goto fail;
     }
     if (walk_dir(dir, NULL, &w, 0) < 0) {
         why = w.reason;
@@ -234,8 +271,10 @@ int pkg_check_model(const char *dir, bool need_tok_config, double max_unzipped_g
     *files = w.files;
     *nfiles = w.n;
     *total = w.total;
+    free(w.root_real);
     return 0;
 fail:
+    free(w.root_real);
     pkg_files_free(w.files, w.n);
     *reason = why;
     return -1;
@@ -307,23 +346,43 @@ int pkg_write_zip(const char *src_dir, char *const *files, size_t n, const char 
     return 0;
 }
 
-/* Hard links (or copies) every file of src into dst (created). 0, or -1 with *err. */
+/*
+ * Hard links (or copies) every file of src into dst (created). Symlinks are resolved and
+ * checked against src again (it may have changed since pkg_check_model), so dst holds only
+ * regular files from inside src. 0, or -1 with *err.
+ */
 static int link_tree(const char *src, const char *dst, char *const *files, size_t n, char **err)
 {
+    char *root = path_abs(src);
+    if (!root) {
+        *err = xasprintf("cannot resolve '%s': %s", src, strerror(errno));
+        return -1;
+    }
     for (size_t i = 0; i < n; i++) {
         char *s = path_join(src, files[i]), *t = path_join(dst, files[i]);
-        char *td = path_dirname(t);
+        char *td = path_dirname(t), *real = path_abs(s);
         int rc = mkdir_p(td, 0755);
-        if (rc == 0 && link(s, t) < 0)
-            rc = file_copy(s, t);
-        if (rc < 0)
+        if (!real) {
+            *err = xasprintf("cannot resolve '%s': %s", files[i], strerror(errno));
+            rc = -1;
+        } else if (!path_inside(root, real)) {
+            *err = xasprintf("'%s' resolves to '%s', outside the model dir", files[i], real);
+            rc = -1;
+        } else if (rc == 0 && link(real, t) < 0) {
+            rc = file_copy(real, t);
+        }
+        if (rc < 0 && !*err)
             *err = xasprintf("cannot copy '%s': %s", files[i], strerror(-rc));
         free(s);
         free(t);
         free(td);
-        if (rc < 0)
+        free(real);
+        if (rc < 0) {
+            free(root);
             return -1;
+        }
     }
+    free(root);
     return 0;
 }
 

@@ -43,8 +43,9 @@ struct pkg_request {
 bool pkg_entry_name_ok(const char *name);
 
 /*
- * Checks a model dir: it is a directory of regular files (symlinks to files are followed,
- * symlinked directories refused) whose names pass pkg_entry_name_ok; the sum of file sizes is
+ * Checks a model dir: it is a directory of regular files (symlinks to files inside the dir
+ * are followed; symlinks that resolve outside it, symlinked directories and special files are
+ * refused) whose names pass pkg_entry_name_ok; the sum of file sizes is
  * at most max_unzipped_gb (checked first); config.json parses as a JSON object; tokenizer.json
  * (and tokenizer_config.json when need_tok_config) exists; at least one *.safetensors exists
  * and every one has a valid header (common/st.h); an index file's shards resolve.

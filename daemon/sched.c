@@ -197,7 +197,7 @@ bool sched_sweep_ended(const struct dsweep *sw)
 
 static bool lane_live(const struct dlane *l)
 {
-    return !l->cancelled && !lane_has_failed(l);
+    return !l->sw->uncommitted && !l->cancelled && !lane_has_failed(l);
 }
 
 bool sched_stage_needed(const struct dstage *st)
@@ -520,7 +520,7 @@ void sched_check_sweeps(struct daemon *d)
     for (int i = 0; i < d->nsweeps; i++) {
         struct dsweep *sw = d->sweep_list[i];
         note_lane_transitions(d, sw);
-        if (sw->ended > 0 || sw->finishing || !sched_sweep_ended(sw))
+        if (sw->uncommitted || sw->ended > 0 || sw->finishing || !sched_sweep_ended(sw))
             continue;
         sw->ended = now_wall();
         store_exec(d->store, "UPDATE sweeps SET ended=? WHERE id=?", "ds", sw->ended, sw->id);
@@ -1194,4 +1194,28 @@ int sched_load(struct daemon *d, char *err, size_t errlen)
         for (int k = 0; k < d->sweep_list[i]->nlanes; k++)
             d->sweep_list[i]->lanes[k]->last_state = sched_lane_state(d->sweep_list[i]->lanes[k]);
     return 0;
+}
+
+/* ===== a submit whose rows could not be committed (submit.c) ===== */
+
+void sched_sweep_discard(struct daemon *d, struct dsweep *sw)
+{
+    int k = 0;
+    hmap_put(&d->sweeps, sw->id, NULL); /* hmap has no delete: a NULL value reads as absent */
+    for (int i = 0; i < d->nsweeps; i++)
+        if (d->sweep_list[i] != sw)
+            d->sweep_list[k++] = d->sweep_list[i];
+    d->nsweeps = k;
+    for (int i = 0; i < sw->nlanes; i++) {
+        struct dlane *l = sw->lanes[i];
+        for (int p = 0; p < l->n; p++) {
+            struct dstage *st = l->st[p];
+            int n = 0;
+            for (int r = 0; r < st->nrefs; r++)
+                if (st->refs[r].lane != l)
+                    st->refs[n++] = st->refs[r];
+            st->nrefs = n;
+        }
+    }
+    sweep_free(sw);
 }

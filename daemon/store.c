@@ -300,6 +300,9 @@ static void *writer_main(void *arg)
             log_error("store: commit failed: %s", sqlite3_errmsg(s->db));
             sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
             __atomic_add_fetch(&s->failures, 1, __ATOMIC_RELAXED);
+            /* The next barrier may cover statements of this batch (the queue was taken while
+             * a submit was still queueing its rows): it must report the loss. */
+            s->batch_failed = 1;
         }
     }
     return NULL;

@@ -107,34 +107,61 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Lists regular files under dir (relative names, recursive), sorted. */
-static int list_files(const char *root, const char *rel, char ***names, size_t *n)
+/*
+ * Lists the files of a model dir (relative names, recursive), sorted. Only regular files and
+ * directories may be in it: a symlink to a regular file is followed (Hugging Face caches link
+ * into their blob store), but a symlink to a directory is refused (it may loop: `ln -s . m/a`)
+ * and so is anything else (a FIFO, a device, a socket, a dangling link): such a file would
+ * have no content to hash, so two different dirs could get one key. 0, or -1 with *why.
+ */
+static int list_files(const char *root, const char *rel, char ***names, size_t *n, int depth,
+                      char **why)
 {
     char *dir = rel ? path_join(root, rel) : xstrdup(root);
-    DIR *dp = opendir(dir);
+    DIR *dp;
     struct dirent *de;
     int rc = 0;
-    if (!dp) {
-        rc = -errno;
+    if (depth > 32) {
+        *why = xasprintf("'%s' is nested more than 32 directories deep", rel);
         free(dir);
-        return rc;
+        return -1;
     }
-    while ((de = readdir(dp)) && rc == 0) {
+    dp = opendir(dir);
+    if (!dp) {
+        *why = xasprintf("cannot list '%s': %s", dir, strerror(errno));
+        free(dir);
+        return -1;
+    }
+    while (rc == 0 && (de = readdir(dp))) {
         char *r, *full;
-        struct stat st;
+        struct stat lst, st;
         if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
             continue;
         r = rel ? xasprintf("%s/%s", rel, de->d_name) : xstrdup(de->d_name);
         full = path_join(root, r);
-        if (stat(full, &st) == 0 && S_ISDIR(st.st_mode)) {
-            rc = list_files(root, r, names, n);
-            free(r);
-        } else if (stat(full, &st) == 0 && S_ISREG(st.st_mode)) {
+        if (lstat(full, &lst) < 0) {
+            *why = xasprintf("cannot stat '%s': %s", r, strerror(errno));
+            rc = -1;
+        } else if (S_ISDIR(lst.st_mode)) {
+            rc = list_files(root, r, names, n, depth + 1, why);
+        } else if (S_ISLNK(lst.st_mode) && stat(full, &st) < 0) {
+            *why = xasprintf("'%s' is a symlink that does not resolve: %s", r, strerror(errno));
+            rc = -1;
+        } else if (S_ISLNK(lst.st_mode) && S_ISDIR(st.st_mode)) {
+            *why = xasprintf("'%s' is a symlink to a directory; symlinked directories are not "
+                             "followed (copy the directory instead)",
+                             r);
+            rc = -1;
+        } else if (S_ISREG(lst.st_mode) || (S_ISLNK(lst.st_mode) && S_ISREG(st.st_mode))) {
             *names = xrealloc(*names, (*n + 1) * sizeof(char *));
             (*names)[(*n)++] = r;
+            r = NULL;
         } else {
-            free(r);
+            *why = xasprintf("'%s' is a %s, not a regular file", r,
+                             file_type_name(S_ISLNK(lst.st_mode) ? st.st_mode : lst.st_mode));
+            rc = -1;
         }
+        free(r);
         free(full);
     }
     closedir(dp);
@@ -144,22 +171,27 @@ static int list_files(const char *root, const char *rel, char ***names, size_t *
     return rc;
 }
 
-/* Content key of a model dir: sha256 over "name\tsize\tsha256\n" of every file. */
-static int dir_hash(const char *dir, char out[SHA256_HEX_LEN], int64_t *total)
+/* Content key of a model dir: sha256 over "name\tsize\tsha256\n" of every file. 0, or -1 with
+ * *why. */
+static int dir_hash(const char *dir, char out[SHA256_HEX_LEN], int64_t *total, char **why)
 {
     char **names = NULL;
     size_t n = 0;
     struct sha256_ctx *c;
-    int rc = list_files(dir, NULL, &names, &n);
+    int rc = list_files(dir, NULL, &names, &n, 0, why);
     *total = 0;
     c = sha256_new();
     for (size_t i = 0; rc == 0 && i < n; i++) {
         char *p = path_join(dir, names[i]);
         char h[SHA256_HEX_LEN], line[512];
         int64_t sz = 0;
-        rc = file_hash(p, h, &sz);
+        int e = file_hash(p, h, &sz);
         free(p);
-        if (rc == 0) {
+        if (e < 0) {
+            *why = xasprintf("cannot read '%s': %s", names[i],
+                             e == -EINVAL ? "not a regular file" : strerror(-e));
+            rc = -1;
+        } else {
             snprintf(line, sizeof(line), "%s\t%lld\t%s\n", names[i], (long long)sz, h);
             sha256_update(c, line, strlen(line));
             *total += sz;
@@ -361,7 +393,7 @@ static void work_cb(uv_work_t *req)
     struct lanes_diag diag;
     struct sha256_ctx *sh;
     char salt[64], *saltp = NULL, hex[SHA256_HEX_LEN], *text = NULL;
-    char bk[SHA256_HEX_LEN];
+    char bk[SHA256_HEX_LEN], *why = NULL;
     size_t tlen = 0;
     int rc;
 
@@ -391,10 +423,11 @@ static void work_cb(uv_work_t *req)
         check_resources(j, "(eval)", &j->lf->eval[i]);
     if (j->err)
         return;
-    rc = dir_hash(j->lf->base_model, bk, &j->base_size);
+    rc = dir_hash(j->lf->base_model, bk, &j->base_size, &why);
     if (rc < 0) {
-        add_err(j, "%s: error: cannot read base model '%s': %s", j->lf->path, j->lf->base_model,
-                strerror(-rc));
+        add_err(j, "%s: error: base model '%s': %s", j->lf->path, j->lf->base_model,
+                why ? why : "unreadable");
+        free(why);
         return;
     }
     snprintf(j->base_key, sizeof(j->base_key), "base:%s", bk);
@@ -454,20 +487,48 @@ static void job_free(struct submit_job *j)
     free(j);
 }
 
+/* Rows of a sweep whose commit failed: removed again (best effort; the disk may still be full,
+ * and a sweep nobody was told about must not come back at the next start). */
+static void forget_rows(struct daemon *d, const char *id)
+{
+    store_exec(d->store, "DELETE FROM lane_stages WHERE sweep=?", "s", id);
+    store_exec(d->store, "DELETE FROM lanes WHERE sweep=?", "s", id);
+    store_exec(d->store, "DELETE FROM sweeps WHERE id=?", "s", id);
+}
+
+static void reply_error_not_recorded(struct conn *c, const char *id)
+{
+    server_reply_error(c, "submit", PROTO_E_INTERNAL,
+                       "sweep '%s' could not be recorded in the database (is the disk full? see "
+                       "exaqd.log); nothing was queued, submit it again once that is fixed",
+                       id);
+}
+
+/*
+ * The acknowledgement of a submit: sent only once its rows are committed. When the commit
+ * failed, the sweep leaves the model again, so it runs nowhere and a second submit starts over.
+ */
 static void reply_after_commit(void *arg, int rc)
 {
     struct submit_job *j = arg;
     struct conn *c = j->c;
+    struct dsweep *sw = hmap_get(&j->d->sweeps, j->sweep_id);
+    if (rc < 0 && sw && sw->uncommitted) {
+        log_error("sweep %s: its rows could not be committed; discarded", j->sweep_id);
+        forget_rows(j->d, sw->id);
+        sched_sweep_discard(j->d, sw);
+        sw = NULL;
+    } else if (sw) {
+        sw->uncommitted = false;
+        sched_kick(j->d);
+    }
     if (c->d) {
-        if (rc < 0) {
-            server_reply_error(c, "submit", PROTO_E_INTERNAL,
-                               "sweep '%s' could not be recorded in the database (see exaqd.log)",
-                               j->sweep_id);
+        if (!sw) {
+            reply_error_not_recorded(c, j->sweep_id);
         } else {
             struct proto_msg r;
             int nst = 0, reused = 0;
-            struct dsweep *sw = sched_sweep_get(j->d, j->sweep_id);
-            for (int i = 0; sw && i < sw->nlanes; i++)
+            for (int i = 0; i < sw->nlanes; i++)
                 for (int k = 0; k < sw->lanes[i]->n; k++) {
                     nst++;
                     reused += sw->lanes[i]->reused[k];
@@ -476,11 +537,40 @@ static void reply_after_commit(void *arg, int rc)
             proto_set_str(&r.u.submit_r.sweep, &r.u.submit_r.has_sweep, j->sweep_id);
             r.u.submit_r.existed = false;
             r.u.submit_r.has_existed = true;
-            r.u.submit_r.lanes = sw ? sw->nlanes : 0;
+            r.u.submit_r.lanes = sw->nlanes;
             r.u.submit_r.has_lanes = true;
             r.u.submit_r.stages = nst;
             r.u.submit_r.has_stages = true;
             r.u.submit_r.reused = reused;
+            r.u.submit_r.has_reused = true;
+            server_reply(c, &r);
+            proto_msg_release(&r);
+        }
+    }
+    server_conn_async_done(c);
+    job_free(j);
+}
+
+/* "Already submitted" is an acknowledgement too: it waits until the first submit's rows are
+ * committed (or discarded). */
+static void reply_existed_after_commit(void *arg, int rc)
+{
+    struct submit_job *j = arg;
+    struct conn *c = j->c;
+    struct dsweep *sw = hmap_get(&j->d->sweeps, j->sweep_id);
+    (void)rc;
+    if (c->d) {
+        if (!sw || sw->uncommitted) {
+            reply_error_not_recorded(c, j->sweep_id);
+        } else {
+            struct proto_msg r;
+            proto_msg_init(&r, PROTO_T_submit_r);
+            proto_set_str(&r.u.submit_r.sweep, &r.u.submit_r.has_sweep, sw->id);
+            r.u.submit_r.existed = true;
+            r.u.submit_r.has_existed = true;
+            r.u.submit_r.lanes = sw->nlanes;
+            r.u.submit_r.has_lanes = true;
+            r.u.submit_r.has_stages = true;
             r.u.submit_r.has_reused = true;
             server_reply(c, &r);
             proto_msg_release(&r);
@@ -515,6 +605,18 @@ static struct dstage *merge_stage(struct daemon *d, struct submit_job *j, struct
     struct dstage *st = sched_stage_get(d, ps->key);
     const struct lanes_stage *ls = ps->ls;
     *reused = st != NULL;
+    if (st && st->nrefs == 0 && st->nattempts == 0 && st->state == DSTAGE_PENDING) {
+        /* Left by a submit whose rows could not be committed: its row may be missing. */
+        *reused = false;
+        store_exec(d->store,
+                   "INSERT OR IGNORE INTO stages(key, kind, spec, dep, input_dir, produces_model, "
+                   "retries, timeout_min, gpus, gpu_mem_gb, min_free_gb, state, created) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                   "sssssiididdd", st->key, st->kind, st->spec, st->dep_key, st->input_dir,
+                   (int64_t)st->produces_model, (int64_t)st->res.retries, st->res.timeout_min,
+                   (int64_t)st->res.gpus, st->res.gpu_mem_gb, st->res.min_free_gb, st->created);
+        return st;
+    }
     if (st) {
         if (st->state == DSTAGE_DONE && st->produces_model && !ps->have_artifact) {
             /* Its output was removed (exaqctl gc, or by hand): make it again. */
@@ -584,21 +686,7 @@ static void after_cb(uv_work_t *req, int status)
     }
     sw = sched_sweep_get(d, j->sweep_id);
     if (sw && !strcmp(sw->id, j->sweep_id)) {
-        if (c->d) {
-            struct proto_msg r;
-            proto_msg_init(&r, PROTO_T_submit_r);
-            proto_set_str(&r.u.submit_r.sweep, &r.u.submit_r.has_sweep, sw->id);
-            r.u.submit_r.existed = true;
-            r.u.submit_r.has_existed = true;
-            r.u.submit_r.lanes = sw->nlanes;
-            r.u.submit_r.has_lanes = true;
-            r.u.submit_r.has_stages = true;
-            r.u.submit_r.has_reused = true;
-            server_reply(c, &r);
-            proto_msg_release(&r);
-        }
-        server_conn_async_done(c);
-        job_free(j);
+        store_barrier(d->store, reply_existed_after_commit, j);
         return;
     }
     sw = xcalloc(1, sizeof(*sw));
@@ -612,6 +700,7 @@ static void after_cb(uv_work_t *req, int status)
     sw->priority = j->priority;
     sw->settings = xstrdup(j->settings);
     sw->created = now_wall();
+    sw->uncommitted = true; /* until reply_after_commit */
     store_exec(d->store,
                "INSERT INTO sweeps(id, seq, name, yaml_path, base_model, base_key, base_size, "
                "priority, settings, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -646,7 +735,6 @@ static void after_cb(uv_work_t *req, int status)
     sched_event(d, sw->id, NULL, NULL, "submitted (%d lanes incl. baseline, priority %d)",
                 sw->nlanes, sw->priority);
     store_barrier(d->store, reply_after_commit, j);
-    sched_kick(d);
 }
 
 void submit_start(struct daemon *d, struct conn *c, const struct pm_submit *req)

@@ -122,6 +122,42 @@ static void note_failure(struct daemon *d, struct slot *s, enum fail_class c)
     }
 }
 
+/* ===== removing a lost attempt's partial output (on the thread pool: it may be gigabytes) ===== */
+
+struct rm_job {
+    uv_work_t req;
+    char *path;
+};
+
+static void rm_work(uv_work_t *req)
+{
+    struct rm_job *r = req->data;
+    int rc = rm_rf(r->path);
+    if (rc < 0 && rc != -ENOENT)
+        log_warn("cannot remove '%s': %s", r->path, strerror(-rc));
+}
+
+static void rm_after(uv_work_t *req, int status)
+{
+    struct rm_job *r = req->data;
+    (void)status;
+    free(r->path);
+    free(r);
+}
+
+/* The worker of a lost attempt never cleaned its artifacts/<key>.tmp-<id>/: remove it now (a
+ * restart or `exaqctl gc` removes it too, should this not run). */
+static void remove_attempt_tmp(struct daemon *d, const struct attempt *a)
+{
+    struct rm_job *r = xcalloc(1, sizeof(*r));
+    r->req.data = r;
+    r->path = xasprintf("%s/artifacts/%s.tmp-%lld", d->home, a->st->key, (long long)a->id);
+    if (uv_queue_work(d->loop, &r->req, rm_work, rm_after) < 0) {
+        free(r->path);
+        free(r);
+    }
+}
+
 static void on_worker_exit(uv_process_t *p, int64_t status, int sig)
 {
     struct slot *s = p->data;
@@ -148,6 +184,7 @@ static void on_worker_exit(uv_process_t *p, int64_t status, int sig)
                         : xasprintf("worker exited with status %lld", (long long)status);
         if (a->pgid > 0)
             kill(-a->pgid, SIGKILL);
+        remove_attempt_tmp(d, a);
         s->att = NULL;
         unreserve(d, s);
         note_failure(d, s, c);
@@ -318,17 +355,45 @@ int workers_hello(struct daemon *d, struct conn *c, struct proto_msg *m, char *e
     return 0;
 }
 
-/* The lane a job is reported under: the first live lane that needs the stage. */
-static struct dlane *first_lane(const struct dstage *st, int *pos)
+/*
+ * The lane a job runs for: a live lane that needs the stage, of the newest such sweep (the
+ * sweep that re-queued it). Its sweep gives the working directory and, for a stage on the base
+ * model, the input dir.
+ */
+static struct dlane *job_lane(const struct dstage *st, int *pos)
 {
+    struct dlane *best = NULL;
+    *pos = 0;
     for (int i = 0; i < st->nrefs; i++) {
-        if (!st->refs[i].lane->cancelled) {
+        struct dlane *l = st->refs[i].lane;
+        enum lane_state ls = sched_lane_state(l);
+        if (ls == LANE_CANCELLED || ls == LANE_FAILED || l->sw->uncommitted)
+            continue;
+        if (!best || l->sw->seq > best->sw->seq) {
+            best = l;
             *pos = st->refs[i].pos;
-            return st->refs[i].lane;
         }
     }
-    *pos = st->nrefs ? st->refs[0].pos : 0;
-    return st->nrefs ? st->refs[0].lane : NULL;
+    if (!best && st->nrefs) {
+        best = st->refs[0].lane;
+        *pos = st->refs[0].pos;
+    }
+    return best;
+}
+
+/*
+ * The input dir of a stage, resolved from its key at dispatch: the producer's artifact, or the
+ * base model of the sweep the job runs for. Never a path remembered from the sweep that first
+ * created the stage: that dir may since have changed or gone, while every sweep that needs the
+ * stage had the same content (the key covers it) when it was submitted. New string.
+ */
+static char *job_input_dir(const struct daemon *d, const struct dstage *st, const struct dlane *l)
+{
+    if (st->dep_key)
+        return xasprintf("%s/artifacts/%s/model", d->home, st->dep_key);
+    if (l && l->sw->base_model)
+        return xstrdup(l->sw->base_model);
+    return xstrdup(st->input_dir);
 }
 
 bool workers_dispatch(struct daemon *d, struct slot *s, struct dstage *st, struct slot **extra,
@@ -364,7 +429,9 @@ bool workers_dispatch(struct daemon *d, struct slot *s, struct dstage *st, struc
     proto_set_str(&j->key, &j->has_key, st->key);
     proto_set_str(&j->kind, &j->has_kind, st->kind);
     proto_set_str(&j->spec, &j->has_spec, st->spec);
-    proto_set_str(&j->input, &j->has_input, st->input_dir);
+    l = job_lane(st, &pos);
+    j->input = job_input_dir(d, st, l);
+    j->has_input = true;
     j->stage_dir = xasprintf("%s/artifacts/%s.tmp-%lld", d->home, st->key, (long long)a->id);
     j->has_stage_dir = true;
     j->final_dir = xasprintf("%s/artifacts/%s", d->home, st->key);
@@ -376,7 +443,6 @@ bool workers_dispatch(struct daemon *d, struct slot *s, struct dstage *st, struc
     j->has_timeout_s = true;
     if (devs[0])
         proto_set_str(&j->devices, &j->has_devices, devs);
-    l = first_lane(st, &pos);
     if (l) {
         char *cwd = path_dirname(l->sw->yaml_path);
         proto_set_str(&j->cwd, &j->has_cwd, cwd);

@@ -400,8 +400,18 @@ static int get_int(const cJSON *o, const char *ctx, const char *k, int required,
         return 0;
     }
     double d = cJSON_IsNumber(v) ? v->valuedouble : NAN;
-    if (!cJSON_IsNumber(v) || !isfinite(d) || floor(d) != d || d < min || d > INT_MAX) {
+    if (!cJSON_IsNumber(v) || !isfinite(d) || floor(d) != d) {
         err_setf(err, "%s: field '%s%s' must be an integer >= %d", lb, ctx, k, min);
+        return -EINVAL;
+    }
+    /* An integer that does not fit: say so with the bound, not "must be an integer". */
+    if (d < min) {
+        err_setf(err, "%s: field '%s%s' is %.0f; it must be >= %d", lb, ctx, k, d, min);
+        return -EINVAL;
+    }
+    if (d > INT_MAX) {
+        err_setf(err, "%s: field '%s%s' is %.0f, out of range (at most %d)", lb, ctx, k, d,
+                 INT_MAX);
         return -EINVAL;
     }
     *out = (int)d;
@@ -790,7 +800,8 @@ int config_load(struct config *c, const char *path, char **err)
     memset(c, 0, sizeof(*c));
     int rc = file_read_all(path, &text, &len);
     if (rc != 0) {
-        err_setf(err, "cannot read '%s': %s", path, strerror(-rc));
+        err_setf(err, "cannot read '%s': %s", path,
+                 rc == -EINVAL ? "not a regular file" : strerror(-rc));
         return rc;
     }
     const char *slash = strrchr(path, '/');
