@@ -29,6 +29,11 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "proto/proto.h"
+
+#define STR_(x) #x
+#define STR(x)  STR_(x)
+#define V       "{\"v\":" STR(PROTO_VERSION)
 
 static char home[64];
 static char sock_path[100];
@@ -77,7 +82,8 @@ static double ping_time(void)
     double t0 = now_mono();
     if (fd < 0)
         return -1;
-    send_for(fd, "{\"v\":1,\"op\":\"ping\"}\n", 20, 5);
+    static const char ping[] = V ",\"op\":\"ping\"}\n";
+    send_for(fd, ping, sizeof(ping) - 1, 5);
     while (now_mono() - t0 < 10 && got < sizeof(buf) - 1) {
         struct pollfd pf = { fd, POLLIN, 0 };
         ssize_t n;
@@ -166,7 +172,7 @@ static int teardown(void **state)
 
 static void test_pipelining_non_reader(void **state)
 {
-    static const char req[] = "{\"v\":1,\"op\":\"status\"}\n";
+    static const char req[] = V ",\"op\":\"status\"}\n";
     size_t rl = strlen(req), sent, replies = 0;
     char *all = xmalloc(rl * NREQ), buf[65536];
     long rss0 = daemon_rss_kb(), rss1;
@@ -221,7 +227,8 @@ static void test_partial_frames(void **state)
     double t;
     (void)state;
     memset(junk, 'x', len);
-    memcpy(junk, "{\"v\":1,\"op\":\"ping\",\"pad\":\"", 26);
+    static const char head[] = V ",\"op\":\"ping\",\"pad\":\"";
+    memcpy(junk, head, sizeof(head) - 1);
     for (int i = 0; i < NPARTIAL; i++) {
         fds[i] = connect_daemon();
         if (fds[i] >= 0)

@@ -26,8 +26,8 @@
 
 #include "common/util.h"
 #include "daemon/pkg.h"
-#include "worker/config.h"
-#include "worker/st.h"
+#include "common/st.h"
+#include "worker/engine/config.h"
 
 #define TINY "tests/data/tiny-exaone4"
 
