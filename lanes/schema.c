@@ -12,6 +12,7 @@
  */
 #include "lanes/schema.h"
 
+#include <cJSON.h>
 #include <ctype.h>
 #include <limits.h>
 #include <math.h>
@@ -20,8 +21,10 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/util.h"
+#include "lanes/spec.h"
 
 /* ===== diagnostics ============================================================================ */
 
@@ -868,8 +871,25 @@ static void build_quantize(struct sb *b)
         (!sch->node || sch->ok))
         sb_err(b, sch->node ? sch->node : b->at,
                "quantize method 'smoothquant' needs scheme W8A8, got '%s'", scheme);
+    if (method_known && (!sch->node || sch->ok)) {
+        int fp8 = strcmp(scheme, "FP8") == 0 || strcmp(scheme, "FP8_DYNAMIC") == 0;
+        if (fp8 && (strcmp(method, "gptq") == 0 || strcmp(method, "sparsegpt") == 0))
+            sb_err(b, sch->node ? sch->node : b->at,
+                   "quantize method '%s' quantizes to integer grids; use method rtn for scheme "
+                   "'%s'",
+                   method, scheme);
+        if (strcmp(method, "awq") == 0 && strcmp(scheme, "W4A16") != 0 &&
+            strcmp(scheme, "W4A16_ASYM") != 0 && strcmp(scheme, "W8A16") != 0 &&
+            strcmp(scheme, "none") != 0)
+            sb_err(b, sch->node ? sch->node : b->at,
+                   "quantize method 'awq' is weight-only (W4A16, W4A16_ASYM or W8A16), not '%s' "
+                   "(use smoothquant for W8A8, rtn for FP8)",
+                   scheme);
+    }
     /* Group size. */
     w4 = strcmp(scheme, "W4A16") == 0 || strcmp(scheme, "W4A16_ASYM") == 0;
+    /* Schemes other than W4 are not grouped (-1); the scheme fixes the strategy (FP8 static:
+     * one scale per tensor, see worker/engine/quant.h). */
     gsize = w4 ? 128 : -1;
     if (gs->ok) {
         if (gs->i != 32 && gs->i != 64 && gs->i != 128 && gs->i != -1)
@@ -1450,4 +1470,172 @@ int lanes__matrix_field_ok(const char *kind, const char *field, const char *sub,
     free(h);
     free(cands);
     return 0;
+}
+
+/* ===== one spec on its own (lanes/spec.h) ===================================================== */
+
+/* The first duplicate key of any object in the tree, or NULL. */
+static const char *json_dup_key(const cJSON *n)
+{
+    const cJSON *a, *b;
+    const char *d;
+    if (!cJSON_IsObject(n) && !cJSON_IsArray(n))
+        return NULL;
+    for (a = n->child; a; a = a->next) {
+        if (cJSON_IsObject(n))
+            for (b = n->child; b != a; b = b->next)
+                if (strcmp(a->string, b->string) == 0)
+                    return a->string;
+        if ((d = json_dup_key(a)))
+            return d;
+    }
+    return NULL;
+}
+
+/* Compares a spec with its canonical form: the first key one has and the other lacks (by
+ * dotted path, objects recursively), or the first value that differs. */
+static int spec_diff(const cJSON *have, const cJSON *canon, struct buf *path, const char *kind,
+                     char **err)
+{
+    size_t len = path->len;
+    for (const cJSON *c = canon->child; c; c = c->next) {
+        const cJSON *h = cJSON_GetObjectItemCaseSensitive(have, c->string);
+        buf_printf(path, "%s%s", len ? "." : "", c->string);
+        if (!h) {
+            *err = xasprintf("spec: missing field '%s' for %s (a complete spec names every "
+                             "field; the lanes parser's default is used only in lanes files and "
+                             "by `exaq-worker run`)",
+                             path->data, kind);
+            return 1;
+        }
+        if (cJSON_IsObject(c) && cJSON_IsObject(h)) {
+            if (spec_diff(h, c, path, kind, err))
+                return 1;
+        } else if (!cJSON_Compare(h, c, 1)) {
+            char *hv = cJSON_PrintUnformatted(h), *cv = cJSON_PrintUnformatted(c);
+            *err = xasprintf("spec: field '%s' of %s is %s, which the lanes parser makes %s",
+                             path->data, kind, hv, cv);
+            free(hv);
+            free(cv);
+            return 1;
+        }
+        path->len = len;
+        path->data[len] = '\0';
+    }
+    for (const cJSON *h = have->child; h; h = h->next) {
+        if (cJSON_GetObjectItemCaseSensitive(canon, h->string))
+            continue;
+        buf_printf(path, "%s%s", len ? "." : "", h->string);
+        *err = xasprintf("spec: field '%s' is not part of a %s spec (the lanes parser drops it)",
+                         path->data, kind);
+        return 1;
+    }
+    return 0;
+}
+
+int lanes_spec_complete(const char *kind, const char *json, const char *base_dir, char **out,
+                        char **err)
+{
+    struct lanes__ctx c;
+    struct lanes_diag diag;
+    struct lanes_stage st;
+    struct ynode *root = NULL, *item = NULL;
+    cJSON *cj = NULL;
+    char cwd[PATH_MAX], *yerr = NULL, *dir = NULL;
+    const char *d;
+    int line, col, rc = -1;
+    struct buf b;
+
+    buf_init(&b);
+    memset(&c, 0, sizeof(c));
+    memset(&st, 0, sizeof(st));
+    lanes_diag_init(&diag);
+    if (out)
+        *out = NULL;
+    *err = NULL;
+    if (!kind || !lanes__kind_known(kind)) {
+        char *h = lanes__hint(kind ? kind : "", lanes__kinds);
+        *err = xasprintf("spec: unknown stage kind '%s'%s", kind ? kind : "", h);
+        free(h);
+        goto out;
+    }
+    cj = json ? cJSON_Parse(json) : NULL;
+    if (!cJSON_IsObject(cj)) {
+        *err = xasprintf("spec: the %s spec is not a JSON object", kind);
+        goto out;
+    }
+    if ((d = json_dup_key(cj))) {
+        *err = xasprintf("spec: duplicate key '%s' in the %s spec", d, kind);
+        goto out;
+    }
+    for (const cJSON *k = cj->child; k; k = k->next) {
+        if (lanes__is_res_key(k->string)) {
+            *err = xasprintf("spec: '%s' is a resource of a stage in a lanes file, not a field "
+                             "of its %s spec",
+                             k->string, kind);
+            goto out;
+        }
+    }
+    /* JSON is YAML: the lanes parser's own tree and checks read it (strings stay strings). */
+    if (lanes__ytree_load(json, strlen(json), &root, &yerr, &line, &col) < 0 || !root) {
+        *err = xasprintf("spec: the %s spec cannot be read: %s", kind, yerr ? yerr : "empty");
+        goto out;
+    }
+    if (!getcwd(cwd, sizeof(cwd)))
+        snprintf(cwd, sizeof(cwd), "/");
+    dir = lanes__abs_path(cwd, base_dir && *base_dir ? base_dir : ".");
+    c.diag = &diag;
+    c.file = "spec";
+    c.dir = dir;
+    lanes__res_default(&c.defaults);
+    item = lanes__ytree_map_new(1, 1);
+    lanes__ytree_map_append(item, lanes__ytree_scalar_new(kind, 1, 1), root);
+    root = NULL; /* owned by item */
+    if (lanes__stage_parse(&c, item, 0, &st) < 0) {
+        size_t n = diag.n;
+        buf_puts(&b, "spec: ");
+        for (size_t i = 0; i < n; i++)
+            buf_printf(&b, "%s%s", i ? "; " : "", diag.items[i].msg);
+        if (n < diag.n)
+            buf_printf(&b, " (and %zu more problem%s)", diag.n - n, diag.n - n > 1 ? "s" : "");
+        if (!diag.n)
+            buf_puts(&b, "invalid spec"); /* cannot happen; never fail silently */
+        *err = buf_steal(&b);
+        goto out;
+    }
+    if (out)
+        *out = xstrdup(st.spec_json);
+    rc = 0;
+out:
+    buf_release(&b);
+    lanes__stage_release(&st);
+    lanes_diag_release(&diag);
+    lanes__ytree_free(item);
+    lanes__ytree_free(root);
+    cJSON_Delete(cj);
+    free(yerr);
+    free(dir);
+    return rc;
+}
+
+int lanes_spec_check(const char *kind, const char *json, char **err)
+{
+    char *full = NULL;
+    cJSON *have = NULL, *canon = NULL;
+    struct buf path;
+    int rc = -1;
+    if (lanes_spec_complete(kind, json, "/", &full, err) < 0)
+        return -1;
+    buf_init(&path);
+    have = cJSON_Parse(json);
+    canon = cJSON_Parse(full);
+    if (!have || !canon)
+        *err = xasprintf("spec: the %s spec cannot be read back", kind); /* cannot happen */
+    else if (!spec_diff(have, canon, &path, kind, err))
+        rc = 0;
+    buf_release(&path);
+    cJSON_Delete(have);
+    cJSON_Delete(canon);
+    free(full);
+    return rc;
 }

@@ -20,6 +20,7 @@
 
 #include "common/jw.h"
 #include "common/util.h"
+#include "lanes/spec.h"
 #include "proto/vocab.h"
 #include "worker/stages/stage.h"
 
@@ -425,6 +426,7 @@ static int run_native(struct jctx *x, const struct stage_def *def, const char *m
 {
     static const struct stage_ops ops = { nat_progress, nat_metric, nat_log };
     struct stage_ctx ctx;
+    char *err = NULL;
     int rc;
     stage_ctx_init(&ctx);
     ctx.kind = x->j->kind;
@@ -438,7 +440,15 @@ static int run_native(struct jctx *x, const struct stage_def *def, const char *m
     ctx.ops = &ops;
     ctx.ops_arg = x;
     jlogf(x, "exaq: native stage %s (%d threads)", def->kind, ctx.nthreads);
-    rc = def->run(&ctx);
+    /* The spec must be complete, exactly as the lanes parser writes it: the stage applies no
+     * default of its own, and a missing or unknown field is named here. */
+    if (lanes_spec_check(def->kind, x->j->spec, &err) < 0) {
+        stage_fail(&ctx, STAGE_ERR_ERROR, "%s", err);
+        free(err);
+        rc = STAGE_ERR_ERROR;
+    } else {
+        rc = def->run(&ctx);
+    }
     if (rc == 0) {
         *nmetrics = ctx.nmetrics;
         *metrics = xcalloc((size_t)ctx.nmetrics + 1, sizeof(**metrics));

@@ -29,6 +29,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "lanes/spec.h"
 #include "proto/proto.h"
 #include "proto/vocab.h"
 #include "kernels/cuda.h"
@@ -492,14 +493,24 @@ static void r_failed(void *arg, int64_t a, const char *cls, const char *msg)
     fprintf(stderr, "exaq-worker: stage failed (%s): %s\n", cls, msg);
 }
 
+#define RUN_SPEC_HELP                                                                              \
+    "  --spec JSON  the stage's fields as in a lanes file (docs/lanes.md), e.g.\n"                 \
+    "               '{\"method\":\"rtn\",\"scheme\":\"W8A16\"}'; fields left out get the lanes\n"  \
+    "               parser's defaults, an unknown key is an error; default {}\n"
+
 static int run_one(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "input", required_argument, NULL, 'i' },   { "output", required_argument, NULL, 'o' },
-        { "spec", required_argument, NULL, 's' },    { "threads", required_argument, NULL, 't' },
-        { "backend", required_argument, NULL, 'b' }, { NULL, 0, NULL, 0 },
+        { "input", required_argument, NULL, 'i' },
+        { "output", required_argument, NULL, 'o' },
+        { "spec", required_argument, NULL, 's' },
+        { "threads", required_argument, NULL, 't' },
+        { "backend", required_argument, NULL, 'b' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
     };
     const char *input = NULL, *output = NULL, *spec = "{}";
+    char *full = NULL, *err = NULL;
     bool cuda = false;
     int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), c, status = 1;
     const struct stage_def *def;
@@ -535,13 +546,20 @@ static int run_one(int argc, char **argv)
             }
             cuda = !strcmp(optarg, "cuda");
             break;
+        case 'h':
+            printf("usage: exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] "
+                   "[--threads N] [--backend cpu|cuda]\n%s",
+                   RUN_SPEC_HELP);
+            return 0;
         default:
             return 1;
         }
     }
     if (argc < 2 || !input) {
-        fprintf(stderr, "usage: exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] "
-                        "[--threads N] [--backend cpu|cuda]\n");
+        fprintf(stderr,
+                "usage: exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] "
+                "[--threads N] [--backend cpu|cuda]\n%s",
+                RUN_SPEC_HELP);
         return 1;
     }
     def = stage_find(argv[1]);
@@ -553,15 +571,24 @@ static int run_one(int argc, char **argv)
         fprintf(stderr, "exaq-worker: stage '%s' writes a model: give --output DIR\n", argv[1]);
         return 1;
     }
+    /* The spec may be partial: the lanes parser's defaults and rules complete it (relative
+     * paths start at the current directory), exactly as for the same stage in a lanes file. */
+    if (lanes_spec_complete(argv[1], spec, NULL, &full, &err) < 0) {
+        fprintf(stderr, "exaq-worker: %s\n", err);
+        free(err);
+        return 1;
+    }
+    fprintf(stderr, "exaq-worker: %s spec %s\n", argv[1], full);
     if (!mkdtemp(tmpl)) {
         perror("mkdtemp");
+        free(full);
         return 1;
     }
     memset(&j, 0, sizeof(j));
     j.attempt = 0;
     j.key = xstrdup("manual");
     j.kind = xstrdup(argv[1]);
-    j.spec = xstrdup(spec);
+    j.spec = full;
     j.input = xstrdup(input);
     j.stage_dir = xasprintf("%s/stage", tmpl);
     j.final_dir = output ? xstrdup(output) : xasprintf("%s/result", tmpl);
@@ -571,6 +598,8 @@ static int run_one(int argc, char **argv)
     j.cuda = cuda;
     if (output && is_dir(output)) {
         fprintf(stderr, "exaq-worker: '%s' already exists\n", output);
+        job_release(&j);
+        rmdir(tmpl);
         return 1;
     }
     job_run(&j, &sink, &cancel);
@@ -747,11 +776,13 @@ static void usage(FILE *f)
             "usage: exaq-worker serve --home DIR --socket PATH --slot N [--backend cpu|cuda]\n"
             "       exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] [--threads N]\n"
             "                       [--backend cpu|cuda]\n"
+            "%s"
             "       exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny] [--layers N]\n"
             "                   [--hybrid] [--v5] [--seed N] [--tokenizer FILE]\n"
             "                   [--max-shard-mb N]\n"
             "       exaq-worker logits --input DIR --ids FILE --out FILE [--n N] [--threads N]\n"
-            "       exaq-worker --version\n");
+            "       exaq-worker --version\n",
+            RUN_SPEC_HELP);
 }
 
 int main(int argc, char **argv)

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/util.h"
+#include "lanes/spec.h"
 #include "worker/stages/stage.h"
 
 /* Sanitizer builds (make check) run the kernels without AVX and 50-100x slower: the tests
@@ -42,6 +43,7 @@ struct fx_run {
     int progress_calls;
     double last_done, last_total;
     struct buf log; /* every log line, '\n'-terminated */
+    char *spec;     /* the complete spec the stage ran with */
 };
 
 static inline void fx_progress(void *arg, double done, double total, const char *what)
@@ -89,6 +91,13 @@ static inline struct fx_run *fx_run_stage(const char *kind, const char *spec, co
     r->ctx.cancel_flag = cancel;
     r->ctx.ops = &fx_ops;
     r->ctx.ops_arg = r;
+    /* As `exaq-worker run` does, the lanes parser completes the spec (the stage applies no
+     * default). A spec the parser refuses goes to the stage as written, so that the stage's
+     * own checks of what it cannot run are tested too. */
+    char *err = NULL;
+    if (lanes_spec_complete(kind, spec, NULL, &r->spec, &err) == 0)
+        r->ctx.spec_json = r->spec;
+    free(err);
     r->rc = def->run(&r->ctx);
     r->ctx.stage_dir = NULL;
     rm_rf(sd);
@@ -104,6 +113,7 @@ static inline void fx_run_free(struct fx_run *r)
         return;
     stage_ctx_release(&r->ctx);
     buf_release(&r->log);
+    free(r->spec);
     free(r);
 }
 

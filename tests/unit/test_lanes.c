@@ -25,6 +25,7 @@
 #include "common/util.h"
 #include "lanes/jv.h"
 #include "lanes/lanes.h"
+#include "lanes/spec.h"
 
 static char *tmpdir; /* realpath of the temp dir */
 static int nwritten; /* files written so far */
@@ -1421,6 +1422,63 @@ static void test_mutations_never_crash(void **state)
     assert_true(nok >= 10);
 }
 
+/* lanes_spec_complete gives the spec the lanes parser writes for the same stage in a lanes file;
+ * lanes_spec_check accepts exactly that and names a missing, extra or changed field. */
+static void test_spec_complete_and_check(void **state)
+{
+    char *full = NULL, *err = NULL, *cut;
+    cJSON *j;
+    (void)state;
+    assert_int_equal(lanes_spec_complete("quantize", "{\"method\":\"rtn\"}", NULL, &full, &err), 0);
+    assert_string_equal(full, "{\"group_size\":128,\"ignore\":[\"lm_head\"],\"method\":\"rtn\","
+                              "\"scheme\":\"W4A16\"}");
+    assert_int_equal(lanes_spec_check("quantize", full, &err), 0);
+    /* Every field the parser writes is required. */
+    j = cJSON_Parse(full);
+    cJSON_DeleteItemFromObjectCaseSensitive(j, "group_size");
+    cut = cJSON_PrintUnformatted(j);
+    assert_int_equal(lanes_spec_check("quantize", cut, &err), -1);
+    assert_non_null(strstr(err, "missing field 'group_size' for quantize"));
+    free(err);
+    free(cut);
+    cJSON_Delete(j);
+    /* A key the parser does not know is named, with a hint. */
+    assert_int_equal(lanes_spec_check("quantize",
+                                      "{\"act_order\":\"static\",\"group_size\":128,\"ignore\":"
+                                      "[\"lm_head\"],\"method\":\"gptq\",\"scheme\":\"W4A16\"}",
+                                      &err),
+                     -1);
+    assert_non_null(strstr(err, "'act_order'"));
+    assert_non_null(strstr(err, "actorder"));
+    free(err);
+    assert_int_equal(
+        lanes_spec_complete("quantize", "{\"act_order\":\"static\"}", NULL, &full, &err) == -1 &&
+            strstr(err, "'act_order'") != NULL,
+        1);
+    free(err);
+    /* A value the parser would write differently (FP8 static has one scale per tensor). */
+    assert_int_equal(lanes_spec_check("quantize",
+                                      "{\"group_size\":-1,\"ignore\":[\"lm_head\"],\"method\":"
+                                      "\"rtn\",\"scheme\":\"FP8_DYNAMIC\"}",
+                                      &err),
+                     0);
+    assert_int_equal(lanes_spec_complete("quantize",
+                                         "{\"method\":\"rtn\",\"scheme\":\"FP8_DYNAMIC\","
+                                         "\"group_size\":0}",
+                                         NULL, &cut, &err),
+                     -1);
+    free(err);
+    /* Resources belong to the lanes file, and a relative path in a complete spec is refused. */
+    assert_int_equal(lanes_spec_complete("ppl", "{\"text\":\"x\",\"retries\":2}", NULL, &cut, &err),
+                     -1);
+    assert_non_null(strstr(err, "'retries' is a resource"));
+    free(err);
+    assert_int_equal(lanes_spec_check("nosuch", "{}", &err), -1);
+    assert_non_null(strstr(err, "unknown stage kind 'nosuch'"));
+    free(err);
+    free(full);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1452,6 +1510,7 @@ int main(void)
         cmocka_unit_test(test_many_errors_capped),
         cmocka_unit_test(test_aliases_and_limits),
         cmocka_unit_test(test_mutations_never_crash),
+        cmocka_unit_test(test_spec_complete_and_check),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

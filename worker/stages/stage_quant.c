@@ -78,31 +78,49 @@ static enum qinput input_of(enum model_lin w)
     }
 }
 
-static const char *jstr(const cJSON *o, const char *k, const char *def)
+/*
+ * The spec is complete: the lanes parser wrote it and the worker checked it with
+ * lanes_spec_check before the stage ran. These readers apply no default of their own: a field
+ * that is absent or of the wrong type records its name in *missing, and parse_spec fails naming
+ * it. The rules (which scheme suits which method, the ranges) are the parser's; the checks left
+ * here are what this build cannot run (the parser refuses the same specs earlier).
+ */
+static const char *jstr(const cJSON *o, const char *k, const char **missing)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(v) ? v->valuestring : def;
+    if (cJSON_IsString(v))
+        return v->valuestring;
+    *missing = *missing ? *missing : k;
+    return "";
 }
 
-static double jnum(const cJSON *o, const char *k, double def)
+static double jnum(const cJSON *o, const char *k, const char **missing)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(v) ? v->valuedouble : def;
+    if (cJSON_IsNumber(v))
+        return v->valuedouble;
+    *missing = *missing ? *missing : k;
+    return 0;
 }
 
-static bool jbool(const cJSON *o, const char *k, bool def)
+static bool jbool(const cJSON *o, const char *k, const char **missing)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsBool(v) ? cJSON_IsTrue(v) : def;
+    if (cJSON_IsBool(v))
+        return cJSON_IsTrue(v);
+    *missing = *missing ? *missing : k;
+    return false;
 }
 
 static int parse_spec(struct stage_ctx *ctx, const cJSON *spec, struct qspec *q)
 {
-    const char *method = jstr(spec, "method", "gptq");
-    const char *scheme = jstr(spec, "scheme", !strcmp(method, "smoothquant") ? "W8A8" : "W4A16");
-    const char *actorder = jstr(spec, "actorder", "none");
+    const char *missing = NULL;
+    const char *method = jstr(spec, "method", &missing);
+    const char *scheme = jstr(spec, "scheme", &missing);
     const cJSON *ign = cJSON_GetObjectItemCaseSensitive(spec, "ignore"), *it;
     memset(q, 0, sizeof(*q));
+    if (!cJSON_IsArray(ign))
+        missing = missing ? missing : "ignore";
     if (!strcmp(method, "rtn"))
         q->method = QM_RTN;
     else if (!strcmp(method, "gptq"))
@@ -113,35 +131,28 @@ static int parse_spec(struct stage_ctx *ctx, const cJSON *spec, struct qspec *q)
         q->method = QM_SMOOTHQUANT;
     else if (!strcmp(method, "sparsegpt"))
         q->method = QM_SPARSEGPT;
-    else
+    else if (method[0])
         return stage_fail(ctx, STAGE_ERR_ERROR,
                           "unknown quantize method '%s' (rtn, gptq, awq, smoothquant, sparsegpt)",
                           method);
     if (!strcmp(scheme, "none")) {
-        if (q->method != QM_SPARSEGPT)
-            return stage_fail(ctx, STAGE_ERR_ERROR,
-                              "scheme 'none' is only for method sparsegpt (sparsity without "
-                              "quantization), not '%s'",
-                              method);
         q->dense = true;
         q->scheme = QSCHEME_W8A16; /* unused */
-    } else if (qscheme_parse(scheme, &q->scheme) < 0) {
+    } else if (scheme[0] && qscheme_parse(scheme, &q->scheme) < 0) {
         return stage_fail(ctx, STAGE_ERR_ERROR, "unknown quantization scheme '%s'", scheme);
     }
-    q->group_size =
-        (int)jnum(spec, "group_size",
-                  q->scheme == QSCHEME_W4A16 || q->scheme == QSCHEME_W4A16_ASYM ? 128 : -1);
-    if (q->dense)
-        q->group_size = -1;
-    if (q->scheme == QSCHEME_FP8)
-        q->group_size = 0;
+    if (q->dense && q->method != QM_SPARSEGPT)
+        return stage_fail(ctx, STAGE_ERR_ERROR,
+                          "scheme 'none' is only for method sparsegpt (sparsity without "
+                          "quantization), not '%s'",
+                          method);
     if ((q->method == QM_GPTQ || q->method == QM_SPARSEGPT) &&
         (q->scheme == QSCHEME_FP8 || q->scheme == QSCHEME_FP8_DYNAMIC))
         return stage_fail(ctx, STAGE_ERR_ERROR,
                           "%s quantizes to integer grids; use method rtn for scheme %s", method,
                           scheme);
-    if (q->method == QM_AWQ && q->scheme != QSCHEME_W4A16 && q->scheme != QSCHEME_W4A16_ASYM &&
-        q->scheme != QSCHEME_W8A16)
+    if (q->method == QM_AWQ && !q->dense && q->scheme != QSCHEME_W4A16 &&
+        q->scheme != QSCHEME_W4A16_ASYM && q->scheme != QSCHEME_W8A16)
         return stage_fail(ctx, STAGE_ERR_ERROR,
                           "awq is a weight-only method for W4A16, W4A16_ASYM and W8A16, not %s "
                           "(use smoothquant for W8A8, rtn for FP8)",
@@ -149,14 +160,20 @@ static int parse_spec(struct stage_ctx *ctx, const cJSON *spec, struct qspec *q)
     if (q->method == QM_SMOOTHQUANT && q->scheme != QSCHEME_W8A8)
         return stage_fail(ctx, STAGE_ERR_ERROR,
                           "quantize method 'smoothquant' needs scheme W8A8, got '%s'", scheme);
+    q->group_size = (int)jnum(spec, "group_size", &missing);
     gptq_opts_default(&q->gptq);
-    q->gptq.dampening = jnum(spec, "dampening", 0.01);
-    q->gptq.block_size = (int)jnum(spec, "block_size", 128);
-    q->gptq.actorder = !strcmp(actorder, "static")  ? GPTQ_ACTORDER_STATIC
-                       : !strcmp(actorder, "group") ? GPTQ_ACTORDER_GROUP
-                                                    : GPTQ_ACTORDER_NONE;
-    q->gptq.static_groups = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(spec, "static_groups"));
     q->gptq.grid = QGRID_ABSMAX_QMAX;
+    if (q->method == QM_GPTQ || q->method == QM_SPARSEGPT) {
+        q->gptq.dampening = jnum(spec, "dampening", &missing);
+        q->gptq.block_size = (int)jnum(spec, "block_size", &missing);
+    }
+    if (q->method == QM_GPTQ) {
+        const char *actorder = jstr(spec, "actorder", &missing);
+        q->gptq.actorder = !strcmp(actorder, "static")  ? GPTQ_ACTORDER_STATIC
+                           : !strcmp(actorder, "group") ? GPTQ_ACTORDER_GROUP
+                                                        : GPTQ_ACTORDER_NONE;
+        q->gptq.static_groups = jbool(spec, "static_groups", &missing);
+    }
     if (cJSON_IsArray(ign)) {
         cJSON_ArrayForEach(it, ign)
         {
@@ -168,38 +185,38 @@ static int parse_spec(struct stage_ctx *ctx, const cJSON *spec, struct qspec *q)
     }
     /* AWQ (spec 2.1): the grid of the stage (absmax/7 symmetric, as the RTN and GPTQ paths). */
     awq_opts_default(&q->awq);
-    q->awq.duo_scaling = jbool(spec, "duo_scaling", true);
-    q->awq.n_grid = (int)jnum(spec, "n_grid", 20);
-    q->awq.clip = jbool(spec, "clip", true);
+    if (q->method == QM_AWQ) {
+        q->awq.duo_scaling = jbool(spec, "duo_scaling", &missing);
+        q->awq.n_grid = (int)jnum(spec, "n_grid", &missing);
+        q->awq.clip = jbool(spec, "clip", &missing);
+    }
     q->awq.scheme = q->scheme;
     q->awq.group_size = q->group_size;
     q->awq.grid = q->gptq.grid;
-    if (q->method == QM_AWQ && q->awq.n_grid < 1)
-        return stage_fail(ctx, STAGE_ERR_ERROR, "'n_grid' must be at least 1, got %d",
-                          q->awq.n_grid);
-    q->alpha = jnum(spec, "alpha", 0.5);
-    if (q->method == QM_SMOOTHQUANT && !(q->alpha >= 0.0 && q->alpha <= 1.0))
-        return stage_fail(ctx, STAGE_ERR_ERROR, "'alpha' must be in [0, 1], got %g", q->alpha);
+    if (q->method == QM_SMOOTHQUANT)
+        q->alpha = jnum(spec, "alpha", &missing);
     sparsegpt_opts_default(&q->sgpt);
     q->sgpt.grid = q->gptq.grid;
-    q->sgpt.sparsity = jnum(spec, "sparsity", 0.5);
     if (q->method == QM_SPARSEGPT) {
-        const char *pattern = jstr(spec, "pattern", "unstructured");
+        const char *pattern = jstr(spec, "pattern", &missing);
+        q->sgpt.sparsity = jnum(spec, "sparsity", &missing);
         if (!strcmp(pattern, "2:4")) {
             q->sgpt.prune_n = 2;
             q->sgpt.prune_m = 4;
-        } else if (strcmp(pattern, "unstructured") != 0) {
+        } else if (pattern[0] && strcmp(pattern, "unstructured") != 0) {
             return stage_fail(ctx, STAGE_ERR_ERROR,
                               "unknown sparsity pattern '%s' (unstructured, 2:4)", pattern);
-        } else if (!(q->sgpt.sparsity > 0.0 && q->sgpt.sparsity < 1.0)) {
-            return stage_fail(ctx, STAGE_ERR_ERROR, "'sparsity' must be in (0, 1), got %g",
-                              q->sgpt.sparsity);
         }
         /* SparseGPT keeps the column order (spec 3.3 has no act-order). */
         q->gptq.actorder = GPTQ_ACTORDER_NONE;
         q->gptq.static_groups = false;
         q->gptq.compute_loss_rtn = false;
     }
+    if (missing)
+        return stage_fail(ctx, STAGE_ERR_ERROR,
+                          "spec: missing field '%s' for quantize (method '%s'); the lanes parser "
+                          "writes complete specs",
+                          missing, method);
     q->calibrated = q->method != QM_RTN || q->scheme == QSCHEME_FP8;
     return 0;
 }
@@ -977,7 +994,8 @@ int stage_quantize_run(struct stage_ctx *ctx)
     ignored = xcalloc((size_t)m->n_layers * MODEL_LIN_COUNT + 1, sizeof(bool));
     if ((rc = resolve_ignore(ctx, m, &q, ignored)))
         goto out;
-    stage_log(ctx, "quantize: %s %s, group size %d, %d layers", jstr(spec, "method", "gptq"),
+    stage_log(ctx, "quantize: %s %s, group size %d, %d layers",
+              cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(spec, "method")),
               q.dense ? "none" : qscheme_name(q.scheme), q.group_size, m->n_layers);
     if (q.gptq.actorder == GPTQ_ACTORDER_GROUP)
         stage_log(ctx, "warning: actorder 'group' writes weight_g_idx, which compressed-tensors "
