@@ -288,9 +288,10 @@
         var sp = main.querySelector('.stage-state[data-stage="' + st.name + '"]');
         if (sp) { sp.textContent = ""; sp.appendChild(state(st.state)); }
       }
-      if (st.attempt !== pre.dataset.attempt) {
-        if (pre.dataset.attempt) pre.textContent = "";
-        pre.dataset.attempt = st.attempt;
+      var att = st.attempt === undefined ? "" : String(st.attempt);
+      if (att !== (pre.dataset.attempt || "")) {
+        if (pre.dataset.attempt) pre.textContent = ""; /* a new attempt: its own log */
+        pre.dataset.attempt = att;
       }
       if (st.text) {
         var stick = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
