@@ -170,8 +170,8 @@ static char *read_token(const char *path, char *err, size_t errlen)
         ;
     *e = '\0';
     if (strlen(s) < HTTP_TOKEN_MIN_LEN) {
-        snprintf(err, errlen, "the token in '%s' is too short (%zu characters, at least %d)",
-                 path, strlen(s), HTTP_TOKEN_MIN_LEN);
+        snprintf(err, errlen, "the token in '%s' is too short (%zu characters, at least %d)", path,
+                 strlen(s), HTTP_TOKEN_MIN_LEN);
         return NULL;
     }
     return xstrdup(s);
@@ -438,7 +438,8 @@ static int load_sweep(struct http *h, const char *id, struct hsweep *s)
         st->retries = sqlite3_column_int64(q, 9);
         st->err_class = col_dup(q, 10);
         st->err_msg = col_dup(q, 11);
-        st->size_bytes = sqlite3_column_type(q, 12) == SQLITE_NULL ? -1 : sqlite3_column_int64(q, 12);
+        st->size_bytes =
+            sqlite3_column_type(q, 12) == SQLITE_NULL ? -1 : sqlite3_column_int64(q, 12);
         st->started = sqlite3_column_double(q, 13);
         st->ended = sqlite3_column_double(q, 14);
         st->produces_model = sqlite3_column_int(q, 15) != 0;
@@ -992,8 +993,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *dst, size_t max)
             pthread_mutex_lock(&h->ev_mu);
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_sec += HTTP_KEEPALIVE_S;
-            while (!h->stopping && s->change_seen == h->change_gen &&
-                   s->live_seen == h->live_gen && rc != ETIMEDOUT)
+            while (!h->stopping && s->change_seen == h->change_gen && s->live_seen == h->live_gen &&
+                   rc != ETIMEDOUT)
                 rc = pthread_cond_timedwait(&h->ev_cv, &h->ev_mu, &ts);
             if (h->stopping) {
                 pthread_mutex_unlock(&h->ev_mu);
@@ -1099,18 +1100,34 @@ static char *api_live(struct http *h, int *status)
 
 /* ===== requests ===== */
 
+/* Set by on_request when the token came in the query: the response then sets it as a cookie,
+ * so that the page's own requests (style, script, fetch, EventSource) carry it. One thread per
+ * connection: the request and its response run on the same thread. */
+static __thread const char *cookie_token;
+
+static enum MHD_Result queue(struct MHD_Connection *c, unsigned status, struct MHD_Response *r)
+{
+    enum MHD_Result rc;
+    if (cookie_token) {
+        char *v = xasprintf("exaq_token=%s; Path=/; HttpOnly; SameSite=Strict", cookie_token);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_SET_COOKIE, v);
+        free(v);
+        cookie_token = NULL;
+    }
+    rc = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
 static enum MHD_Result send_text(struct MHD_Connection *c, int status, const char *type,
                                  char *body_take)
 {
     struct MHD_Response *r =
         MHD_create_response_from_buffer(strlen(body_take), body_take, MHD_RESPMEM_MUST_FREE);
-    enum MHD_Result rc;
     MHD_add_response_header(r, "Content-Type", type);
     MHD_add_response_header(r, "Cache-Control", "no-store");
     MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
-    rc = MHD_queue_response(c, (unsigned)status, r);
-    MHD_destroy_response(r);
-    return rc;
+    return queue(c, (unsigned)status, r);
 }
 
 static enum MHD_Result send_error(struct MHD_Connection *c, int status, const char *msg)
@@ -1130,7 +1147,6 @@ static enum MHD_Result send_asset(struct MHD_Connection *c, const char *name)
 {
     const struct web_asset *a = asset_get(name);
     struct MHD_Response *r;
-    enum MHD_Result rc;
     if (!a)
         return send_error(c, MHD_HTTP_NOT_FOUND, "not found");
     r = MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
@@ -1139,9 +1155,7 @@ static enum MHD_Result send_asset(struct MHD_Connection *c, const char *name)
     MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
     MHD_add_response_header(r, "Content-Security-Policy",
                             "default-src 'self'; img-src 'self' data:; style-src 'self'");
-    rc = MHD_queue_response(c, MHD_HTTP_OK, r);
-    MHD_destroy_response(r);
-    return rc;
+    return queue(c, MHD_HTTP_OK, r);
 }
 
 /* A result file of a sweep, by its name under HOME/sweeps/ID/. */
@@ -1159,7 +1173,6 @@ static enum MHD_Result send_sweep_file(struct http *h, struct MHD_Connection *c,
     int fd = -1;
     struct stat sb;
     struct MHD_Response *r;
-    enum MHD_Result rc;
 
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
         if (!strcmp(rel, files[i].name))
@@ -1197,24 +1210,19 @@ static enum MHD_Result send_sweep_file(struct http *h, struct MHD_Connection *c,
     MHD_add_response_header(r, "Content-Type", type);
     MHD_add_response_header(r, "Cache-Control", "no-cache");
     MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
-    rc = MHD_queue_response(c, MHD_HTTP_OK, r);
-    MHD_destroy_response(r);
-    return rc;
+    return queue(c, MHD_HTTP_OK, r);
 }
 
 static enum MHD_Result send_stream(struct http *h, struct MHD_Connection *c)
 {
     struct stream *s = xcalloc(1, sizeof(*s));
     struct MHD_Response *r;
-    enum MHD_Result rc;
     s->h = h;
     buf_init(&s->out);
     r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s, stream_free);
     MHD_add_response_header(r, "Content-Type", "text/event-stream");
     MHD_add_response_header(r, "Cache-Control", "no-store");
-    rc = MHD_queue_response(c, MHD_HTTP_OK, r);
-    MHD_destroy_response(r);
-    return rc;
+    return queue(c, MHD_HTTP_OK, r);
 }
 
 static bool authorized(struct http *h, struct MHD_Connection *c)
@@ -1225,8 +1233,15 @@ static bool authorized(struct http *h, struct MHD_Connection *c)
     a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (a && !strncmp(a, "Bearer ", 7) && token_equal(a + 7, h->token))
         return true;
+    a = MHD_lookup_connection_value(c, MHD_COOKIE_KIND, "exaq_token");
+    if (a && token_equal(a, h->token))
+        return true;
     q = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "token");
-    return q && token_equal(q, h->token);
+    if (q && token_equal(q, h->token)) {
+        cookie_token = h->token;
+        return true;
+    }
+    return false;
 }
 
 /* Splits url (after the leading '/') into at most n segments in buf. Returns the count, or -1
@@ -1260,9 +1275,8 @@ static int split_path(const char *url, char *buf, size_t buflen, char **seg, int
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     struct http *h = cls;
     char buf[1024], *seg[6];
@@ -1279,6 +1293,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         return send_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "read-only: only GET and HEAD");
     }
+    cookie_token = NULL;
     if (!authorized(h, c))
         return send_error(c, MHD_HTTP_UNAUTHORIZED,
                           "a token is needed: ?token=... or Authorization: Bearer ...");
@@ -1292,10 +1307,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return send_error(c, MHD_HTTP_NOT_FOUND, "not found");
 
     /* pages: one document; app.js renders the view the path names */
-    if (n == 0 || (n == 1 && !strcmp(seg[0], "sweeps")) ||
-        (n == 2 && !strcmp(seg[0], "sweeps")) ||
-        (n == 5 && !strcmp(seg[0], "sweeps") && !strcmp(seg[2], "lanes") &&
-         !strcmp(seg[4], "log")))
+    if (n == 0 || (n == 1 && !strcmp(seg[0], "sweeps")) || (n == 2 && !strcmp(seg[0], "sweeps")) ||
+        (n == 5 && !strcmp(seg[0], "sweeps") && !strcmp(seg[2], "lanes") && !strcmp(seg[4], "log")))
         return send_asset(c, "index.html");
     if (n == 2 && !strcmp(seg[0], "static"))
         return send_asset(c, seg[1]);
@@ -1379,8 +1392,7 @@ int http_start(const struct http_opts *o, const char *home, struct http **out, c
                               MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNS,
                               MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_END);
     if (!h->mhd) {
-        snprintf(err, errlen, "http: cannot listen on %s (address in use or not local?)",
-                 o->addr);
+        snprintf(err, errlen, "http: cannot listen on %s (address in use or not local?)", o->addr);
         goto fail;
     }
     info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);

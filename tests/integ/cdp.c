@@ -212,8 +212,7 @@ static void start_browser(const char *chrome, const char *profile)
     mkdir(profile, 0700);
     if (pipe(to) < 0 || pipe(from) < 0)
         die("pipe: %s", strerror(errno));
-    if (asprintf(&udd, "--user-data-dir=%s", profile) < 0 ||
-        asprintf(&logp, "%s/log", profile) < 0)
+    if (asprintf(&udd, "--user-data-dir=%s", profile) < 0 || asprintf(&logp, "%s/log", profile) < 0)
         die("out of memory");
     chrome_pid = fork();
     if (chrome_pid < 0)
@@ -284,7 +283,9 @@ static void cmd_wait(int ms, const char *js, bool once)
         }
         if (once || now_s() > deadline)
             die("%s %s: got %s", once ? "expected" : "timed out waiting for", js,
-                exc ? exc : v ? v : "nothing");
+                exc ? exc
+                : v ? v
+                    : "nothing");
         usleep(50000);
     }
     free(v);
