@@ -318,6 +318,25 @@
     });
   }
 
+  /* Only the progress, ETA, slot and last-line cells of the stage rows: the rest of the page
+   * (scroll position, sorting) stays as it is between two database changes. */
+  function updateLive() {
+    if (!data || !data.lanes) return;
+    var byKey = {};
+    data.lanes.forEach(function (l) { l.stages.forEach(function (st) { byKey[st.key] = st; }); });
+    Array.prototype.forEach.call(document.querySelectorAll("#lanes tr.stage-row"), function (tr) {
+      var st = byKey[tr.dataset.key];
+      if (!st) return;
+      var cells = liveCells(st), old = tr.querySelector("td.progress");
+      if (!old) return;
+      for (var i = 0; i < 4; i++) {
+        var next = old.nextSibling;
+        tr.replaceChild(cells[i], old);
+        old = next;
+      }
+    });
+  }
+
   /* ===== refresh and the event stream ===== */
   function render() {
     if (!data) return;
@@ -369,7 +388,7 @@
       (m.running || []).forEach(function (a) { next[a.key] = a; });
       live = next;
       note("live", String((m.running || []).length));
-      if (R.view === "sweep") render();
+      if (R.view === "sweep") updateLive();
       else if (R.view === "log") soon();
     });
     es.onerror = function () {
