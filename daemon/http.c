@@ -209,13 +209,14 @@ static bool token_equal(const char *got, const char *want)
     return diff == 0;
 }
 
+/* A path segment: the characters of sweep and lane ids ([A-Za-z0-9_.=:+-], lanes.c). */
 static bool safe_name(const char *s)
 {
     if (!s || !*s || !strcmp(s, ".") || !strcmp(s, "..") || strlen(s) > 200)
         return false;
     for (; *s; s++)
         if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
-              *s == '-' || *s == '_' || *s == '.'))
+              strchr("-_.=:+", *s)))
             return false;
     return true;
 }
