@@ -134,7 +134,7 @@
     var rows = [];
     d.lanes.forEach(function (l) {
       rows.push(el("tr", { cls: "lane-row", "data-lane": l.id }, [
-        el("td", null, [l.id + (l.baseline ? " (baseline)" : "")]),
+        el("td", null, [l.id + (l.baseline && l.id !== "baseline" ? " (baseline)" : "")]),
         el("td", { cls: "lane-state" }, [state(l.state)]),
         el("td", { colspan: 6, text: l.size_bytes !== undefined ? fmtBytes(l.size_bytes) : "" }),
         el("td", null, [link("/sweeps/" + encodeURIComponent(d.sweep.id) + "/lanes/" +

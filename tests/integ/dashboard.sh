@@ -17,7 +17,7 @@ mkdir -p "$SHOTS" "$T/w"
 rm -f "$SHOTS"/*.png
 
 fake_model "$T/w/base"
-# gated waits for $T/go1 (the sweep page test), follow for $T/go2 (the log page test); the
+# gated waits for $T/go1 (the sweep page test) and reports progress meanwhile, follow for $T/go2 (the log page test); the
 # other lanes finish at once with different metrics, so the table and the chart have data.
 cat >"$T/w/lanes.yaml" <<YAML
 version: 1
@@ -33,7 +33,7 @@ lanes:
   - id: accurate
     stages: [{exec: {run: "cp {input}/config.json {output}/ && printf '{\"ppl\": 9.5, \"time_per_token\": 0.015}' > {output}/m.json"}}]
   - id: gated
-    stages: [{exec: {run: "cp {input}/config.json {output}/ && printf '{\"ppl\": 10.2, \"time_per_token\": 0.012}' > {output}/m.json && X=waiting && i=0; while [ ! -f $T/go1 ]; do i=\$((i+1)); echo gated-\$X-\$i; sleep 0.05; done; echo gated goes"}}]
+    stages: [{exec: {run: "cp {input}/config.json {output}/ && printf '{\"ppl\": 10.2, \"time_per_token\": 0.012}' > {output}/m.json && X=waiting && i=0; while [ ! -f $T/go1 ]; do i=\$((i+1)); echo gated-\$X-\$i; echo \$i 100000 >>\$EXAQ_PROGRESS; sleep 0.05; done; echo gated goes"}}]
   - id: follow
     stages: [{exec: {run: "cp {input}/config.json {output}/ && X=line && echo follow-\$X-1; while [ ! -f $T/go2 ]; do sleep 0.05; done; echo follow-\$X-2-after-go; sleep 0.5; echo follow-\$X-3"}}]
 YAML
@@ -67,6 +67,8 @@ q() { printf '%s\n' "$*"; }
     q "expect document.querySelector('tr.lane-row[data-lane=\"fast\"] .lane-state [data-state]').dataset.state === 'done'"
     q "expect document.querySelector('tr.stage-row[data-lane=\"gated\"][data-stage=\"exec\"] [data-state]').dataset.state === 'running'"
     q "wait 3000 /slot [0-9]/.test(document.querySelector('tr.stage-row[data-lane=\"gated\"][data-stage=\"exec\"] .slot').textContent)"
+    q "# its progress (done/total lines in \$EXAQ_PROGRESS) as a bar with a percentage, and an ETA"
+    q "wait 3000 (function (r) { var p = r.querySelector('.progress progress'); return p && p.max === 100000 && p.value > 0 && /[0-9]+ (s|min|h)/.test(r.querySelector('.eta').textContent); })(document.querySelector('tr.stage-row[data-lane=\"gated\"][data-stage=\"exec\"]'))"
     q "# its last output line, from the live events (it prints a numbered line every 50 ms)"
     q "wait 3000 /^gated-waiting-[0-9]+\$/.test(document.querySelector('tr.stage-row[data-lane=\"gated\"][data-stage=\"exec\"] .lastline').textContent)"
     q "expect document.querySelector('#metrics tr[data-lane=\"accurate\"] td[data-metric=\"ppl\"]').textContent === '9.500'"
