@@ -10,8 +10,13 @@ if [ -z "$CHROME" ]; then
     echo "SKIP: chromium is not installed (make deps installs it)"
     exit 77
 fi
-CDP=${EXAQ_TEST_BIN:-$SRC/build/release/tests}/integ/cdp
-[ -x "$CDP" ] || fail "no $CDP (make unit-bins builds it)"
+# the DevTools driver: next to the tests, else in a build that has one (make check's TSan pass
+# runs the scripts with the ASan build's helpers)
+CDP=
+for d in "${EXAQ_TEST_BIN:-}" "$SRC/build/release/tests" "$SRC/build/asan/tests"; do
+    if [ -n "$d" ] && [ -x "$d/integ/cdp" ]; then CDP=$d/integ/cdp; break; fi
+done
+[ -n "$CDP" ] || fail "no tests/integ/cdp program (make unit-bins builds it)"
 SHOTS=${EXAQ_TEST_LOGS:-$SRC/build/test-logs}/dashboard
 mkdir -p "$SHOTS" "$T/w"
 rm -f "$SHOTS"/*.png

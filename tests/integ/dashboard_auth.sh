@@ -109,8 +109,12 @@ done
 echo "checked hosts: $hosts"
 
 CHROME=$(command -v chromium || command -v chromium-browser || true)
-CDP=${EXAQ_TEST_BIN:-$SRC/build/release/tests}/integ/cdp
-if [ -n "$CHROME" ] && [ -x "$CDP" ]; then
+CDP=
+for d in "${EXAQ_TEST_BIN:-}" "$SRC/build/release/tests" "$SRC/build/asan/tests"; do
+    if [ -n "$d" ] && [ -x "$d/integ/cdp" ]; then CDP=$d/integ/cdp; break; fi
+done
+if [ -n "$CHROME" ]; then
+    [ -n "$CDP" ] || fail "no tests/integ/cdp program (make unit-bins builds it)"
     {
         echo "open http://127.0.0.1:$PORT/?token=$TOKEN"
         echo "wait 5000 document.querySelector('#sweeps tr[data-sweep=\"$S\"]') !== null"
