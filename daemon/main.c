@@ -377,9 +377,9 @@ int main(int argc, char **argv)
     loop = uv_default_loop();
     d->loop = loop;
     store_start(d->store, loop);
-    if (server_listen(d, err, sizeof(err)) < 0)
-        goto fail;
     if (hopts.addr && http_start(&hopts, d->home, &d->http, err, sizeof(err)) < 0)
+        goto fail;
+    if (server_listen(d, err, sizeof(err)) < 0)
         goto fail;
     uv_idle_init(loop, &d->pump_idle);
     uv_timer_init(loop, &d->tick);

@@ -44,6 +44,10 @@ expect_rc 1 "$BIN/exaqd" --http-token-file "$T/short"
 start_daemon --http 127.0.0.1:0
 PORT=$(sed -n 's/.*http: listening on .* (port \([0-9]*\)).*/\1/p' "$EXAQ_HOME/exaqd.log" | tail -n 1)
 URL=http://127.0.0.1:$PORT
+# a port in use: a second exaqd (another home) says so and leaves no socket behind
+expect_rc 1 "$BIN/exaqd" --home "$T/home2" --http "127.0.0.1:$PORT"
+grep -q 'cannot listen on' "$ERR" || fail "no reason for a port in use: $(cat "$ERR")"
+[ ! -e "$T/home2/exaqd.sock" ] || fail "a failed start left its socket"
 expect_rc 0 ctl submit "$T/w/lanes.yaml"
 S=$(cat "$OUT")
 expect_rc 0 ctl wait "$S" --timeout 30
