@@ -23,7 +23,10 @@ CC := gcc
 endif
 
 DEB_PKGS := gcc make pkg-config libyaml-dev libsqlite3-dev libuv1-dev libcjson-dev libzip-dev \
-            libcmocka-dev libssl-dev zip unzip procps jq
+            libcmocka-dev libssl-dev zip unzip procps jq libmicrohttpd-dev
+# Needed only by tests: the browser tests (report.html, the dashboard) skip without it. `make
+# deps` installs it as root (CI); for other users a missing one is a note, not an error.
+DEB_TEST_PKGS := chromium
 
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
         -Wno-format-nonliteral
@@ -82,6 +85,8 @@ ALL_A := $(DAEMON_A) $(WORKER_A) $(LIB_A)
 BINDIR := $(O)/bin
 BINS := $(BINDIR)/exaqd $(BINDIR)/exaqctl $(BINDIR)/exaq-worker
 UNIT_BINS := $(patsubst tests/%.c,$(O)/tests/%,$(UNIT_SRC))
+# Helper programs of the integration tests (not tests themselves): the DevTools driver.
+TOOL_BINS := $(O)/tests/integ/cdp
 # Integration scripts (tests/integ/lib.sh is their shared library, not a test).
 INTEG_SH := $(sort $(filter-out tests/integ/lib.sh,$(wildcard tests/integ/*.sh)))
 
@@ -140,14 +145,37 @@ $(SCHEMA_C): schema.sql
 $(O)/gen/schema_sql.o: $(SCHEMA_C)
 	$(Q)$(CC) $(CFLAGS) -Wno-missing-variable-declarations -c $< -o $@
 
+# The dashboard's assets (daemon/web/: HTML, CSS, JS) compiled in as byte arrays, named by file
+# (daemon/http.c serves them; no CDN, nothing read from disk at run time).
+WEB_ASSETS := $(sort $(wildcard daemon/web/*))
+WEB_C := $(O)/gen/web_assets.c
+$(WEB_C): $(WEB_ASSETS) Makefile
+	@mkdir -p $(dir $@)
+	$(Q){ echo '/* generated from daemon/web/ by make; do not edit */'; echo '#include <stddef.h>'; \
+	  i=0; for f in $(WEB_ASSETS); do \
+	    echo "static const unsigned char a$$i[] = {"; \
+	    od -An -v -tx1 $$f | sed -e 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '0};'; i=$$((i+1)); \
+	  done; \
+	  echo 'struct web_asset { const char *name, *type; const unsigned char *data; size_t len; };'; \
+	  echo 'extern const struct web_asset exaq_web_assets[];'; \
+	  echo 'const struct web_asset exaq_web_assets[] = {'; \
+	  i=0; for f in $(WEB_ASSETS); do n=$$(basename $$f); \
+	    case $$n in *.html) t='text/html; charset=utf-8';; *.css) t='text/css; charset=utf-8';; \
+	      *.js) t='text/javascript; charset=utf-8';; *) t='application/octet-stream';; esac; \
+	    echo "{\"$$n\", \"$$t\", a$$i, sizeof(a$$i) - 1},"; i=$$((i+1)); \
+	  done; echo '{0, 0, 0, 0}};'; } > $@
+$(O)/gen/web_assets.o: $(WEB_C)
+	$(Q)$(CC) $(CFLAGS) -c $< -o $@
+
 $(LIB_A): $(call obj,$(LIB_SRC))
-$(DAEMON_A): $(call obj,$(DAEMON_LIB_SRC)) $(O)/gen/schema_sql.o
+$(DAEMON_A): $(call obj,$(DAEMON_LIB_SRC)) $(O)/gen/schema_sql.o $(O)/gen/web_assets.o
 $(WORKER_A): $(call obj,$(WORKER_LIB_SRC) $(KERNEL_SRC))
 $(O)/%.a:
 	@mkdir -p $(dir $@)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
 $(BINDIR)/exaqd: $(call obj,daemon/main.c) $(DAEMON_A) $(LIB_A)
+$(BINDIR)/exaqd: LIBS += -lmicrohttpd
 $(BINDIR)/exaqctl: $(call obj,$(CTL_SRC)) $(LIB_A)
 $(BINDIR)/exaq-worker: $(call obj,worker/main.c) $(WORKER_A) $(LIB_A)
 $(BINDIR)/%:
@@ -166,20 +194,23 @@ $(CUDA_SO): $(CU_SRC) kernels/cuda.h
 	@echo "  NVCC    $@"
 	$(Q)$(NVCC) $(NVCCFLAGS) -shared -o $@ $(CU_SRC) $(CUDA_LDFLAGS)
 
-unit-bins: $(UNIT_BINS)
+unit-bins: $(UNIT_BINS) $(TOOL_BINS)
 
 # ---- dependencies ---------------------------------------------------------------------------
 deps:
 	@command -v dpkg >/dev/null 2>&1 || { echo "deps: not a Debian system; install: $(DEB_PKGS)"; exit 0; }; \
 	missing=$$(for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done | tr '\n' ' '); \
-	if [ -z "$$missing" ]; then exit 0; fi; \
+	tmissing=$$(for p in $(DEB_TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done | tr '\n' ' '); \
+	if [ -z "$$missing$$tmissing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
-	  echo "deps: installing $$missing"; \
+	  echo "deps: installing $$missing$$tmissing"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing $$tmissing >/dev/null || exit 1; \
+	elif [ -n "$$missing" ]; then \
+	  echo "deps: missing Debian packages: $$missing$$tmissing"; \
+	  echo "deps: run: sudo apt-get install -y $$missing$$tmissing"; exit 1; \
 	else \
-	  echo "deps: missing Debian packages: $$missing"; \
-	  echo "deps: run: sudo apt-get install -y $$missing"; exit 1; \
+	  echo "deps: the browser tests will skip without: $$tmissing(sudo apt-get install -y $$tmissing)"; \
 	fi
 
 # ---- tests ----------------------------------------------------------------------------------

@@ -205,6 +205,7 @@ struct daemon {
     bool statfs_busy;
     double home_free_gb;   /* < 0: unknown or unreadable */
     double home_free_mono; /* when it was read; 0: never */
+    struct http *http;     /* the dashboard (--http), or NULL */
 };
 
 /* ---- sched.c: the model and its state transitions ---- */

@@ -20,15 +20,17 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "daemon/http.h"
 #include "daemon/store.h"
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: exaqd [--home DIR] [--foreground] [--slots N] [--backend auto|cpu|cuda]\n"
+               "             [--http [ADDR:]PORT [--http-token-file FILE]]\n"
                "\n"
                "Runs the exaq service for one home directory (default $EXAQ_HOME, else\n"
                "./results). Control it with exaqctl. Worker slots default to one per CUDA\n"
-               "device, else one CPU slot.\n");
+               "device, else one CPU slot. --http serves a read-only dashboard (docs/http.md).\n");
 }
 
 static double env_num(const char *name, double def)
@@ -87,6 +89,7 @@ static void on_tick(uv_timer_t *t)
         log_warn("event loop lagged %.0f ms", lag * 1000);
     d->last_tick_mono = now;
     workers_tick(d);
+    http_tick(d->http, d);
     if (d->shutting_down && !d->drain && now - d->shutdown_started_mono > d->kill_grace_s) {
         for (int i = 0; i < d->nslots; i++) {
             if (d->slots[i].pid > 0 && !d->slots[i].kill_sent) {
@@ -228,6 +231,8 @@ int main(int argc, char **argv)
         { "foreground", no_argument, NULL, 'f' },
         { "slots", required_argument, NULL, 's' },
         { "backend", required_argument, NULL, 'b' },
+        { "http", required_argument, NULL, 'w' },
+        { "http-token-file", required_argument, NULL, 't' },
         { "version", no_argument, NULL, 'V' },
         { "help", no_argument, NULL, 'H' },
         { NULL, 0, NULL, 0 },
@@ -235,6 +240,7 @@ int main(int argc, char **argv)
     struct daemon dd, *d = &dd;
     const char *home_arg = NULL;
     bool foreground = false;
+    struct http_opts hopts = { NULL, NULL };
     int slots = 0, c, rc = 1;
     char err[1024], *home;
     FILE *logf = NULL;
@@ -267,6 +273,12 @@ int main(int argc, char **argv)
             }
             d->backend = optarg;
             break;
+        case 'w':
+            hopts.addr = optarg;
+            break;
+        case 't':
+            hopts.token_file = optarg;
+            break;
         case 'V':
             printf("exaqd %s (protocol %d, schema %d)\n", EXAQ_VERSION, PROTO_VERSION,
                    STORE_SCHEMA_VERSION);
@@ -285,6 +297,14 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    if (hopts.token_file && !hopts.addr) {
+        fprintf(stderr, "exaqd: --http-token-file needs --http\n");
+        return 1;
+    }
+    if (hopts.addr && http_check_opts(&hopts, err, sizeof(err)) < 0) {
+        fprintf(stderr, "exaqd: %s\n", err);
+        return 1;
+    }
     home = exaq_home_resolve(home_arg);
     if (mkdir_p(home, 0700) < 0 || chmod(home, 0700) < 0) {
         fprintf(stderr, "exaqd: cannot create home '%s': %s\n", home, strerror(errno));
@@ -357,6 +377,8 @@ int main(int argc, char **argv)
     loop = uv_default_loop();
     d->loop = loop;
     store_start(d->store, loop);
+    if (hopts.addr && http_start(&hopts, d->home, &d->http, err, sizeof(err)) < 0)
+        goto fail;
     if (server_listen(d, err, sizeof(err)) < 0)
         goto fail;
     uv_idle_init(loop, &d->pump_idle);
@@ -385,6 +407,7 @@ fail:
     if (foreground && !logf)
         fprintf(stderr, "exaqd: %s\n", err);
 out:
+    http_stop(d->http);
     store_close(d->store);
     if (d->loop) {
         uv_run(d->loop, UV_RUN_NOWAIT);

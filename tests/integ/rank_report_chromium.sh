@@ -1,7 +1,8 @@
 # report.html renders in headless Chromium with its charts visible: a small ranked sweep, a
 # screenshot (the command documented in docs/ranking.md), then checks that the PNG is not
 # trivial: its size, and (when python3 is present) its pixels: many colours, the blue lane
-# dots and the red baseline marker of the charts. Exits 77 (skip) without chromium.
+# dots and the red baseline marker of the charts. The PNG is kept as
+# build/test-logs/rank_report.png. Exits 77 (skip) without chromium (make deps installs it).
 . "$(dirname "$0")/lib.sh"
 CHROME=$(command -v chromium || command -v chromium-browser || true)
 if [ -z "$CHROME" ]; then
@@ -40,6 +41,9 @@ timeout 90 "$CHROME" --headless --disable-gpu --no-sandbox --user-data-dir="$T/c
 size=$(wc -c <"$T/shot.png")
 # A blank 1200x1600 page compresses to a few kB; this page with its charts and table is far more.
 [ "$size" -gt 20000 ] || fail "screenshot is only $size bytes"
+# kept as a test artifact next to the logs
+mkdir -p "${EXAQ_TEST_LOGS:-$SRC/build/test-logs}"
+cp "$T/shot.png" "${EXAQ_TEST_LOGS:-$SRC/build/test-logs}/rank_report.png"
 if command -v python3 >/dev/null 2>&1; then
     python3 - "$T/shot.png" <<'PY' || fail "screenshot pixels"
 import struct, sys, zlib
