@@ -331,3 +331,39 @@ int mcqa_gen_parse(const char *text, int nchoices)
     free(t);
     return best;
 }
+
+void mcqa_gen_tally(const struct mcqa_gen_set *set, const char *const *texts,
+                    struct mcqa_gen_tally *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->n = set->n;
+    out->cat = xcalloc((size_t)(set->n > 0 ? set->n : 1), sizeof(*out->cat));
+    out->cat_n = xcalloc((size_t)(set->n > 0 ? set->n : 1), sizeof(int));
+    out->cat_correct = xcalloc((size_t)(set->n > 0 ? set->n : 1), sizeof(int));
+    for (int i = 0; i < set->n; i++) {
+        const struct mcqa_gen_item *it = &set->items[i];
+        int pick = mcqa_gen_parse(texts[i], it->nchoices), c = 0;
+        char slug[48];
+        out->correct += pick == it->answer;
+        out->fails += pick < 0;
+        if (!it->category)
+            continue;
+        evgen_slug(it->category, slug, sizeof(slug));
+        if (!slug[0])
+            snprintf(slug, sizeof(slug), "cat%d", i);
+        while (c < out->ncat && strcmp(out->cat[c], slug))
+            c++;
+        if (c == out->ncat)
+            snprintf(out->cat[out->ncat++], sizeof(out->cat[0]), "%s", slug);
+        out->cat_n[c]++;
+        out->cat_correct[c] += pick == it->answer;
+    }
+}
+
+void mcqa_gen_tally_release(struct mcqa_gen_tally *t)
+{
+    free(t->cat);
+    free(t->cat_n);
+    free(t->cat_correct);
+    memset(t, 0, sizeof(*t));
+}

@@ -68,6 +68,20 @@ void mcqa_gen_prompt(const char *tmpl, const struct mcqa_gen_item *shots, int ns
  */
 int mcqa_gen_parse(const char *text, int nchoices);
 
+/* The metrics of a set given each item's generated text: acc (correct / n; a parse failure is
+ * wrong), parse_fail (failures / n), and acc per category (items without a category count only
+ * in the totals). Category names become metric pieces with evgen_slug ("cat<i>" when nothing
+ * is left, <i> the first item's index); categories with the same slug are one. */
+struct mcqa_gen_tally {
+    int n, correct, fails;
+    int ncat;
+    char (*cat)[48];
+    int *cat_n, *cat_correct;
+};
+void mcqa_gen_tally(const struct mcqa_gen_set *set, const char *const *texts,
+                    struct mcqa_gen_tally *out);
+void mcqa_gen_tally_release(struct mcqa_gen_tally *t);
+
 /* ---- shared by the generated-answer evals --------------------------------------------------- */
 
 /* Placeholder filling: appends tmpl to out with each "{name}" of keys[i] replaced by vals[i]. */

@@ -244,7 +244,7 @@ int stage_mcqa_gen_run(struct stage_ctx *ctx)
     int64_t nshot;
     char msg[1024];
     int32_t **prompts = NULL;
-    int *lens = NULL, rc, hits = 0, fails = 0;
+    int *lens = NULL, rc;
     char **texts = NULL;
     double t0 = now_mono();
 
@@ -278,46 +278,25 @@ int stage_mcqa_gen_run(struct stage_ctx *ctx)
               ctx->nthreads);
     if ((rc = g_generate(&g, prompts, lens, set.n, texts)))
         goto out;
-    /* Per category: the slugs in first-seen order. */
-    char(*cat)[48] = xcalloc((size_t)set.n, sizeof(*cat));
-    int *cat_n = xcalloc((size_t)set.n, sizeof(int)),
-        *cat_hit = xcalloc((size_t)set.n, sizeof(int));
-    int ncat = 0;
+    struct mcqa_gen_tally ty;
     for (int i = 0; i < set.n; i++) {
-        const struct mcqa_gen_item *it = &set.items[i];
-        int pick = mcqa_gen_parse(texts[i], it->nchoices);
-        char slug[48];
-        hits += pick == it->answer;
-        fails += pick < 0;
+        int pick = mcqa_gen_parse(texts[i], set.items[i].nchoices);
         snprintf(msg, sizeof(msg), "pick %c, answer %c", pick < 0 ? '-' : 'A' + pick,
-                 'A' + it->answer);
-        log_gen(ctx, i, it->line, msg, texts[i]);
-        if (!it->category)
-            continue;
-        evgen_slug(it->category, slug, sizeof(slug));
-        if (!slug[0])
-            snprintf(slug, sizeof(slug), "cat%d", i);
-        int c = 0;
-        while (c < ncat && strcmp(cat[c], slug))
-            c++;
-        if (c == ncat)
-            snprintf(cat[ncat++], sizeof(cat[0]), "%s", slug);
-        cat_n[c]++;
-        cat_hit[c] += pick == it->answer;
+                 'A' + set.items[i].answer);
+        log_gen(ctx, i, set.items[i].line, msg, texts[i]);
     }
+    mcqa_gen_tally(&set, (const char *const *)texts, &ty);
     stage_log(ctx, "mcqa_gen: acc %.4f, parse_fail %.4f over %d items in %.2f s",
-              (double)hits / set.n, (double)fails / set.n, set.n, now_mono() - t0);
-    stage_metric(ctx, "mcqa_gen_acc", (double)hits / set.n);
-    stage_metric(ctx, "mcqa_gen_parse_fail", (double)fails / set.n);
+              (double)ty.correct / set.n, (double)ty.fails / set.n, set.n, now_mono() - t0);
+    stage_metric(ctx, "mcqa_gen_acc", (double)ty.correct / set.n);
+    stage_metric(ctx, "mcqa_gen_parse_fail", (double)ty.fails / set.n);
     stage_metric(ctx, "mcqa_gen_n", set.n);
-    for (int c = 0; c < ncat; c++) {
+    for (int c = 0; c < ty.ncat; c++) {
         char name[64];
-        snprintf(name, sizeof(name), "mcqa_gen_acc_%s", cat[c]);
-        stage_metric(ctx, name, (double)cat_hit[c] / cat_n[c]);
+        snprintf(name, sizeof(name), "mcqa_gen_acc_%s", ty.cat[c]);
+        stage_metric(ctx, name, (double)ty.cat_correct[c] / ty.cat_n[c]);
     }
-    free(cat);
-    free(cat_n);
-    free(cat_hit);
+    mcqa_gen_tally_release(&ty);
 out:
     for (int i = 0; prompts && i < set.n; i++) {
         free(prompts[i]);
