@@ -167,6 +167,9 @@ static void test_load_errors(void **state)
                     "'category' must be a string");
     expect_load_err("{\"question\": \"q\", \"A\": \"x\", \"B\": 2, \"answer\": 1}\n",
                     "choice 'B' must be a string");
+    expect_load_err("{\"question\": \"q\", \"A\": \"x\", \"B\": \"y\", \"answer\": 1, "
+                    "\"Category\": []}\n",
+                    "'category' must be a string");
     expect_load_err("{\"question\": \"q\",\n", ":1: not valid JSON");
     expect_load_err("[1, 2]\n", "not a JSON object");
     expect_load_err("\n\n", "holds no items");

@@ -152,6 +152,8 @@ static int item_parse(void *arg, const cJSON *o, int line, char *msg, size_t msg
                 *cat = cJSON_GetObjectItemCaseSensitive(o, "category");
     const cJSON *cv[MCQA_GEN_MAX_CHOICES];
     int nc = 0, ans = -1;
+    if (!cat)
+        cat = cJSON_GetObjectItemCaseSensitive(o, "Category"); /* KMMLU's column name */
     if (!cJSON_IsString(q)) {
         seterr(msg, msglen, "'question' must be a string");
         return -1;

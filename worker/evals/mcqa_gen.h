@@ -7,7 +7,8 @@
  * Items (one JSON object per line, blank lines skipped): "question" (string); the choices as
  * "choices" (a list of 2 to 10 strings) or as fields "A", "B", ... (consecutive from "A", 2 to
  * 10); "answer": a letter "A".."J" (a string, case-insensitive) or a 1-based integer index (as
- * KMMLU ships it); optional "category" (a string). Other keys are ignored.
+ * KMMLU ships it); optional "category" (a string; KMMLU's "Category" is taken too). Other keys are
+ * ignored.
  *
  * Functions return 0 or a negative errno-style code with a lowercase message in err (a caller
  * buffer of errlen bytes).
