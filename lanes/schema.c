@@ -422,12 +422,13 @@ void lanes__calib_parse(struct lanes__ctx *c, const struct ynode *v, const char 
 
 /* ===== stage kinds ============================================================================ */
 
-const char *const lanes__kinds[] = { "quantize", "prune", "heal",  "config", "exec",
-                                     "ppl",      "mcqa",  "speed", NULL };
-static const char *const eval_kinds[] = { "ppl", "mcqa", "speed", "exec", NULL };
+const char *const lanes__kinds[] = { "quantize", "prune", "heal",     "config", "exec", "ppl",
+                                     "mcqa",     "speed", "mcqa_gen", "qa",     NULL };
+static const char *const eval_kinds[] = { "ppl", "mcqa", "speed", "exec", "mcqa_gen", "qa", NULL };
 /* Every kind name a user could mean, for "did you mean" hints. */
-static const char *const hint_kinds[] = { "quantize", "prune", "heal",     "config",  "exec", "ppl",
-                                          "mcqa",     "speed", "finetune", "distill", NULL };
+static const char *const hint_kinds[] = { "quantize", "prune", "heal",  "config",   "exec",
+                                          "ppl",      "mcqa",  "speed", "finetune", "distill",
+                                          "mcqa_gen", "qa",    NULL };
 
 int lanes__kind_known(const char *kind)
 {
@@ -562,6 +563,27 @@ static const struct fdef f_ppl[] = {
 static const struct fdef f_mcqa[] = {
     F_FILE("items"),
     F_INT("limit", 0),
+    F_END,
+};
+static const struct fdef f_mcqa_gen[] = {
+    F_FILE("items"),
+    F_INT("limit", 0),
+    F_STR("template"),
+    F_FILE("fewshot"),
+    F_INT("num_fewshot", 0),
+    F_BOOL("chat"),
+    F_INT("max_new_tokens", 1),
+    F_INT("batch", 1),
+    F_END,
+};
+static const struct fdef f_qa[] = {
+    F_FILE("items"),
+    F_INT("limit", 0),
+    F_STR("template"),
+    F_BOOL("chat"),
+    F_INT("max_new_tokens", 1),
+    F_INT("batch", 1),
+    F_INT("max_prompt_tokens", 1),
     F_END,
 };
 static const struct fdef f_speed[] = {
@@ -1088,6 +1110,51 @@ static void build_speed(struct sb *b)
     b->produces_metrics = 1;
 }
 
+/* The fields mcqa_gen and qa share (items, limit, template, chat, max_new_tokens, batch); each
+ * placeholder in need[] must appear in the template. */
+static void build_gen_common(struct sb *b, const char *what, const char *const *need)
+{
+    struct fval *it = fv(b, "items"), *tm = fv(b, "template");
+    for (size_t i = 0; i < b->nf; i++)
+        if (b->v[i].node && !b->v[i].ok)
+            b->ok = 0;
+    if (!it->node)
+        sb_err(b, b->at, "%s needs 'items: PATH' (a JSONL file of %s)", b->kind, what);
+    else if (it->ok)
+        lanes__jv_set(b->spec, "items", lanes__jv_path(it->path));
+    for (; tm->ok && *need; need++)
+        if (!strstr(tm->s, *need))
+            sb_err(b, tm->node, "the %s template must contain the placeholder %s", b->kind, *need);
+    if (tm->ok)
+        lanes__jv_set(b->spec, "template", lanes__jv_str(tm->s));
+    lanes__jv_set(b->spec, "limit", lanes__jv_int(int_or(b, "limit", 0)));
+    lanes__jv_set(b->spec, "chat", lanes__jv_bool(bool_or(b, "chat", 1)));
+    lanes__jv_set(b->spec, "max_new_tokens", lanes__jv_int(int_or(b, "max_new_tokens", 32)));
+    lanes__jv_set(b->spec, "batch", lanes__jv_int(int_or(b, "batch", 8)));
+    b->produces_metrics = 1;
+}
+
+static void build_mcqa_gen(struct sb *b)
+{
+    static const char *const need[] = { "{question}", NULL };
+    struct fval *fs = fv(b, "fewshot"), *nf = fv(b, "num_fewshot");
+    build_gen_common(b, "question/choices/answer", need);
+    if (nf->node && !fs->node)
+        sb_err(b, nf->key, "'num_fewshot' needs 'fewshot: PATH' (the few-shot items)");
+    if (fs->ok)
+        lanes__jv_set(b->spec, "fewshot", lanes__jv_path(fs->path));
+    lanes__jv_set(b->spec, "num_fewshot", lanes__jv_int(int_or(b, "num_fewshot", 5)));
+}
+
+static void build_qa(struct sb *b)
+{
+    static const char *const need[] = { "{context}", "{question}", NULL };
+    struct fval *mp = fv(b, "max_prompt_tokens");
+    build_gen_common(b, "context/question/answers", need);
+    if (mp->ok)
+        lanes__jv_set(b->spec, "max_prompt_tokens", lanes__jv_int(mp->i));
+}
+
 struct kinddef {
     const char *kind;
     const struct fdef *fields;
@@ -1102,6 +1169,8 @@ static const struct kinddef kinddefs[] = {
     { "ppl", f_ppl, build_ppl },
     { "mcqa", f_mcqa, build_mcqa },
     { "speed", f_speed, build_speed },
+    { "mcqa_gen", f_mcqa_gen, build_mcqa_gen },
+    { "qa", f_qa, build_qa },
 };
 
 static const struct kinddef *kind_find(const char *kind)
@@ -1300,8 +1369,8 @@ int lanes__stage_parse(struct lanes__ctx *c, const struct ynode *item, int in_ev
             ok |= strcmp(*p, kind) == 0;
         if (!ok) {
             lanes__err(c, kkey,
-                       "stage kind '%s' cannot be used in eval (eval takes ppl, mcqa, speed and "
-                       "exec)",
+                       "stage kind '%s' cannot be used in eval (eval takes ppl, mcqa, mcqa_gen, "
+                       "qa, speed and exec)",
                        kind);
             return -1;
         }

@@ -82,8 +82,9 @@ void lanes__calib_release(struct lanes__calib *cal);
 
 /*
  * Validates one stage item (a single-key mapping) into *out. in_eval: the stage is in the eval
- * list (only ppl, mcqa, speed and exec; exec defaults to produces: metrics). Returns 0, or -1
- * after reporting (out is then released). out->name is left NULL for the caller to set.
+ * list (only ppl, mcqa, mcqa_gen, qa, speed and exec; exec defaults to produces: metrics).
+ * Returns 0, or -1 after reporting (out is then released). out->name is left NULL for the
+ * caller to set.
  */
 int lanes__stage_parse(struct lanes__ctx *c, const struct ynode *item, int in_eval,
                        struct lanes_stage *out);

@@ -6,5 +6,7 @@
 #define EXAQ_CMD_H
 
 int cmd_logits(int argc, char **argv);
+int cmd_chat_template(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
 
 #endif

@@ -781,6 +781,9 @@ static void usage(FILE *f)
             "                   [--hybrid] [--v5] [--seed N] [--tokenizer FILE]\n"
             "                   [--max-shard-mb N]\n"
             "       exaq-worker logits --input DIR --ids FILE --out FILE [--n N] [--threads N]\n"
+            "       exaq-worker chat-template --input DIR --messages FILE.json [--tools FILE.json]\n"
+            "                   [--no-generation-prompt] [--template NAME] [--kwargs JSON]\n"
+            "       exaq-worker generate --input DIR --prompt TEXT --max-new-tokens N ...\n"
             "       exaq-worker --version\n",
             RUN_SPEC_HELP);
 }
@@ -797,6 +800,10 @@ int main(int argc, char **argv)
         return cmd_logits(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "synth"))
         return synth_cmd(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "chat-template"))
+        return cmd_chat_template(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "generate"))
+        return cmd_generate(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "serve")) {
         static const struct option opts[] = {
             { "home", required_argument, NULL, 'h' },

@@ -87,6 +87,8 @@ int stage_cancelled(const struct stage_ctx *ctx);
 int stage_ppl_run(struct stage_ctx *ctx);
 int stage_mcqa_run(struct stage_ctx *ctx);
 int stage_speed_run(struct stage_ctx *ctx);
+int stage_mcqa_gen_run(struct stage_ctx *ctx); /* stage_evalgen.c */
+int stage_qa_run(struct stage_ctx *ctx);
 int stage_quantize_run(struct stage_ctx *ctx);
 int stage_prune_run(struct stage_ctx *ctx);
 int stage_heal_run(struct stage_ctx *ctx);
