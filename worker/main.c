@@ -236,6 +236,7 @@ static void start_job(struct worker *w, struct proto_msg *m)
     take(&w->job.sweep, &jm->sweep);
     take(&w->job.lane, &jm->lane);
     take(&w->job.stage, &jm->stage);
+    take(&w->job.baseline, &jm->baseline);
     w->job.produces_model = jm->produces_model;
     w->job.nthreads = w->nthreads;
     w->job.cuda = !strcmp(w->backend, "cuda");
@@ -495,11 +496,15 @@ static void r_failed(void *arg, int64_t a, const char *cls, const char *msg)
 static int run_one(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "input", required_argument, NULL, 'i' },   { "output", required_argument, NULL, 'o' },
-        { "spec", required_argument, NULL, 's' },    { "threads", required_argument, NULL, 't' },
-        { "backend", required_argument, NULL, 'b' }, { NULL, 0, NULL, 0 },
+        { "input", required_argument, NULL, 'i' },
+        { "output", required_argument, NULL, 'o' },
+        { "spec", required_argument, NULL, 's' },
+        { "threads", required_argument, NULL, 't' },
+        { "backend", required_argument, NULL, 'b' },
+        { "baseline", required_argument, NULL, 'B' },
+        { NULL, 0, NULL, 0 },
     };
-    const char *input = NULL, *output = NULL, *spec = "{}";
+    const char *input = NULL, *output = NULL, *spec = "{}", *baseline = NULL;
     bool cuda = false;
     int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), c, status = 1;
     const struct stage_def *def;
@@ -517,6 +522,9 @@ static int run_one(int argc, char **argv)
             break;
         case 'o':
             output = optarg;
+            break;
+        case 'B':
+            baseline = optarg;
             break;
         case 's':
             spec = optarg;
@@ -541,7 +549,7 @@ static int run_one(int argc, char **argv)
     }
     if (argc < 2 || !input) {
         fprintf(stderr, "usage: exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] "
-                        "[--threads N] [--backend cpu|cuda]\n");
+                        "[--threads N] [--backend cpu|cuda] [--baseline DIR]\n");
         return 1;
     }
     def = stage_find(argv[1]);
@@ -563,6 +571,7 @@ static int run_one(int argc, char **argv)
     j.kind = xstrdup(argv[1]);
     j.spec = xstrdup(spec);
     j.input = xstrdup(input);
+    j.baseline = baseline ? xstrdup(baseline) : NULL;
     j.stage_dir = xasprintf("%s/stage", tmpl);
     j.final_dir = output ? xstrdup(output) : xasprintf("%s/result", tmpl);
     j.log = xasprintf("%s/log.txt", tmpl);

@@ -34,9 +34,10 @@ enum stage_backend {
 struct stage_ops; /* worker-provided sinks for progress, metrics and log lines */
 
 struct stage_ctx {
-    const char *kind;       /* "ppl", "quantize", ... */
-    const char *spec_json;  /* canonical parameter object */
-    const char *input_dir;  /* model dir to read */
+    const char *kind;         /* "ppl", "quantize", ... */
+    const char *spec_json;    /* canonical parameter object */
+    const char *input_dir;    /* model dir to read */
+    const char *baseline_dir; /* the sweep's base model (paired speed eval), or NULL */
     const char *output_dir; /* empty model dir to fill, or NULL when the stage produces no model */
     const char *stage_dir;  /* scratch dir of this attempt; removed or renamed by the worker */
     int nthreads;           /* CPU threads the stage may use (>= 1) */

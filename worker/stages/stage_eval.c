@@ -78,7 +78,15 @@ static int spec_str(struct stage_ctx *ctx, const cJSON *root, const char *name, 
  * decode through those copies would measure PCIe, not the engine, until the device-resident
  * decode exists.
  */
+static int load_model_dir(struct stage_ctx *ctx, const char *dir, struct model **m, int gpu);
+
 static int load_model(struct stage_ctx *ctx, struct model **m, int gpu)
+{
+    return load_model_dir(ctx, ctx->input_dir, m, gpu);
+}
+
+/* load_model for the model in dir (the speed stage's baseline). */
+static int load_model_dir(struct stage_ctx *ctx, const char *dir, struct model **m, int gpu)
 {
     struct model_opts o = { ctx->nthreads > 0 ? ctx->nthreads : 1, KERN_IMPL_CPU, 0 };
     char *err = NULL;
@@ -98,11 +106,10 @@ static int load_model(struct stage_ctx *ctx, struct model **m, int gpu)
     }
     stage_log(ctx, "%s: engine kernels on the %s", ctx->kind,
               o.impl == KERN_IMPL_CUDA ? "GPU (cuda)" : "CPU");
-    rc = model_load(m, ctx->input_dir, &o, &err);
+    rc = model_load(m, dir, &o, &err);
     if (rc) {
         rc = stage_fail(ctx, rc == -ENOMEM ? STAGE_ERR_OOM : STAGE_ERR_ERROR,
-                        "cannot load the model in '%s': %s", ctx->input_dir,
-                        err ? err : "unknown error");
+                        "cannot load the model in '%s': %s", dir, err ? err : "unknown error");
         free(err);
         *m = NULL;
         return rc;
@@ -304,18 +311,6 @@ static int32_t argmax_f(const float *v, int n)
     return best;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(double), cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* One run: prefill the prompt, then G greedy decode steps through the cache. Returns 0, 1 when
  * cancelled, or a negative errno-style code with *err set. */
 static int speed_once(struct stage_ctx *ctx, struct model *m, struct model_kv *kv,
@@ -341,103 +336,191 @@ static int speed_once(struct stage_ctx *ctx, struct model *m, struct model_kv *k
     return 0;
 }
 
+/* One model the speed stage times: its weights, cache, scratch and prompt. */
+struct speed_side {
+    struct model *m;
+    struct model_kv *kv;
+    float *logits;
+    int32_t *prompt;
+};
+
+static void speed_side_close(struct speed_side *s)
+{
+    free(s->logits);
+    free(s->prompt);
+    model_kv_free(s->kv);
+    model_free(s->m);
+    memset(s, 0, sizeof(*s));
+}
+
+/* Loads the model in dir and sizes its cache for P + G positions. */
+static int speed_side_open(struct stage_ctx *ctx, struct speed_side *s, const char *dir, int64_t P,
+                           int64_t G)
+{
+    int rc;
+    if ((rc = load_model_dir(ctx, dir, &s->m, 0)))
+        return rc;
+    if (P + G > s->m->cfg.max_position_embeddings)
+        return stage_fail(ctx, STAGE_ERR_ERROR,
+                          "speed stage: prompt_tokens + gen_tokens = %lld exceeds the model's "
+                          "max_position_embeddings (%d; model '%s')",
+                          (long long)(P + G), s->m->cfg.max_position_embeddings, dir);
+    {
+        /* The fp32 KV cache: K and V per layer, KV head, position and dim. */
+        double kv_bytes = 2.0 * s->m->n_layers * s->m->cfg.num_key_value_heads * (double)(P + G) *
+                          s->m->cfg.head_dim * sizeof(float);
+        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && psz > 0 && kv_bytes > 0.8 * (double)pages * (double)psz)
+            return stage_fail(ctx, STAGE_ERR_OOM,
+                              "speed stage: the KV cache for %lld positions needs %.1f GB, more "
+                              "than this machine's memory",
+                              (long long)(P + G), kv_bytes / 1e9);
+    }
+    /* A fixed pseudo-random prompt (seeded, so every lane times the same input). */
+    s->prompt = xmalloc(sizeof(int32_t) * (size_t)P);
+    {
+        uint64_t seed = 0x5eed5eedull;
+        for (int64_t i = 0; i < P; i++)
+            s->prompt[i] = (int32_t)(splitmix64(&seed) % (uint64_t)s->m->cfg.vocab_size);
+    }
+    s->kv = model_kv_new(s->m, (int)(P + G));
+    s->logits = xmalloc(sizeof(float) * (size_t)s->m->cfg.vocab_size);
+    return 0;
+}
+
+/* One run of side s: *pre = prefill tokens/s, *dec = decode seconds per token. */
+static int speed_side_run(struct stage_ctx *ctx, struct speed_side *s, int64_t P, int64_t G,
+                          double *pre, double *dec)
+{
+    double ps = 0, ds = 0;
+    char *err = NULL;
+    int rc = stage_cancelled(ctx) ? 1
+                                  : speed_once(ctx, s->m, s->kv, s->prompt, (int)P, (int)G,
+                                               s->logits, &ps, &ds, &err);
+    if (rc > 0)
+        return stage_fail(ctx, STAGE_ERR_CANCELLED, "speed stage cancelled");
+    if (rc)
+        return model_fail(ctx, rc, err);
+    *pre = (double)P / (ps > 0 ? ps : 1e-9);
+    *dec = ds / (double)G;
+    if (!(*dec > 0))
+        *dec = 1e-9; /* a clock too coarse to see one step: keep the metrics finite */
+    return 0;
+}
+
+/*
+ * The speed eval (docs/evals.md "speed"). Without a baseline (exaq-worker run without
+ * --baseline): one warm-up and `repeats` timed runs of the model. With the sweep's base model
+ * as baseline (every job exaqd sends): both models are loaded in this process, one warm-up run
+ * of each (excluded), then `pairs` pairs run back to back, interleaved A B, B A, A B, ... (the
+ * order flips every pair, so neither model always runs right after the other), and a slow
+ * spell of a shared machine lands on both halves of a pair. Metrics: time_per_token (median of
+ * the model's runs), decode_tok_s, prefill_tok_s, and when paired baseline_time_per_token
+ * (median of the baseline's runs), speed_ratio (median of the per-pair ratios A_i / B_i),
+ * speed_ratio_iqr (their interquartile range) and speed_pairs.
+ */
 int stage_speed_run(struct stage_ctx *ctx)
 {
     cJSON *spec;
-    struct model *m = NULL;
-    struct model_kv *kv = NULL;
-    int64_t P, G, R;
-    int32_t *prompt = NULL;
-    float *logits = NULL;
-    double *pre = NULL, *dec = NULL;
-    char *err = NULL;
+    struct speed_side a = { 0 }, b = { 0 }, *bp = NULL;
+    int64_t P, G, R, NP, n, total;
+    double *pre = NULL, *dec = NULL, *bdec = NULL, *ratio = NULL, x, y;
     int rc = 0;
+    bool paired = ctx->baseline_dir && ctx->baseline_dir[0];
 
     if (!(spec = spec_parse(ctx, &rc)))
         return rc;
     if ((rc = spec_int(ctx, spec, "prompt_tokens", 128, 1, 1 << 24, &P)) ||
         (rc = spec_int(ctx, spec, "gen_tokens", 128, 1, 1 << 24, &G)) ||
-        (rc = spec_int(ctx, spec, "repeats", 3, 1, 100000, &R)))
+        (rc = spec_int(ctx, spec, "repeats", 3, 1, 100000, &R)) ||
+        (rc = spec_int(ctx, spec, "pairs", 5, 1, 100000, &NP)))
         goto out;
-    if ((rc = load_model(ctx, &m, 0)))
+    if ((rc = speed_side_open(ctx, &a, ctx->input_dir, P, G)))
         goto out;
-    if (P + G > m->cfg.max_position_embeddings) {
-        rc = stage_fail(ctx, STAGE_ERR_ERROR,
-                        "speed stage: prompt_tokens + gen_tokens = %lld exceeds the model's "
-                        "max_position_embeddings (%d)",
-                        (long long)(P + G), m->cfg.max_position_embeddings);
-        goto out;
-    }
-    {
-        /* The fp32 KV cache: K and V per layer, KV head, position and dim. */
-        double kv_bytes = 2.0 * m->n_layers * m->cfg.num_key_value_heads * (double)(P + G) *
-                          m->cfg.head_dim * sizeof(float);
-        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-        if (pages > 0 && psz > 0 && kv_bytes > 0.8 * (double)pages * (double)psz) {
-            rc = stage_fail(ctx, STAGE_ERR_OOM,
-                            "speed stage: the KV cache for %lld positions needs %.1f GB, more "
-                            "than this machine's memory",
-                            (long long)(P + G), kv_bytes / 1e9);
+    if (paired) {
+        char *ra = realpath(ctx->input_dir, NULL), *rb = realpath(ctx->baseline_dir, NULL);
+        bool same = ra && rb && strcmp(ra, rb) == 0;
+        free(ra);
+        free(rb);
+        /* The baseline lane times its model against itself (one copy in memory). */
+        if (!same && (rc = speed_side_open(ctx, &b, ctx->baseline_dir, P, G)))
             goto out;
-        }
+        bp = same ? &a : &b;
     }
-    /* A fixed pseudo-random prompt (seeded, so every lane times the same input). */
-    prompt = xmalloc(sizeof(int32_t) * (size_t)P);
-    {
-        uint64_t seed = 0x5eed5eedull;
-        for (int64_t i = 0; i < P; i++)
-            prompt[i] = (int32_t)(splitmix64(&seed) % (uint64_t)m->cfg.vocab_size);
-    }
-    kv = model_kv_new(m, (int)(P + G));
-    logits = xmalloc(sizeof(float) * (size_t)m->cfg.vocab_size);
-    pre = xmalloc(sizeof(double) * (size_t)R);
-    dec = xmalloc(sizeof(double) * (size_t)R);
-    stage_log(ctx,
-              "speed: prompt %lld tokens, %lld greedy decode steps, 1 warm-up + %lld timed "
-              "runs, %d threads",
-              (long long)P, (long long)G, (long long)R, ctx->nthreads);
-    for (int64_t r = -1; r < R; r++) {
-        double ps = 0, ds = 0;
-        stage_progress(ctx, (double)(r + 1), (double)(R + 1), "run");
-        if (stage_cancelled(ctx))
-            rc = 1;
-        else
-            rc = speed_once(ctx, m, kv, prompt, (int)P, (int)G, logits, &ps, &ds, &err);
-        if (rc > 0) {
-            rc = stage_fail(ctx, STAGE_ERR_CANCELLED, "speed stage cancelled");
-            goto out;
-        }
-        if (rc) {
-            rc = model_fail(ctx, rc, err);
-            err = NULL;
-            goto out;
+    n = paired ? NP : R;
+    total = paired ? 2 + 2 * NP : 1 + R;
+    pre = xcalloc((size_t)n, sizeof(double));
+    dec = xcalloc((size_t)n, sizeof(double));
+    bdec = xcalloc((size_t)n, sizeof(double));
+    ratio = xcalloc((size_t)n, sizeof(double));
+    stage_log(ctx, "speed: prompt %lld tokens, %lld greedy decode steps, %d threads", (long long)P,
+              (long long)G, ctx->nthreads);
+    if (paired)
+        stage_log(ctx,
+                  "speed: 1 warm-up each, then %lld interleaved pairs against the baseline "
+                  "'%s'%s",
+                  (long long)NP, ctx->baseline_dir, bp == &a ? " (the model itself)" : "");
+    else
+        stage_log(ctx, "speed: 1 warm-up + %lld timed runs (no baseline)", (long long)R);
+    for (int64_t r = -1, done = 0; r < n; r++) {
+        bool ba = paired && r >= 0 && r % 2 == 1; /* this pair runs the baseline first */
+        double bpre;
+        for (int half = 0; half < (paired ? 2 : 1); half++) {
+            bool base = paired && (half == 0) == ba;
+            stage_progress(ctx, (double)done++, (double)total, "run");
+            if (base)
+                rc = speed_side_run(ctx, bp, P, G, &bpre, &y);
+            else
+                rc = speed_side_run(ctx, &a, P, G, &x, &dec[r < 0 ? 0 : r]);
+            if (rc)
+                goto out;
+            if (r >= 0 && base)
+                bdec[r] = y;
+            else if (r >= 0)
+                pre[r] = x;
         }
         if (r < 0)
             continue; /* warm-up: pages the weights in, warms the caches and the thread pool */
-        pre[r] = (double)P / (ps > 0 ? ps : 1e-9);
-        dec[r] = ds / (double)G;
-        stage_log(ctx, "speed: run %lld: prefill %.1f tokens/s, decode %.3f ms/token",
-                  (long long)r + 1, pre[r], dec[r] * 1e3);
+        if (paired) {
+            ratio[r] = dec[r] / bdec[r];
+            stage_log(ctx,
+                      "speed: pair %lld (%s): model %.3f ms/token, baseline %.3f ms/token, ratio "
+                      "%.4f",
+                      (long long)r + 1, ba ? "B A" : "A B", dec[r] * 1e3, bdec[r] * 1e3, ratio[r]);
+        } else {
+            stage_log(ctx, "speed: run %lld: prefill %.1f tokens/s, decode %.3f ms/token",
+                      (long long)r + 1, pre[r], dec[r] * 1e3);
+        }
     }
-    stage_progress(ctx, (double)(R + 1), (double)(R + 1), "run");
+    stage_progress(ctx, (double)total, (double)total, "run");
     {
-        double tpt = median(dec, (int)R), pts = median(pre, (int)R);
-        if (!(tpt > 0))
-            tpt = 1e-9; /* a clock too coarse to see one step: keep the metrics finite */
+        double tpt = eval_median(dec, (int)n), pts = eval_median(pre, (int)n);
         stage_metric(ctx, "time_per_token", tpt);
         stage_metric(ctx, "decode_tok_s", 1.0 / tpt);
         stage_metric(ctx, "prefill_tok_s", pts);
-        stage_log(ctx, "speed: time_per_token %.6f s (%.1f tokens/s), prefill %.1f tokens/s", tpt,
-                  1.0 / tpt, pts);
+        if (paired) {
+            double tb = eval_median(bdec, (int)n);
+            double rmed = eval_median(ratio, (int)n), riqr = eval_iqr(ratio, (int)n);
+            stage_metric(ctx, "baseline_time_per_token", tb);
+            stage_metric(ctx, "speed_ratio", rmed);
+            stage_metric(ctx, "speed_ratio_iqr", riqr);
+            stage_metric(ctx, "speed_pairs", (double)n);
+            stage_log(ctx,
+                      "speed: time_per_token %.6f s, baseline %.6f s, paired ratio %.4f (IQR "
+                      "%.4f over %lld pairs)",
+                      tpt, tb, rmed, riqr, (long long)n);
+        } else {
+            stage_log(ctx, "speed: time_per_token %.6f s (%.1f tokens/s), prefill %.1f tokens/s",
+                      tpt, 1.0 / tpt, pts);
+        }
     }
 out:
-    free(err);
     free(pre);
     free(dec);
-    free(logits);
-    free(prompt);
-    model_kv_free(kv);
-    model_free(m);
+    free(bdec);
+    free(ratio);
+    speed_side_close(&a);
+    speed_side_close(&b);
     cJSON_Delete(spec);
     return rc;
 }
