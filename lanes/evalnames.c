@@ -19,7 +19,7 @@
 /* The fixed metric names of each eval kind (NULL-terminated), as the worker writes them. */
 struct kind_writes {
     const char *kind;
-    const char *names[10];
+    const char *names[16];
 };
 static const struct kind_writes kind_writes[] = {
     { "ppl", { "ppl", "nll_mean", "eval_tokens", NULL } },
@@ -28,8 +28,9 @@ static const struct kind_writes kind_writes[] = {
       { "time_per_token", "decode_tok_s", "prefill_tok_s", "baseline_time_per_token", "speed_ratio",
         "speed_ratio_iqr", "speed_pairs", NULL } },
     { "vllm_speed",
-      { "time_per_token", "latency_avg", "latency_p50", "latency_p90", "latency_p99", "latency_min",
-        "latency_max", "vllm_iters", NULL } },
+      { "time_per_token", "latency_avg", "latency_std", "latency_p10", "latency_p25", "latency_p50",
+        "latency_p75", "latency_p90", "latency_p99", "latency_min", "latency_max", "vllm_iters",
+        NULL } },
     { "mcqa_gen", { "acc", "parse_fail", "n", "acc.", NULL } },
     { "qa", { "f1", "exact_match", "n", NULL } },
 };

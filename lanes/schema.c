@@ -1092,7 +1092,7 @@ static void build_speed(struct sb *b)
     lanes__jv_set(b->spec, "prompt_tokens", lanes__jv_int(int_or(b, "prompt_tokens", 128)));
     lanes__jv_set(b->spec, "gen_tokens", lanes__jv_int(int_or(b, "gen_tokens", 128)));
     lanes__jv_set(b->spec, "repeats", lanes__jv_int(int_or(b, "repeats", 3)));
-    lanes__jv_set(b->spec, "pairs", lanes__jv_int(int_or(b, "pairs", 5)));
+    lanes__jv_set(b->spec, "pairs", lanes__jv_int(int_or(b, "pairs", 10)));
     b->produces_metrics = 1;
 }
 
@@ -1110,7 +1110,7 @@ static void build_vllm_speed(struct sb *b)
     for (size_t i = 0; i < b->nf; i++)
         if (b->v[i].node && !b->v[i].ok)
             b->ok = 0;
-    set_command(b, "vllm");
+    set_command(b, "vllm bench latency");
     lanes__jv_set(b->spec, "input_len", lanes__jv_int(int_or(b, "input_len", 128)));
     lanes__jv_set(b->spec, "output_len", lanes__jv_int(int_or(b, "output_len", 128)));
     lanes__jv_set(b->spec, "batch_size", lanes__jv_int(int_or(b, "batch_size", 1)));

@@ -336,7 +336,7 @@ static void test_every_kind_spec(void **state)
     assert_string_equal(lf->eval[2].spec_json, want);
     free(want);
     assert_string_equal(lf->eval[3].spec_json,
-                        "{\"gen_tokens\":128,\"pairs\":5,\"prompt_tokens\":128,\"repeats\":3}");
+                        "{\"gen_tokens\":128,\"pairs\":10,\"prompt_tokens\":128,\"repeats\":3}");
     assert_string_equal(
         lf->eval[4].spec_json,
         "{\"env\":{},\"inputs\":[],\"produces\":\"metrics\",\"run\":\"echo {input}\"}");
@@ -930,7 +930,7 @@ static void test_named_evals(void **state)
     assert_int_equal(lf->eval[2].nwrites, 2);
     assert_string_equal(lf->eval[2].writes[1], "kmmlu.");
     assert_string_equal(lf->eval[3].spec_json,
-                        "{\"args\":[],\"batch_size\":4,\"command\":\"vllm\",\"env\":{},"
+                        "{\"args\":[],\"batch_size\":4,\"command\":\"vllm bench latency\",\"env\":{},"
                         "\"input_len\":128,\"name\":\"v\",\"num_iters\":3,"
                         "\"num_iters_warmup\":1,\"output_len\":128}");
     assert_int_equal(lf->eval[4].nwrites, 0); /* an unnamed exec: known only at run time */

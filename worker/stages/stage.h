@@ -88,6 +88,9 @@ int stage_cancelled(const struct stage_ctx *ctx);
 int stage_ppl_run(struct stage_ctx *ctx);
 int stage_mcqa_run(struct stage_ctx *ctx);
 int stage_speed_run(struct stage_ctx *ctx);
+/* External engines (stage_external.c, docs/evals.md "vllm_speed" and "lm_eval"). */
+int stage_vllm_speed_run(struct stage_ctx *ctx);
+int stage_lm_eval_run(struct stage_ctx *ctx);
 int stage_quantize_run(struct stage_ctx *ctx);
 int stage_prune_run(struct stage_ctx *ctx);
 int stage_heal_run(struct stage_ctx *ctx);

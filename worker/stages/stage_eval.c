@@ -433,7 +433,7 @@ int stage_speed_run(struct stage_ctx *ctx)
     if ((rc = spec_int(ctx, spec, "prompt_tokens", 128, 1, 1 << 24, &P)) ||
         (rc = spec_int(ctx, spec, "gen_tokens", 128, 1, 1 << 24, &G)) ||
         (rc = spec_int(ctx, spec, "repeats", 3, 1, 100000, &R)) ||
-        (rc = spec_int(ctx, spec, "pairs", 5, 1, 100000, &NP)))
+        (rc = spec_int(ctx, spec, "pairs", 10, 1, 100000, &NP)))
         goto out;
     if ((rc = speed_side_open(ctx, &a, ctx->input_dir, P, G)))
         goto out;
