@@ -929,10 +929,11 @@ static void test_named_evals(void **state)
                         "\"limit\":0.5,\"model\":\"vllm\",\"tasks\":[\"arc_easy\",\"kmmlu\"]}");
     assert_int_equal(lf->eval[2].nwrites, 2);
     assert_string_equal(lf->eval[2].writes[1], "kmmlu.");
-    assert_string_equal(lf->eval[3].spec_json,
-                        "{\"args\":[],\"batch_size\":4,\"command\":\"vllm bench latency\",\"env\":{},"
-                        "\"input_len\":128,\"name\":\"v\",\"num_iters\":3,"
-                        "\"num_iters_warmup\":1,\"output_len\":128}");
+    assert_string_equal(
+        lf->eval[3].spec_json,
+        "{\"args\":[],\"batch_size\":4,\"command\":\"vllm bench latency\",\"env\":{},"
+        "\"input_len\":128,\"name\":\"v\",\"num_iters\":3,"
+        "\"num_iters_warmup\":1,\"output_len\":128}");
     assert_int_equal(lf->eval[4].nwrites, 0); /* an unnamed exec: known only at run time */
     lanes_file_free(lf);
     free(val);
