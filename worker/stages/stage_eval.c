@@ -8,6 +8,7 @@
  */
 #include "worker/stages/stage.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdbool.h>
@@ -311,37 +312,15 @@ static int32_t argmax_f(const float *v, int n)
     return best;
 }
 
-/* One run: prefill the prompt, then G greedy decode steps through the cache. Returns 0, 1 when
- * cancelled, or a negative errno-style code with *err set. */
-static int speed_once(struct stage_ctx *ctx, struct model *m, struct model_kv *kv,
-                      const int32_t *prompt, int P, int G, float *logits, double *prefill_s,
-                      double *decode_s, char **err)
-{
-    int rc;
-    model_kv_reset(kv);
-    double t0 = now_mono();
-    if ((rc = model_forward(m, prompt, P, kv, MODEL_LOGITS_LAST, logits, NULL, err)))
-        return rc;
-    double t1 = now_mono();
-    int32_t tok = argmax_f(logits, m->cfg.vocab_size);
-    for (int i = 0; i < G; i++) {
-        if (stage_cancelled(ctx))
-            return 1;
-        if ((rc = model_forward(m, &tok, 1, kv, MODEL_LOGITS_LAST, logits, NULL, err)))
-            return rc;
-        tok = argmax_f(logits, m->cfg.vocab_size);
-    }
-    *prefill_s = t1 - t0;
-    *decode_s = now_mono() - t1;
-    return 0;
-}
-
-/* One model the speed stage times: its weights, cache, scratch and prompt. */
+/* One model the speed stage times: its weights (borrowed when both sides are one model), cache,
+ * scratch and prompt. */
 struct speed_side {
     struct model *m;
+    bool borrowed;
     struct model_kv *kv;
     float *logits;
     int32_t *prompt;
+    int32_t tok; /* the next input token of the decode */
 };
 
 static void speed_side_close(struct speed_side *s)
@@ -349,17 +328,15 @@ static void speed_side_close(struct speed_side *s)
     free(s->logits);
     free(s->prompt);
     model_kv_free(s->kv);
-    model_free(s->m);
+    if (!s->borrowed)
+        model_free(s->m);
     memset(s, 0, sizeof(*s));
 }
 
-/* Loads the model in dir and sizes its cache for P + G positions. */
-static int speed_side_open(struct stage_ctx *ctx, struct speed_side *s, const char *dir, int64_t P,
-                           int64_t G)
+/* Sizes the side's cache for P + G positions and writes its prompt; s->m is set. */
+static int speed_side_prepare(struct stage_ctx *ctx, struct speed_side *s, const char *dir,
+                              int64_t P, int64_t G)
 {
-    int rc;
-    if ((rc = load_model_dir(ctx, dir, &s->m, 0)))
-        return rc;
     if (P + G > s->m->cfg.max_position_embeddings)
         return stage_fail(ctx, STAGE_ERR_ERROR,
                           "speed stage: prompt_tokens + gen_tokens = %lld exceeds the model's "
@@ -388,45 +365,141 @@ static int speed_side_open(struct stage_ctx *ctx, struct speed_side *s, const ch
     return 0;
 }
 
-/* One run of side s: *pre = prefill tokens/s, *dec = decode seconds per token. */
-static int speed_side_run(struct stage_ctx *ctx, struct speed_side *s, int64_t P, int64_t G,
-                          double *pre, double *dec)
+static int speed_side_open(struct stage_ctx *ctx, struct speed_side *s, const char *dir, int64_t P,
+                           int64_t G)
 {
-    double ps = 0, ds = 0;
+    int rc = load_model_dir(ctx, dir, &s->m, 0);
+    return rc ? rc : speed_side_prepare(ctx, s, dir, P, G);
+}
+
+/* Prefill (seconds in *dt) or one decode step of side s. 0, or a model error code. */
+static int speed_side_step(struct speed_side *s, int prefill_len, double *dt, char **err)
+{
+    double t0 = now_mono();
+    int rc;
+    if (prefill_len) {
+        model_kv_reset(s->kv);
+        rc = model_forward(s->m, s->prompt, prefill_len, s->kv, MODEL_LOGITS_LAST, s->logits, NULL,
+                           err);
+    } else {
+        rc = model_forward(s->m, &s->tok, 1, s->kv, MODEL_LOGITS_LAST, s->logits, NULL, err);
+    }
+    *dt = now_mono() - t0;
+    if (rc == 0)
+        s->tok = argmax_f(s->logits, s->m->cfg.vocab_size);
+    return rc;
+}
+
+/* Figures of one timed run (or one pair) of a side. */
+struct speed_fig {
+    double pre;  /* prefill tokens/s */
+    double dec;  /* mean decode seconds per token */
+    double step; /* median decode step, seconds */
+};
+
+/*
+ * One pair: both sides prefill, then decode G steps interleaved step by step (A B, then B A at
+ * the next step, ...; flip starts with B), every step timed. b may be NULL (one side alone).
+ * Returns 0, or a stage_fail code.
+ */
+static int speed_pair(struct stage_ctx *ctx, struct speed_side *a, struct speed_side *b, int64_t P,
+                      int64_t G, int flip, double *da, double *db, struct speed_fig *fa,
+                      struct speed_fig *fb)
+{
+    struct speed_side *side[2] = { a, b };
+    struct speed_fig *fig[2] = { fa, fb };
+    double *d[2] = { da, db }, t;
     char *err = NULL;
-    int rc = stage_cancelled(ctx) ? 1
-                                  : speed_once(ctx, s->m, s->kv, s->prompt, (int)P, (int)G,
-                                               s->logits, &ps, &ds, &err);
-    if (rc > 0)
-        return stage_fail(ctx, STAGE_ERR_CANCELLED, "speed stage cancelled");
+    int rc = 0, ns = b ? 2 : 1;
+    for (int k = 0; k < ns && rc == 0; k++) {
+        int w = ns == 2 ? (k + flip) % 2 : 0;
+        if ((rc = speed_side_step(side[w], (int)P, &t, &err)) == 0)
+            fig[w]->pre = (double)P / (t > 0 ? t : 1e-9);
+    }
+    for (int64_t i = 0; i < G && rc == 0; i++) {
+        if (stage_cancelled(ctx))
+            return stage_fail(ctx, STAGE_ERR_CANCELLED, "speed stage cancelled");
+        for (int k = 0; k < ns && rc == 0; k++) {
+            int w = ns == 2 ? (int)((k + flip + i) % 2) : 0;
+            rc = speed_side_step(side[w], 0, &d[w][i], &err);
+        }
+    }
     if (rc)
         return model_fail(ctx, rc, err);
-    *pre = (double)P / (ps > 0 ? ps : 1e-9);
-    *dec = ds / (double)G;
-    if (!(*dec > 0))
-        *dec = 1e-9; /* a clock too coarse to see one step: keep the metrics finite */
+    for (int w = 0; w < ns; w++) {
+        double sum = 0;
+        for (int64_t i = 0; i < G; i++)
+            sum += d[w][i];
+        fig[w]->dec = sum / (double)G;
+        if (!(fig[w]->dec > 0))
+            fig[w]->dec = 1e-9; /* a clock too coarse to see one step: keep the metrics finite */
+        fig[w]->step = eval_median(d[w], (int)G);
+        if (!(fig[w]->step > 0))
+            fig[w]->step = 1e-9;
+    }
     return 0;
+}
+
+/*
+ * Copies the regular files of model dir src into a new dir stage_dir/name (new string in *out).
+ * The paired speed eval times such fresh copies of both models: how a weight file sits in the
+ * page cache (written just now, or read from disk long ago) changes the decode time of the
+ * mmapped weights by several percent on this project's machines, which would otherwise show up
+ * as a speed difference between a lane and the base model they do not have.
+ */
+static int speed_fresh_copy(struct stage_ctx *ctx, const char *src, const char *name, char **out)
+{
+    DIR *d = opendir(src);
+    struct dirent *e;
+    char *dst = path_join(ctx->stage_dir, name);
+    int rc = 0;
+    *out = NULL;
+    if (!d || mkdir_p(dst, 0755) < 0) {
+        rc = stage_fail(ctx, STAGE_ERR_ERROR, "speed stage: cannot copy the model '%s' to '%s': %s",
+                        src, dst, strerror(errno));
+        if (d)
+            closedir(d);
+        free(dst);
+        return rc;
+    }
+    while (rc == 0 && (e = readdir(d))) {
+        char *f = path_join(src, e->d_name), *t = path_join(dst, e->d_name);
+        int cr;
+        if (e->d_name[0] != '.' && is_file(f) && (cr = file_copy(f, t)) < 0)
+            rc = stage_fail(ctx, cr == -ENOSPC ? STAGE_ERR_OOM : STAGE_ERR_ERROR,
+                            "speed stage: cannot copy '%s' to '%s': %s", f, t, strerror(-cr));
+        free(f);
+        free(t);
+    }
+    closedir(d);
+    if (rc)
+        free(dst);
+    else
+        *out = dst;
+    return rc;
 }
 
 /*
  * The speed eval (docs/evals.md "speed"). Without a baseline (exaq-worker run without
  * --baseline): one warm-up and `repeats` timed runs of the model. With the sweep's base model
- * as baseline (every job exaqd sends): both models are loaded in this process, one warm-up run
- * of each (excluded), then `pairs` pairs run back to back, interleaved A B, B A, A B, ... (the
- * order flips every pair, so neither model always runs right after the other), and a slow
- * spell of a shared machine lands on both halves of a pair. Metrics: time_per_token (median of
- * the model's runs), decode_tok_s, prefill_tok_s, and when paired baseline_time_per_token
- * (median of the baseline's runs), speed_ratio (median of the per-pair ratios A_i / B_i),
+ * as baseline (every job exaqd sends): both models are loaded in this process and run in
+ * `pairs` pairs after one warm-up pair. In a pair both prefill the same prompt, then their
+ * decode steps alternate one by one (A B B A A B ...), each timed, so both models see the same
+ * machine load within a few milliseconds. The pair's ratio is the model's median step time
+ * over the baseline's: a preempted step changes one median by nothing. Metrics:
+ * time_per_token (median over runs of the run's mean step), decode_tok_s, prefill_tok_s, and
+ * when paired baseline_time_per_token, speed_ratio (median of the pairs' ratios),
  * speed_ratio_iqr (their interquartile range) and speed_pairs.
  */
 int stage_speed_run(struct stage_ctx *ctx)
 {
     cJSON *spec;
-    struct speed_side a = { 0 }, b = { 0 }, *bp = NULL;
+    struct speed_side a = { 0 }, b = { 0 };
     int64_t P, G, R, NP, n, total;
-    double *pre = NULL, *dec = NULL, *bdec = NULL, *ratio = NULL, x, y;
+    double *pre = NULL, *dec = NULL, *bdec = NULL, *ratio = NULL, *da = NULL, *db = NULL;
+    char *copy_a = NULL, *copy_b = NULL;
     int rc = 0;
-    bool paired = ctx->baseline_dir && ctx->baseline_dir[0];
+    bool paired = ctx->baseline_dir && ctx->baseline_dir[0], same = false;
 
     if (!(spec = spec_parse(ctx, &rc)))
         return rc;
@@ -435,58 +508,73 @@ int stage_speed_run(struct stage_ctx *ctx)
         (rc = spec_int(ctx, spec, "repeats", 3, 1, 100000, &R)) ||
         (rc = spec_int(ctx, spec, "pairs", 10, 1, 100000, &NP)))
         goto out;
-    if ((rc = speed_side_open(ctx, &a, ctx->input_dir, P, G)))
-        goto out;
     if (paired) {
         char *ra = realpath(ctx->input_dir, NULL), *rb = realpath(ctx->baseline_dir, NULL);
-        bool same = ra && rb && strcmp(ra, rb) == 0;
+        same = ra && rb && strcmp(ra, rb) == 0;
         free(ra);
         free(rb);
-        /* The baseline lane times its model against itself (one copy in memory). */
-        if (!same && (rc = speed_side_open(ctx, &b, ctx->baseline_dir, P, G)))
+        if (ctx->stage_dir) {
+            if ((rc = speed_fresh_copy(ctx, ctx->input_dir, "speed-model", &copy_a)) ||
+                (!same &&
+                 (rc = speed_fresh_copy(ctx, ctx->baseline_dir, "speed-baseline", &copy_b))))
+                goto out;
+            stage_log(ctx, "speed: timing fresh copies of %s in the stage dir",
+                      same ? "the model" : "both models");
+        }
+    }
+    if ((rc = speed_side_open(ctx, &a, copy_a ? copy_a : ctx->input_dir, P, G)))
+        goto out;
+    if (paired) {
+        if (same) {
+            /* The baseline lane: the model against itself (its weights once, two caches). */
+            b.m = a.m;
+            b.borrowed = true;
+            rc = speed_side_prepare(ctx, &b, ctx->baseline_dir, P, G);
+        } else {
+            rc = speed_side_open(ctx, &b, copy_b ? copy_b : ctx->baseline_dir, P, G);
+        }
+        if (rc)
             goto out;
-        bp = same ? &a : &b;
     }
     n = paired ? NP : R;
-    total = paired ? 2 + 2 * NP : 1 + R;
+    total = 1 + n;
     pre = xcalloc((size_t)n, sizeof(double));
     dec = xcalloc((size_t)n, sizeof(double));
     bdec = xcalloc((size_t)n, sizeof(double));
     ratio = xcalloc((size_t)n, sizeof(double));
+    da = xcalloc((size_t)G, sizeof(double));
+    db = xcalloc((size_t)G, sizeof(double));
     stage_log(ctx, "speed: prompt %lld tokens, %lld greedy decode steps, %d threads", (long long)P,
               (long long)G, ctx->nthreads);
     if (paired)
         stage_log(ctx,
-                  "speed: 1 warm-up each, then %lld interleaved pairs against the baseline "
-                  "'%s'%s",
-                  (long long)NP, ctx->baseline_dir, bp == &a ? " (the model itself)" : "");
+                  "speed: 1 warm-up pair, then %lld pairs against the baseline '%s'%s, decode "
+                  "steps interleaved",
+                  (long long)NP, ctx->baseline_dir, same ? " (the model itself)" : "");
     else
         stage_log(ctx, "speed: 1 warm-up + %lld timed runs (no baseline)", (long long)R);
-    for (int64_t r = -1, done = 0; r < n; r++) {
-        bool ba = paired && r >= 0 && r % 2 == 1; /* this pair runs the baseline first */
-        double bpre;
-        for (int half = 0; half < (paired ? 2 : 1); half++) {
-            bool base = paired && (half == 0) == ba;
-            stage_progress(ctx, (double)done++, (double)total, "run");
-            if (base)
-                rc = speed_side_run(ctx, bp, P, G, &bpre, &y);
-            else
-                rc = speed_side_run(ctx, &a, P, G, &x, &dec[r < 0 ? 0 : r]);
-            if (rc)
-                goto out;
-            if (r >= 0 && base)
-                bdec[r] = y;
-            else if (r >= 0)
-                pre[r] = x;
+    for (int64_t r = -1; r < n; r++) {
+        struct speed_fig fa = { 0 }, fb = { 0 };
+        stage_progress(ctx, (double)(r + 1), (double)total, "run");
+        if (stage_cancelled(ctx)) {
+            rc = stage_fail(ctx, STAGE_ERR_CANCELLED, "speed stage cancelled");
+            goto out;
         }
+        if ((rc = speed_pair(ctx, &a, paired ? &b : NULL, P, G, r >= 0 && r % 2 == 1, da, db, &fa,
+                             &fb)))
+            goto out;
         if (r < 0)
             continue; /* warm-up: pages the weights in, warms the caches and the thread pool */
+        pre[r] = fa.pre;
+        dec[r] = fa.dec;
         if (paired) {
-            ratio[r] = dec[r] / bdec[r];
+            bdec[r] = fb.dec;
+            ratio[r] = fa.step / fb.step;
             stage_log(ctx,
-                      "speed: pair %lld (%s): model %.3f ms/token, baseline %.3f ms/token, ratio "
-                      "%.4f",
-                      (long long)r + 1, ba ? "B A" : "A B", dec[r] * 1e3, bdec[r] * 1e3, ratio[r]);
+                      "speed: pair %lld: model %.3f ms/token (median step %.3f), baseline %.3f "
+                      "(median step %.3f), ratio %.4f",
+                      (long long)r + 1, fa.dec * 1e3, fa.step * 1e3, fb.dec * 1e3, fb.step * 1e3,
+                      ratio[r]);
         } else {
             stage_log(ctx, "speed: run %lld: prefill %.1f tokens/s, decode %.3f ms/token",
                       (long long)r + 1, pre[r], dec[r] * 1e3);
@@ -519,8 +607,16 @@ out:
     free(dec);
     free(bdec);
     free(ratio);
-    speed_side_close(&a);
+    free(da);
+    free(db);
     speed_side_close(&b);
+    speed_side_close(&a);
+    for (int i = 0; i < 2; i++) {
+        char *c = i ? copy_b : copy_a;
+        if (c)
+            rm_rf(c); /* the stage dir becomes the artifact: keep no model there */
+        free(c);
+    }
     cJSON_Delete(spec);
     return rc;
 }
