@@ -89,6 +89,21 @@ static char *lane_model_dir(struct daemon *d, const struct dlane *l)
     return xstrdup(l->sw->base_model);
 }
 
+/*
+ * The `name` of an eval stage's spec (docs/evals.md "Named evals"), or NULL. This is the one
+ * place where a named eval's metrics become NAME.METRIC: the worker, the stage cache and the
+ * metrics table keep the kind's own names, and every lane view (rank, reports, packages, score)
+ * is built here. New string.
+ */
+static char *eval_name(const char *spec)
+{
+    cJSON *root = spec ? cJSON_Parse(spec) : NULL;
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(root, "name");
+    char *out = cJSON_IsString(n) && n->valuestring[0] ? xstrdup(n->valuestring) : NULL;
+    cJSON_Delete(root);
+    return out;
+}
+
 static void lane_fill(struct daemon *d, struct rank_lane *rl, const struct dlane *l)
 {
     enum lane_state s = sched_lane_state(l);
@@ -100,8 +115,17 @@ static void lane_fill(struct daemon *d, struct rank_lane *rl, const struct dlane
     free(md);
     for (int i = 0; i < l->n; i++) {
         const struct proto_metrics *m = &l->st[i]->metrics;
-        for (size_t k = 0; k < m->n; k++)
-            proto_metrics_add(&rl->metrics, m->names[k], m->values[k]);
+        char *name = l->is_eval[i] ? eval_name(l->st[i]->spec) : NULL;
+        for (size_t k = 0; k < m->n; k++) {
+            if (name) {
+                char *full = xasprintf("%s.%s", name, m->names[k]);
+                proto_metrics_add(&rl->metrics, full, m->values[k]);
+                free(full);
+            } else {
+                proto_metrics_add(&rl->metrics, m->names[k], m->values[k]);
+            }
+        }
+        free(name);
     }
     switch (s) {
     case LANE_FAILED:

@@ -341,10 +341,37 @@ static bool perf_norm(const struct rank_lane *l, const struct rank_lane *b,
     return true;
 }
 
-static bool speed_norm(const struct rank_lane *l, const struct rank_lane *b,
+/* The name of the paired metric that goes with the speed metric: P + "time_per_token" gives
+ * P + what; NULL when the speed metric is another one. New string. */
+static char *paired_name(const char *speed_metric, const char *what)
+{
+    static const char tpt[] = "time_per_token";
+    size_t n = strlen(speed_metric), k = sizeof(tpt) - 1;
+    if (n < k || strcmp(speed_metric + n - k, tpt) != 0 ||
+        (n > k && speed_metric[n - k - 1] != '.'))
+        return NULL;
+    return xasprintf("%.*s%s", (int)(n - k), speed_metric, what);
+}
+
+static bool speed_norm(struct rank_lane *l, const struct rank_lane *b,
                        const struct rank_settings *s, double *out)
 {
-    double t, tb;
+    double t, tb, ratio, iqr;
+    char *rn = paired_name(s->speed_metric, "speed_ratio");
+    char *in = paired_name(s->speed_metric, "speed_ratio_iqr");
+    bool have = rn && rank_lane_metric(l, rn, &ratio) && isfinite(ratio) && ratio > 0;
+    free(rn);
+    l->paired = false;
+    l->score_spread = 0;
+    if (have && l != b && rank_lane_metric(l, s->speed_metric, &t) && isfinite(t)) {
+        l->paired = true;
+        if (in && rank_lane_metric(l, in, &iqr) && isfinite(iqr) && iqr > 0)
+            l->score_spread = s->w_speed * iqr;
+        free(in);
+        *out = 1.0 - ratio;
+        return true;
+    }
+    free(in);
     if (!rank_lane_metric(l, s->speed_metric, &t) || !rank_lane_metric(b, s->speed_metric, &tb))
         return false;
     if (!(isfinite(tb) && tb > 0) || !isfinite(t))
@@ -442,9 +469,21 @@ int rank_compute(struct rank_result *r, const struct rank_settings *s)
     }
     if (r->nlanes > 1)
         qsort(r->lanes, (size_t)r->nlanes, sizeof(*r->lanes), lane_cmp);
-    for (int i = 0; i < r->nlanes; i++)
+    for (int i = 0; i < r->nlanes; i++) {
+        r->lanes[i].tie = 0;
         if (r->lanes[i].ranked)
             r->lanes[i].rank = ++n;
+    }
+    /* Ties: neighbours closer than the larger of their score spreads (rank.h). */
+    for (int i = 0; i + 1 < n; i++) {
+        struct rank_lane *x = &r->lanes[i], *y = &r->lanes[i + 1];
+        double spread = x->score_spread > y->score_spread ? x->score_spread : y->score_spread;
+        if (spread > 0 && x->score - y->score < spread) {
+            if (!x->tie)
+                x->tie = x->rank;
+            y->tie = x->tie;
+        }
+    }
     return n;
 }
 
@@ -516,6 +555,10 @@ char *rank_result_json(const struct rank_result *r, const char *settings_json)
         write_opt_num(&w, "score", l->ranked, l->score);
         write_opt_num(&w, "perf_norm", l->has_perf, l->perf_norm);
         write_opt_num(&w, "speed_norm", l->has_speed, l->speed_norm);
+        if (l->ranked && l->paired)
+            jw_knum(&w, "score_spread", l->score_spread);
+        if (l->ranked && l->tie)
+            jw_kint(&w, "tie", l->tie);
         jw_key(&w, "metrics");
         write_metrics(&w, &l->metrics);
         jw_key(&w, "size_bytes");

@@ -9,7 +9,15 @@
  *   norm_i    = perf / base   (higher_is_better)      base / perf   (lower is better)
  *   PerfNorm  = sum_i (w_i / sum_j w_j) * norm_i      (only terms with w_i > 0)
  *   SpeedNorm = 1 - t / t_base                        (t: the speed metric)
+ *             = 1 - speed_ratio                       (when the lane has a paired ratio)
  *   Score     = max(w_perf * PerfNorm + w_speed * SpeedNorm, 0)
+ *
+ * The paired ratio: for a speed metric P + "time_per_token" (P empty, or a named eval's
+ * "NAME."), the lane's P + "speed_ratio", measured by the speed eval against the base model in
+ * interleaved pairs (docs/evals.md "speed"); the baseline itself keeps SpeedNorm 0. Its spread
+ * P + "speed_ratio_iqr" gives the lane's score spread w_speed * IQR; two neighbours in the
+ * ranking whose scores differ by less than the larger of their spreads are a tie: every lane
+ * of a run of such neighbours gets tie = the rank of the run's first lane.
  *
  * A done lane that lacks a metric the formula needs is not ranked: it gets a reason such as
  * "missing metric 'ppl'", never a silent 0. A baseline that did not finish, lacks a metric or
@@ -72,6 +80,9 @@ struct rank_lane {
     double score;
     bool has_perf, has_speed;
     double perf_norm, speed_norm;
+    bool paired;         /* speed_norm came from the paired ratio */
+    double score_spread; /* w_speed * the ratio's IQR; 0 when unknown */
+    int tie;             /* rank of the first lane of its tie run; 0 when not tied */
 };
 
 struct rank_result {

@@ -319,8 +319,17 @@ static void plan_lane(struct submit_job *j, struct plane *pl, const struct lanes
         ps->name = xstrdup(ls->name);
         ps->is_eval = is_eval;
         ps->dep_key = model_dep ? xstrdup(model_dep) : NULL;
-        if (plan_stage(j, ls, model_key, salt, sh, ps->key) < 0)
+        if (is_eval && !strcmp(ls->kind, "speed")) {
+            /* The speed eval times its model against the base model in pairs
+             * (docs/evals.md "speed"): its result depends on both. */
+            char *in = xasprintf("%s\nbaseline %s", model_key, j->base_key);
+            int rc = plan_stage(j, ls, in, salt, sh, ps->key);
+            free(in);
+            if (rc < 0)
+                continue;
+        } else if (plan_stage(j, ls, model_key, salt, sh, ps->key) < 0) {
             continue;
+        }
         {
             char *rj = xasprintf("%s/artifacts/%s/result.json", j->home, ps->key);
             ps->have_artifact = is_file(rj);

@@ -450,6 +450,8 @@ bool workers_dispatch(struct daemon *d, struct slot *s, struct dstage *st, struc
         proto_set_str(&j->sweep, &j->has_sweep, l->sw->id);
         proto_set_str(&j->lane, &j->has_lane, l->id);
         proto_set_str(&j->stage, &j->has_stage, l->names[pos]);
+        if (l->sw->base_model)
+            proto_set_str(&j->baseline, &j->has_baseline, l->sw->base_model);
     }
     server_reply(s->conn, &m);
     proto_msg_release(&m);

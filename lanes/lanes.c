@@ -526,8 +526,10 @@ static void parse_eval(struct pstate *ps, const struct ynode *root)
         else
             bad = 1;
     }
-    if (!bad)
+    if (!bad) {
         name_stages(lf->eval, lf->neval, "eval.");
+        lanes__eval_collisions(&ps->c, lf->eval, lf->neval);
+    }
 }
 
 /* ===== lanes and matrix ======================================================================= */

@@ -71,6 +71,13 @@ struct lanes_stage {
     int produces_metrics; /* 1 when it may output metrics */
     struct lanes_res res;
     int line, col; /* where the stage was written (the kind key), 1-based */
+    /* Eval stages only (docs/evals.md "Named evals"): the optional `name`, NULL when not
+     * written, and the metric names the stage writes as the lane sees them: "NAME." (every
+     * metric NAME.*) for a named eval, else the kind's fixed names, "TASK." per lm_eval task;
+     * empty when they are known only at run time (an unnamed exec eval). */
+    char *eval_name;
+    char **writes;
+    size_t nwrites;
 };
 
 struct lanes_lane {

@@ -422,13 +422,15 @@ void lanes__calib_parse(struct lanes__ctx *c, const struct ynode *v, const char 
 
 /* ===== stage kinds ============================================================================ */
 
-const char *const lanes__kinds[] = { "quantize", "prune", "heal",     "config", "exec", "ppl",
-                                     "mcqa",     "speed", "mcqa_gen", "qa",     NULL };
-static const char *const eval_kinds[] = { "ppl", "mcqa", "speed", "exec", "mcqa_gen", "qa", NULL };
+const char *const lanes__kinds[] = { "quantize",   "prune",   "heal",  "config",   "exec",
+                                     "ppl",        "mcqa",    "speed", "mcqa_gen", "qa",
+                                     "vllm_speed", "lm_eval", NULL };
+static const char *const eval_kinds[] = { "ppl", "mcqa",       "speed",   "exec", "mcqa_gen",
+                                          "qa",  "vllm_speed", "lm_eval", NULL };
 /* Every kind name a user could mean, for "did you mean" hints. */
-static const char *const hint_kinds[] = { "quantize", "prune", "heal",  "config",   "exec",
-                                          "ppl",      "mcqa",  "speed", "finetune", "distill",
-                                          "mcqa_gen", "qa",    NULL };
+static const char *const hint_kinds[] = { "quantize",   "prune",   "heal",     "config",   "exec",
+                                          "ppl",        "mcqa",    "speed",    "mcqa_gen", "qa",
+                                          "vllm_speed", "lm_eval", "finetune", "distill",  NULL };
 
 int lanes__kind_known(const char *kind)
 {
@@ -482,6 +484,7 @@ static const char *const e_prune_metric[] = { "block_influence", "explicit", NUL
 static const char *const e_heal_method[] = { "lsq", NULL };
 static const char *const e_fold[] = { "norm", "refit", "both", NULL };
 static const char *const e_produces[] = { "model", "metrics", "both", NULL };
+static const char *const e_lm_eval_model[] = { "vllm", "hf", NULL };
 
 #define IMAX 2147483647.0
 #define F_INT(n, lo)                                                                               \
@@ -590,6 +593,30 @@ static const struct fdef f_speed[] = {
     F_INT("prompt_tokens", 1),
     F_INT("gen_tokens", 1),
     F_INT("repeats", 1),
+    F_INT("pairs", 1),
+    F_END,
+};
+static const struct fdef f_vllm_speed[] = {
+    F_STR("command"),
+    F_INT("input_len", 1),
+    F_INT("output_len", 1),
+    F_INT("batch_size", 1),
+    F_INT("num_iters", 1),
+    F_INT("num_iters_warmup", 0),
+    { "args", FT_STRLIST, 0, 0, 0, 0, NULL },
+    { "env", FT_ENV, 0, 0, 0, 0, NULL },
+    F_END,
+};
+static const struct fdef f_lm_eval[] = {
+    F_STR("command"),
+    F_ENUM("model", e_lm_eval_model),
+    { "tasks", FT_STRLIST, 0, 0, 0, 0, NULL },
+    F_INT("num_fewshot", 0),
+    F_NUM("limit", 0, 1, INFINITY, 0),
+    F_INT("batch_size", 1),
+    F_STR("model_args"),
+    { "args", FT_STRLIST, 0, 0, 0, 0, NULL },
+    { "env", FT_ENV, 0, 0, 0, 0, NULL },
     F_END,
 };
 
@@ -1107,6 +1134,65 @@ static void build_speed(struct sb *b)
     lanes__jv_set(b->spec, "prompt_tokens", lanes__jv_int(int_or(b, "prompt_tokens", 128)));
     lanes__jv_set(b->spec, "gen_tokens", lanes__jv_int(int_or(b, "gen_tokens", 128)));
     lanes__jv_set(b->spec, "repeats", lanes__jv_int(int_or(b, "repeats", 3)));
+    lanes__jv_set(b->spec, "pairs", lanes__jv_int(int_or(b, "pairs", 10)));
+    b->produces_metrics = 1;
+}
+
+/* A command field: a non-empty string, else the default. */
+static void set_command(struct sb *b, const char *dflt)
+{
+    struct fval *cmd = fv(b, "command");
+    if (cmd->ok && !cmd->s[0])
+        sb_err(b, cmd->node, "'command' is an empty command");
+    lanes__jv_set(b->spec, "command", lanes__jv_str(cmd->ok && cmd->s[0] ? cmd->s : dflt));
+}
+
+static void build_vllm_speed(struct sb *b)
+{
+    for (size_t i = 0; i < b->nf; i++)
+        if (b->v[i].node && !b->v[i].ok)
+            b->ok = 0;
+    set_command(b, "vllm bench latency");
+    lanes__jv_set(b->spec, "input_len", lanes__jv_int(int_or(b, "input_len", 128)));
+    lanes__jv_set(b->spec, "output_len", lanes__jv_int(int_or(b, "output_len", 128)));
+    lanes__jv_set(b->spec, "batch_size", lanes__jv_int(int_or(b, "batch_size", 1)));
+    lanes__jv_set(b->spec, "num_iters", lanes__jv_int(int_or(b, "num_iters", 3)));
+    lanes__jv_set(b->spec, "num_iters_warmup", lanes__jv_int(int_or(b, "num_iters_warmup", 1)));
+    set_json(b, "args", lanes__jv_arr());
+    set_json(b, "env", lanes__jv_obj());
+    b->produces_metrics = 1;
+}
+
+static void build_lm_eval(struct sb *b)
+{
+    struct fval *t = fv(b, "tasks"), *lim = fv(b, "limit"), *fs = fv(b, "num_fewshot");
+    struct fval *ma = fv(b, "model_args");
+    for (size_t i = 0; i < b->nf; i++)
+        if (b->v[i].node && !b->v[i].ok)
+            b->ok = 0;
+    set_command(b, "lm_eval");
+    lanes__jv_set(b->spec, "model", lanes__jv_str(str_or(b, "model", "hf")));
+    if (!t->node) {
+        sb_err(b, b->at, "lm_eval needs 'tasks: [NAME, ...]' (lm-evaluation-harness task names)");
+    } else if (t->ok) {
+        if (t->j->n == 0)
+            sb_err(b, t->node, "'tasks' must list at least one task");
+        for (size_t i = 0; i < t->j->n; i++) {
+            const char *n = t->j->v[i]->s;
+            if (!n[0] || strpbrk(n, ", \t\n"))
+                sb_err(b, t->node, "task name '%s' must be non-empty, without commas or spaces", n);
+        }
+    }
+    set_json(b, "tasks", lanes__jv_arr());
+    if (fs->ok)
+        lanes__jv_set(b->spec, "num_fewshot", lanes__jv_int(fs->i));
+    if (lim->ok)
+        lanes__jv_set(b->spec, "limit", lanes__jv_num(lim->d));
+    lanes__jv_set(b->spec, "batch_size", lanes__jv_int(int_or(b, "batch_size", 1)));
+    if (ma->ok)
+        lanes__jv_set(b->spec, "model_args", lanes__jv_str(ma->s));
+    set_json(b, "args", lanes__jv_arr());
+    set_json(b, "env", lanes__jv_obj());
     b->produces_metrics = 1;
 }
 
@@ -1171,6 +1257,8 @@ static const struct kinddef kinddefs[] = {
     { "speed", f_speed, build_speed },
     { "mcqa_gen", f_mcqa_gen, build_mcqa_gen },
     { "qa", f_qa, build_qa },
+    { "vllm_speed", f_vllm_speed, build_vllm_speed },
+    { "lm_eval", f_lm_eval, build_lm_eval },
 };
 
 static const struct kinddef *kind_find(const char *kind)
@@ -1296,6 +1384,10 @@ void lanes__stage_release(struct lanes_stage *s)
 {
     free(s->kind);
     free(s->name);
+    free(s->eval_name);
+    for (size_t i = 0; i < s->nwrites; i++)
+        free(s->writes[i]);
+    free(s->writes);
     free(s->spec_json);
     free(s->key_json);
     for (size_t i = 0; i < s->nfiles; i++)
@@ -1312,6 +1404,44 @@ static void fvals_release(struct fval *v, size_t n)
         lanes__calib_release(&v[i].cal);
     }
     free(v);
+}
+
+/* An eval's `name` (docs/evals.md "Named evals"). */
+static void eval_name_parse(struct sb *b, const struct ynode *val, char **out)
+{
+    const char *s;
+    if (*out)
+        return; /* duplicate key, already reported */
+    if (lanes__get_str(b->c, val, "name", &s) < 0) {
+        b->ok = 0;
+        return;
+    }
+    if (!lanes__eval_name_ok(s)) {
+        sb_err(b, val,
+               "eval name '%s' must be 1 to %d characters of a-z, 0-9 and '_' (its metrics are "
+               "named NAME.METRIC)",
+               s, LANES_EVAL_NAME_MAX);
+        return;
+    }
+    *out = xstrdup(s);
+}
+
+static void eval_writes(struct lanes_stage *out, struct sb *b)
+{
+    const char **tasks = NULL;
+    size_t n = 0;
+    if (strcmp(out->kind, "lm_eval") == 0) {
+        const struct jv *t = NULL;
+        for (size_t i = 0; i < b->spec->n; i++)
+            if (strcmp(b->spec->keys[i], "tasks") == 0)
+                t = b->spec->v[i];
+        n = t ? t->n : 0;
+        tasks = xcalloc(n + 1, sizeof(*tasks));
+        for (size_t i = 0; i < n; i++)
+            tasks[i] = t->v[i]->s;
+    }
+    lanes__eval_writes(out, tasks, n);
+    free(tasks);
 }
 
 int lanes__stage_parse(struct lanes__ctx *c, const struct ynode *item, int in_eval,
@@ -1370,7 +1500,7 @@ int lanes__stage_parse(struct lanes__ctx *c, const struct ynode *item, int in_ev
         if (!ok) {
             lanes__err(c, kkey,
                        "stage kind '%s' cannot be used in eval (eval takes ppl, mcqa, mcqa_gen, "
-                       "qa, speed and exec)",
+                       "qa, speed, vllm_speed, lm_eval and exec)",
                        kind);
             return -1;
         }
@@ -1416,6 +1546,10 @@ int lanes__stage_parse(struct lanes__ctx *c, const struct ynode *item, int in_ev
                     b.ok = 0;
                 continue;
             }
+            if (in_eval && strcmp(kn, "name") == 0) {
+                eval_name_parse(&b, val, &out->eval_name);
+                continue;
+            }
             for (fi = 0; fi < b.nf; fi++)
                 if (strcmp(b.f[fi].name, kn) == 0)
                     break;
@@ -1449,6 +1583,10 @@ int lanes__stage_parse(struct lanes__ctx *c, const struct ynode *item, int in_ev
     if (!b.ok)
         goto fail;
     out->kind = xstrdup(kind);
+    if (out->eval_name)
+        lanes__jv_set(b.spec, "name", lanes__jv_str(out->eval_name));
+    if (in_eval)
+        eval_writes(out, &b);
     out->spec_json = lanes__jv_print_new(b.spec, NULL);
     out->key_json = lanes__jv_print_new(b.spec, &files);
     out->files = files.paths;

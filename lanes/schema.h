@@ -95,6 +95,16 @@ const char *lanes__stage_item_kind(const struct ynode *item, const struct ynode 
 
 /* Is kind a stage kind this build knows (native or exec)? */
 int lanes__kind_known(const char *kind);
+
+/* ---- eval names and the metrics evals write (evalnames.c) ---------------------------------- */
+
+#define LANES_EVAL_NAME_MAX 24
+/* 1 when s is a valid eval name: [a-z0-9_]+, at most LANES_EVAL_NAME_MAX bytes. */
+int lanes__eval_name_ok(const char *s);
+/* Fills st->writes from its kind and eval_name (tasks: an lm_eval stage's task names). */
+void lanes__eval_writes(struct lanes_stage *st, const char *const *tasks, size_t ntasks);
+/* Reports every eval of ev[0..n-1] that would write a metric an earlier one writes. */
+void lanes__eval_collisions(struct lanes__ctx *c, const struct lanes_stage *ev, size_t n);
 /* Names of the kinds, NULL-terminated. */
 extern const char *const lanes__kinds[];
 /*

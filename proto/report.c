@@ -240,8 +240,10 @@ static int metric_names(const cJSON *doc, const char **names, bool all)
     return n;
 }
 
-static const char *fixed_cols[] = { "rank",      "lane",       "status",    "score",
-                                    "perf_norm", "speed_norm", "size_bytes" };
+/* "tie": "~N" when the lane is within the measured speed noise of its neighbour, N being the
+ * rank of the first lane of the tied run (daemon/rank.h). */
+static const char *fixed_cols[] = { "rank", "lane",      "status",     "score",
+                                    "tie",  "perf_norm", "speed_norm", "size_bytes" };
 #define NFIXED ((int)EXAQ_ARRAY_LEN(fixed_cols))
 
 static void build_table(struct table *t, const cJSON *doc, const char *format, bool base_row)
@@ -267,9 +269,9 @@ static void build_table(struct table *t, const cJSON *doc, const char *format, b
         table_set(t, 1, "baseline");
         table_set(t, 2, "%s", jstr(base, "status") ? jstr(base, "status") : "");
         set_num(t, 3, base, "score", NF_SCORE, format);
-        set_num(t, 4, base, "perf_norm", NF_SCORE, format);
-        set_num(t, 5, base, "speed_norm", NF_SCORE, format);
-        set_num(t, 6, base, "size_bytes", NF_INT, format);
+        set_num(t, 5, base, "perf_norm", NF_SCORE, format);
+        set_num(t, 6, base, "speed_norm", NF_SCORE, format);
+        set_num(t, 7, base, "size_bytes", NF_INT, format);
         for (int i = 0; i < nm; i++)
             set_num(t, NFIXED + i, bm, names[i], NF_METRIC, format);
         if (jstr(base, "reason"))
@@ -288,9 +290,11 @@ static void build_table(struct table *t, const cJSON *doc, const char *format, b
         table_set(t, 1, "%s", jstr(l, "lane") ? jstr(l, "lane") : "");
         table_set(t, 2, "%s", jstr(l, "status") ? jstr(l, "status") : "");
         set_num(t, 3, l, "score", NF_SCORE, format);
-        set_num(t, 4, l, "perf_norm", NF_SCORE, format);
-        set_num(t, 5, l, "speed_norm", NF_SCORE, format);
-        set_num(t, 6, l, "size_bytes", NF_INT, format);
+        if (jnum(l, "tie", &top))
+            table_set(t, 4, "~%.0f", top);
+        set_num(t, 5, l, "perf_norm", NF_SCORE, format);
+        set_num(t, 6, l, "speed_norm", NF_SCORE, format);
+        set_num(t, 7, l, "size_bytes", NF_INT, format);
         for (int i = 0; i < nm; i++)
             set_num(t, NFIXED + i, metrics, names[i], NF_METRIC, format);
         if (cJSON_IsObject(pkg)) {
@@ -358,6 +362,25 @@ char *report_table(const cJSON *doc, const char *format)
 
 /* ===== shared report text ===== */
 
+/* The sentences about the paired speed ratio and the tie marks, when the document has them. */
+static void noise_text(struct buf *b, const cJSON *doc)
+{
+    const cJSON *l;
+    bool paired = false, tie = false;
+    cJSON_ArrayForEach(l, jget(doc, "lanes"))
+    {
+        paired |= jget(l, "score_spread") != NULL;
+        tie |= jget(l, "tie") != NULL;
+    }
+    if (paired)
+        buf_puts(b, " Where the speed eval timed a lane in interleaved pairs with the baseline, "
+                    "SpeedNorm = 1 − the median paired ratio, and the score's spread is "
+                    "w_speed × the ratios' IQR.");
+    if (tie)
+        buf_puts(b, " A tie mark ~N: the lane's score is within that spread of its "
+                    "neighbour's, in the run of ties that starts at rank N.");
+}
+
 /* "max(0.5 × PerfNorm + 0.5 × SpeedNorm, 0); PerfNorm: ppl (lower is better, weight 1)..." */
 static void formula_text(struct buf *b, const cJSON *doc)
 {
@@ -367,6 +390,7 @@ static void formula_text(struct buf *b, const cJSON *doc)
     int i = 0;
     if (!score) {
         buf_puts(b, "Score = max(w_perf × PerfNorm + w_speed × SpeedNorm, 0).");
+        noise_text(b, doc);
         return;
     }
     jnum(score, "w_perf", &wp);
@@ -384,6 +408,7 @@ static void formula_text(struct buf *b, const cJSON *doc)
     if (i > 1)
         buf_puts(b, " with weights normalised to sum 1");
     buf_printf(b, "; SpeedNorm = 1 − %s / baseline %s.", sm ? sm : "?", sm ? sm : "?");
+    noise_text(b, doc);
 }
 
 static const char *speed_metric(const cJSON *doc)

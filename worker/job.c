@@ -39,6 +39,7 @@ void job_release(struct job *j)
     free(j->kind);
     free(j->spec);
     free(j->input);
+    free(j->baseline);
     free(j->stage_dir);
     free(j->final_dir);
     free(j->log);
@@ -432,6 +433,7 @@ static int run_native(struct jctx *x, const struct stage_def *def, const char *m
     ctx.kind = x->j->kind;
     ctx.spec_json = x->j->spec;
     ctx.input_dir = x->j->input;
+    ctx.baseline_dir = x->j->baseline;
     ctx.output_dir = model_out;
     ctx.stage_dir = x->j->stage_dir;
     ctx.nthreads = x->j->nthreads > 0 ? x->j->nthreads : 1;

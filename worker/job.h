@@ -20,6 +20,7 @@ struct job {
     int64_t attempt;
     char *key, *kind, *spec, *input, *stage_dir, *final_dir, *log;
     char *devices, *cwd, *sweep, *lane, *stage; /* may be NULL */
+    char *baseline; /* the sweep's base model dir, for the paired speed eval; may be NULL */
     bool produces_model;
     int nthreads;
     bool cuda; /* the slot has a GPU (--backend cuda): the eval stages may use it */

@@ -237,6 +237,7 @@ static void start_job(struct worker *w, struct proto_msg *m)
     take(&w->job.sweep, &jm->sweep);
     take(&w->job.lane, &jm->lane);
     take(&w->job.stage, &jm->stage);
+    take(&w->job.baseline, &jm->baseline);
     w->job.produces_model = jm->produces_model;
     w->job.nthreads = w->nthreads;
     w->job.cuda = !strcmp(w->backend, "cuda");
@@ -501,15 +502,12 @@ static void r_failed(void *arg, int64_t a, const char *cls, const char *msg)
 static int run_one(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "input", required_argument, NULL, 'i' },
-        { "output", required_argument, NULL, 'o' },
-        { "spec", required_argument, NULL, 's' },
-        { "threads", required_argument, NULL, 't' },
-        { "backend", required_argument, NULL, 'b' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+        { "input", required_argument, NULL, 'i' },    { "output", required_argument, NULL, 'o' },
+        { "spec", required_argument, NULL, 's' },     { "threads", required_argument, NULL, 't' },
+        { "backend", required_argument, NULL, 'b' },  { "help", no_argument, NULL, 'h' },
+        { "baseline", required_argument, NULL, 'B' }, { NULL, 0, NULL, 0 },
     };
-    const char *input = NULL, *output = NULL, *spec = "{}";
+    const char *input = NULL, *output = NULL, *spec = "{}", *baseline = NULL;
     char *full = NULL, *err = NULL;
     bool cuda = false;
     int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), c, status = 1;
@@ -528,6 +526,9 @@ static int run_one(int argc, char **argv)
             break;
         case 'o':
             output = optarg;
+            break;
+        case 'B':
+            baseline = optarg;
             break;
         case 's':
             spec = optarg;
@@ -558,7 +559,7 @@ static int run_one(int argc, char **argv)
     if (argc < 2 || !input) {
         fprintf(stderr,
                 "usage: exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] "
-                "[--threads N] [--backend cpu|cuda]\n%s",
+                "[--threads N] [--backend cpu|cuda] [--baseline DIR]\n%s",
                 RUN_SPEC_HELP);
         return 1;
     }
@@ -590,6 +591,7 @@ static int run_one(int argc, char **argv)
     j.kind = xstrdup(argv[1]);
     j.spec = full;
     j.input = xstrdup(input);
+    j.baseline = baseline ? xstrdup(baseline) : NULL;
     j.stage_dir = xasprintf("%s/stage", tmpl);
     j.final_dir = output ? xstrdup(output) : xasprintf("%s/result", tmpl);
     j.log = xasprintf("%s/log.txt", tmpl);
@@ -772,20 +774,21 @@ static int synth_cmd(int argc, char **argv)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: exaq-worker serve --home DIR --socket PATH --slot N [--backend cpu|cuda]\n"
-            "       exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] [--threads N]\n"
-            "                       [--backend cpu|cuda]\n"
-            "%s"
-            "       exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny] [--layers N]\n"
-            "                   [--hybrid] [--v5] [--seed N] [--tokenizer FILE]\n"
-            "                   [--max-shard-mb N]\n"
-            "       exaq-worker logits --input DIR --ids FILE --out FILE [--n N] [--threads N]\n"
-            "       exaq-worker chat-template --input DIR --messages FILE.json [--tools FILE.json]\n"
-            "                   [--no-generation-prompt] [--template NAME] [--kwargs JSON]\n"
-            "       exaq-worker generate --input DIR --prompt TEXT --max-new-tokens N ...\n"
-            "       exaq-worker --version\n",
-            RUN_SPEC_HELP);
+    fprintf(
+        f,
+        "usage: exaq-worker serve --home DIR --socket PATH --slot N [--backend cpu|cuda]\n"
+        "       exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] [--threads N]\n"
+        "                       [--backend cpu|cuda]\n"
+        "%s"
+        "       exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny] [--layers N]\n"
+        "                   [--hybrid] [--v5] [--seed N] [--tokenizer FILE]\n"
+        "                   [--max-shard-mb N]\n"
+        "       exaq-worker logits --input DIR --ids FILE --out FILE [--n N] [--threads N]\n"
+        "       exaq-worker chat-template --input DIR --messages FILE.json [--tools FILE.json]\n"
+        "                   [--no-generation-prompt] [--template NAME] [--kwargs JSON]\n"
+        "       exaq-worker generate --input DIR --prompt TEXT --max-new-tokens N ...\n"
+        "       exaq-worker --version\n",
+        RUN_SPEC_HELP);
 }
 
 int main(int argc, char **argv)

@@ -72,6 +72,36 @@ sweep: bad
 base_model: ./base
 lanes: {id: a}
 YAML
+check eval_name_bad 5:17 "eval name 'Wiki-1' must be 1 to 24 characters of a-z, 0-9 and '_'" <<'YAML'
+version: 1
+sweep: bad
+base_model: ./base
+eval:
+  - ppl: {name: Wiki-1, text: ./base/config.json}
+lanes:
+  - {id: a, stages: [{exec: {run: "true"}}]}
+YAML
+check eval_name_clash 7:5 "eval 'eval.mcqa' would write metric 'wiki.\\*', which eval 'eval.ppl' (line 6) also writes" <<'YAML'
+version: 1
+sweep: bad
+base_model: ./base
+eval:
+  - speed: {}
+  - ppl: {name: wiki, text: ./base/config.json}
+  - mcqa: {name: wiki, items: ./base/config.json}
+lanes:
+  - {id: a, stages: [{exec: {run: "true"}}]}
+YAML
+check eval_task_clash 6:5 "eval 'eval.ppl' would write metric 'arc_easy.\\*', which eval 'eval.lm_eval' (line 5) also writes" <<'YAML'
+version: 1
+sweep: bad
+base_model: ./base
+eval:
+  - lm_eval: {tasks: [arc_easy]}
+  - ppl: {name: arc_easy, text: ./base/config.json}
+lanes:
+  - {id: a, stages: [{exec: {run: "true"}}]}
+YAML
 check base_model_absent 1:1 "base_model" <<'YAML'
 version: 1
 sweep: bad

@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -53,6 +54,7 @@
 
 static char root_dir[4096]; /* absolute repository root: specs hold absolute paths */
 static char *tmp_dir;
+static const char *run_baseline; /* the baseline_dir run_stage gives the next stage, or NULL */
 
 /* ---- the sink: what the worker would forward to exaqd -------------------------------------- */
 
@@ -116,6 +118,7 @@ static void run_stage(struct run *r, stage_fn fn, const char *kind, const char *
     r->ctx.kind = kind;
     r->ctx.spec_json = spec;
     r->ctx.input_dir = model;
+    r->ctx.baseline_dir = run_baseline;
     r->ctx.output_dir = NULL;
     r->ctx.stage_dir = tmp_dir;
     r->ctx.nthreads = (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -412,6 +415,70 @@ static void test_speed(void **state)
     stage_ctx_release(&r.ctx);
 }
 
+/* The paired speed eval: the model against a baseline, interleaved (docs/evals.md "speed"). */
+static void test_speed_paired(void **state)
+{
+    (void)state;
+    struct run r = { 0 };
+    char *copy = tmp_path("tiny-copy");
+    static const char *const files[] = { "config.json", "model.safetensors", "tokenizer.json",
+                                         "tokenizer_config.json" };
+    /* The same model under another dir (realpath differs): a second copy is loaded and timed. */
+    assert_int_equal(mkdir(copy, 0755), 0);
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        char *dst = path_join(copy, files[i]);
+        char *rs = realpath(TINY, NULL), *s2 = path_join(rs, files[i]);
+        assert_int_equal(symlink(s2, dst), 0);
+        free(dst);
+        free(rs);
+        free(s2);
+    }
+    for (int same = 1; same >= 0; same--) {
+        run_baseline = same ? TINY : copy;
+        run_stage(&r, stage_speed_run, "speed", TINY,
+                  "{\"gen_tokens\":8,\"prompt_tokens\":16,\"repeats\":9,\"pairs\":4}");
+        run_baseline = NULL;
+        assert_int_equal(r.rc, 0);
+        double tpt = metric(&r, "time_per_token"), tb = metric(&r, "baseline_time_per_token");
+        double ratio = metric(&r, "speed_ratio"), iqr = metric(&r, "speed_ratio_iqr");
+        printf("# paired (%s): time_per_token %.6f s, baseline %.6f s, ratio %.4f, IQR %.4f\n",
+               same ? "itself" : "a copy", tpt, tb, ratio, iqr);
+        assert_true(tpt > 0 && tb > 0);
+        /* The same weights both sides: the ratio is near 1 (generous: the machine is shared). */
+        assert_true(ratio > 0.33 && ratio < 3);
+        assert_true(iqr >= 0 && iqr < 2);
+        assert_true(metric(&r, "speed_pairs") == 4);
+        assert_true(fabs(metric(&r, "decode_tok_s") * tpt - 1) < 1e-12);
+        /* A warm-up pair + 4 pairs, then the final report; `repeats` is for unpaired runs. */
+        assert_int_equal(r.sink.nprogress, 1 + 4 + 1);
+        stage_ctx_release(&r.ctx);
+        memset(&r, 0, sizeof(r));
+    }
+    /* A baseline that is not a model fails like an input that is not one. */
+    run_baseline = tmp_dir;
+    run_stage(&r, stage_speed_run, "speed", TINY, "{\"gen_tokens\":2,\"prompt_tokens\":2}");
+    run_baseline = NULL;
+    expect_error(&r, STAGE_ERR_ERROR, "cannot load the model in");
+    stage_ctx_release(&r.ctx);
+    free(copy);
+}
+
+/* Quantiles as NumPy's default (linear, type 7): np.percentile([1, 2, 3, 4], [25, 50, 75]) is
+ * [1.75, 2.5, 3.25]; the order of the input does not matter. */
+static void test_quantiles(void **state)
+{
+    (void)state;
+    double v[] = { 4, 1, 3, 2 }, one[] = { 5 }, odd[] = { 9, 1, 5, 3, 7 };
+    assert_true(fabs(eval_quantile(v, 4, 0.25) - 1.75) < 1e-15);
+    assert_true(fabs(eval_median(v, 4) - 2.5) < 1e-15);
+    assert_true(fabs(eval_quantile(v, 4, 0.75) - 3.25) < 1e-15);
+    assert_true(fabs(eval_iqr(v, 4) - 1.5) < 1e-15);
+    assert_true(eval_quantile(v, 4, 0) == 1 && eval_quantile(v, 4, 1) == 4);
+    assert_true(eval_median(one, 1) == 5 && eval_iqr(one, 1) == 0);
+    assert_true(eval_median(odd, 5) == 5 && eval_iqr(odd, 5) == 4); /* [3, 7] */
+    assert_true(eval_median(NULL, 0) == 0);
+}
+
 /* ---- errors --------------------------------------------------------------------------------- */
 
 static void test_mcqa_errors(void **state)
@@ -693,6 +760,8 @@ int main(void)
         cmocka_unit_test(test_mcqa_errors),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_speed),
+        cmocka_unit_test(test_speed_paired),
+        cmocka_unit_test(test_quantiles),
         cmocka_unit_test(test_mcqa_kv_equals_full),
         cmocka_unit_test(test_ppl_ids),
         cmocka_unit_test(test_ppl_text),

@@ -299,7 +299,7 @@ static void test_every_kind_spec(void **state)
     (void)state;
     lf = parse_ok(HEAD "eval:\n"
                        "  - ppl: {text: val.txt}\n"
-                       "  - ppl: {ids: ./val.ids, seq_len: 2, max_windows: 7}\n"
+                       "  - ppl: {ids: ./val.ids, seq_len: 2, max_windows: 7, name: ids}\n"
                        "  - mcqa: {items: mcqa.jsonl}\n"
                        "  - speed:\n"
                        "  - exec: {run: 'echo {input}'}\n"
@@ -330,14 +330,14 @@ static void test_every_kind_spec(void **state)
     free(want);
     assert_string_equal(lf->eval[0].key_json,
                         "{\"max_windows\":0,\"seq_len\":512,\"text\":\"@file:0\"}");
-    want = xasprintf("{\"ids\":\"%s\",\"max_windows\":7,\"seq_len\":2}", ids);
+    want = xasprintf("{\"ids\":\"%s\",\"max_windows\":7,\"name\":\"ids\",\"seq_len\":2}", ids);
     assert_string_equal(lf->eval[1].spec_json, want);
     free(want);
     want = xasprintf("{\"items\":\"%s\",\"limit\":0}", mc);
     assert_string_equal(lf->eval[2].spec_json, want);
     free(want);
     assert_string_equal(lf->eval[3].spec_json,
-                        "{\"gen_tokens\":128,\"prompt_tokens\":128,\"repeats\":3}");
+                        "{\"gen_tokens\":128,\"pairs\":10,\"prompt_tokens\":128,\"repeats\":3}");
     assert_string_equal(
         lf->eval[4].spec_json,
         "{\"env\":{},\"inputs\":[],\"produces\":\"metrics\",\"run\":\"echo {input}\"}");
@@ -709,7 +709,7 @@ static void test_err_unknown_keys(void **state)
                 "unknown key 'dampenin' in quantize stage (did you mean 'dampening'?)");
     expect_errs(HEAD "lanes: [{id: a, stages: [{speed: {zzzz: 1}}]}]\n", 5, "zzzz",
                 "unknown key 'zzzz' in speed stage (expected one of: prompt_tokens, gen_tokens, "
-                "repeats, retries");
+                "repeats, pairs, retries");
     /* Nested blocks: calibration (top and in a stage), score parts, package, defaults, lane. */
     expect_errs(
         "version: 1\nsweep: t\nbase_model: base\ncalibration: {text: calib.txt, smples: 3}\n"
@@ -900,6 +900,70 @@ static void test_err_duplicates(void **state)
         "0.1]", "matrix value '0.1' for 'heal.ridge' is repeated (first at line 6, column 35)");
     expect_errs(HEAD "lanes: [{id: a, stages: [{speed: }]}]\n? [complex]\n: 1\n", 6, "[complex]",
                 "mapping keys must be plain names, got a list");
+}
+
+/* Named evals, the metrics each eval writes, and the external-engine kinds (docs/evals.md). */
+static void test_named_evals(void **state)
+{
+    struct lanes_file *lf;
+    char *val = tpath("val.txt"), *want;
+    (void)state;
+    lf = parse_ok(HEAD "eval:\n"
+                       "  - ppl: {name: wiki, text: val.txt}\n"
+                       "  - ppl: {text: val.txt}\n"
+                       "  - lm_eval: {tasks: [arc_easy, kmmlu], model: vllm, limit: 0.5}\n"
+                       "  - vllm_speed: {name: v, batch_size: 4}\n"
+                       "  - exec: {run: x}\n"
+                       "lanes: [{id: a, stages: [{speed: }]}]\n");
+    assert_int_equal(lf->neval, 5);
+    want = xasprintf("{\"max_windows\":0,\"name\":\"wiki\",\"seq_len\":512,\"text\":\"%s\"}", val);
+    assert_string_equal(lf->eval[0].spec_json, want);
+    free(want);
+    assert_string_equal(lf->eval[0].eval_name, "wiki");
+    assert_int_equal(lf->eval[0].nwrites, 1);
+    assert_string_equal(lf->eval[0].writes[0], "wiki.");
+    assert_null(lf->eval[1].eval_name);
+    assert_int_equal(lf->eval[1].nwrites, 3);
+    assert_string_equal(lf->eval[1].writes[0], "ppl");
+    assert_string_equal(lf->eval[2].spec_json,
+                        "{\"args\":[],\"batch_size\":1,\"command\":\"lm_eval\",\"env\":{},"
+                        "\"limit\":0.5,\"model\":\"vllm\",\"tasks\":[\"arc_easy\",\"kmmlu\"]}");
+    assert_int_equal(lf->eval[2].nwrites, 2);
+    assert_string_equal(lf->eval[2].writes[1], "kmmlu.");
+    assert_string_equal(
+        lf->eval[3].spec_json,
+        "{\"args\":[],\"batch_size\":4,\"command\":\"vllm bench latency\",\"env\":{},"
+        "\"input_len\":128,\"name\":\"v\",\"num_iters\":3,"
+        "\"num_iters_warmup\":1,\"output_len\":128}");
+    assert_int_equal(lf->eval[4].nwrites, 0); /* an unnamed exec: known only at run time */
+    lanes_file_free(lf);
+    free(val);
+
+    expect_errs(HEAD "eval: [{ppl: {text: val.txt}}, {ppl: {ids: val.ids}}]\n"
+                     "lanes: [{id: a, stages: [{speed: }]}]\n",
+                5, "ppl: {ids",
+                "eval 'eval.ppl-2' would write metric 'ppl', which eval 'eval.ppl' (line 5) also "
+                "writes (hint: give one of them 'name: NAME'");
+    expect_errs(HEAD "eval: [{speed: {name: s}}, {vllm_speed: {name: s}}]\n"
+                     "lanes: [{id: a, stages: [{speed: }]}]\n",
+                5, "vllm_speed", "would write metric 's.*', which eval 'eval.speed'");
+    expect_errs(HEAD "eval: [{speed: {}}, {vllm_speed: {}}]\n"
+                     "lanes: [{id: a, stages: [{speed: }]}]\n",
+                5, "vllm_speed", "would write metric 'time_per_token'");
+    expect_errs(HEAD "eval: [{ppl: {name: Big, text: val.txt}}]\n"
+                     "lanes: [{id: a, stages: [{speed: }]}]\n",
+                5, "Big", "eval name 'Big' must be 1 to 24 characters of a-z, 0-9 and '_'");
+    expect_errs(HEAD "eval: [{ppl: {name: a.b, text: val.txt}}]\n"
+                     "lanes: [{id: a, stages: [{speed: }]}]\n",
+                5, "a.b", "eval name 'a.b' must be");
+    expect_errs(HEAD "lanes: [{id: a, stages: [{speed: {name: x}}]}]\n", 5, "name",
+                "unknown key 'name' in speed stage");
+    expect_errs(HEAD "eval: [{lm_eval: {model: hf}}]\nlanes: [{id: a, stages: [{speed: }]}]\n", 5,
+                "lm_eval", "lm_eval needs 'tasks: [NAME, ...]'");
+    expect_errs(HEAD "eval: [{lm_eval: {tasks: ['a,b']}}]\nlanes: [{id: a, stages: [{speed: }]}]\n",
+                5, "['a,b']", "task name 'a,b' must be non-empty, without commas or spaces");
+    expect_errs(HEAD "eval: [{vllm_speed: {command: ''}}]\nlanes: [{id: a, stages: [{speed: }]}]\n",
+                5, "''", "'command' is an empty command");
 }
 
 static void test_err_stage_kinds(void **state)
@@ -1497,6 +1561,7 @@ int main(void)
         cmocka_unit_test(test_err_base_model),
         cmocka_unit_test(test_err_data_files),
         cmocka_unit_test(test_err_duplicates),
+        cmocka_unit_test(test_named_evals),
         cmocka_unit_test(test_err_stage_kinds),
         cmocka_unit_test(test_err_quantize_rules),
         cmocka_unit_test(test_err_prune_rules),

@@ -361,6 +361,86 @@ static void test_rank_json(void **state)
 }
 
 /* The package outcome merged into the document shows up in the CSV, and numbers round-trip. */
+/* The paired speed ratio replaces t / t_base; its IQR makes the score spread and the ties. */
+static void test_paired_speed_and_ties(void **state)
+{
+    struct rank_settings s;
+    struct rank_result r;
+    const struct rank_lane *l;
+    char *json, *csv, *md;
+    cJSON *doc;
+    (void)state;
+    settings(&s, "{\"score\":{\"w_perf\":0.5,\"w_speed\":0.5}}");
+    rank_result_init(&r, "sw");
+    set_base(&r, "done", "ppl", 10.0, "time_per_token", 0.020, "speed_ratio", 1.01,
+             "speed_ratio_iqr", 0.02, NULL);
+    /* copy: same model, timed slower than the baseline's own figure but paired ratio 1.0. */
+    add(&r, "copy", "done", "ppl", 10.0, "time_per_token", 0.031, "speed_ratio", 1.0,
+        "speed_ratio_iqr", 0.04, NULL);
+    /* w4a: score 0.5 + 0.5 * 0.2 = 0.6; w4b: 0.5 + 0.5 * 0.17 = 0.585, within 0.5 * 0.04. */
+    add(&r, "w4a", "done", "ppl", 10.0, "time_per_token", 0.016, "speed_ratio", 0.8,
+        "speed_ratio_iqr", 0.01, NULL);
+    add(&r, "w4b", "done", "ppl", 10.0, "time_per_token", 0.017, "speed_ratio", 0.83,
+        "speed_ratio_iqr", 0.04, NULL);
+    /* unpaired: no ratio, so 1 - t / t_base = 0.5, score 0.75, and no spread. */
+    add(&r, "unpaired", "done", "ppl", 10.0, "time_per_token", 0.010, NULL);
+    assert_int_equal(rank_compute(&r, &s), 4);
+    l = find(&r, "copy");
+    assert_true(l->paired && fabs(l->speed_norm) < TOL);
+    assert_true(fabs(l->score_spread - 0.02) < TOL);
+    assert_true(fabs(find(&r, "w4a")->speed_norm - 0.2) < TOL);
+    assert_true(fabs(find(&r, "w4b")->score - 0.585) < TOL);
+    l = find(&r, "unpaired");
+    assert_false(l->paired);
+    assert_true(fabs(l->speed_norm - 0.5) < TOL && l->score_spread == 0);
+    /* The baseline keeps SpeedNorm 0 (its ratio against itself is noise). */
+    assert_true(fabs(r.baseline.speed_norm) < TOL);
+    /* Order: unpaired 0.75, w4a 0.6, w4b 0.585, copy 0.5. w4a and w4b differ by 0.015 <
+     * max(0.005, 0.02): a tie run from rank 2. w4b and copy differ by 0.085: no tie. unpaired
+     * has no spread and w4a's 0.005 is less than 0.15: no tie. */
+    assert_string_equal(r.lanes[0].id, "unpaired");
+    assert_int_equal(r.lanes[0].tie, 0);
+    assert_int_equal(find(&r, "w4a")->tie, 2);
+    assert_int_equal(find(&r, "w4b")->tie, 2);
+    assert_int_equal(find(&r, "copy")->tie, 0);
+    json = rank_result_json(&r, NULL);
+    doc = cJSON_Parse(json);
+    assert_non_null(doc);
+    csv = report_table(doc, "csv");
+    assert_non_null(strstr(csv, "2,w4a,done,0.6,~2,"));
+    assert_non_null(strstr(csv, "3,w4b,done,0.58")); /* digits: shortest round trip */
+    assert_non_null(strstr(strstr(csv, "3,w4b,"), ",~2,"));
+    assert_non_null(strstr(csv, "4,copy,done,0.5,,"));
+    md = report_markdown(doc);
+    assert_non_null(strstr(md, "| 3 | w4b | done | 0.585 | ~2 |"));
+    assert_non_null(strstr(md, "A tie mark ~N"));
+    free(md);
+    md = report_html(doc);
+    assert_non_null(strstr(md, "<td>~2</td>"));
+    free(md);
+    md = report_table(doc, "table");
+    assert_non_null(strstr(md, "~2"));
+    free(md);
+    free(csv);
+    cJSON_Delete(doc);
+    free(json);
+    rank_result_release(&r);
+    rank_settings_release(&s);
+
+    /* A named speed eval: s.time_per_token goes with s.speed_ratio. */
+    settings(&s, "{\"score\":{\"speed_metric\":\"s.time_per_token\",\"w_perf\":0,"
+                 "\"w_speed\":1,\"perf\":[]}}");
+    rank_result_init(&r, "sw");
+    set_base(&r, "done", "s.time_per_token", 0.02, NULL);
+    add(&r, "a", "done", "s.time_per_token", 0.03, "s.speed_ratio", 0.9, NULL);
+    add(&r, "b", "done", "s.time_per_token", 0.01, "speed_ratio", 0.1, NULL);
+    assert_int_equal(rank_compute(&r, &s), 2);
+    assert_true(fabs(find(&r, "a")->speed_norm - 0.1) < TOL);
+    assert_true(fabs(find(&r, "b")->speed_norm - 0.5) < TOL); /* another eval's ratio: unused */
+    rank_result_release(&r);
+    rank_settings_release(&s);
+}
+
 static void test_merge_and_csv(void **state)
 {
     const char *rank = "{\"sweep\": \"s\", \"baseline\": {\"metrics\": {\"ppl\": 10}}, "
@@ -377,10 +457,10 @@ static void test_merge_and_csv(void **state)
     (void)state;
     assert_non_null(doc);
     csv = report_table(doc, "csv");
-    assert_string_equal(csv, "rank,lane,status,score,perf_norm,speed_norm,size_bytes,ppl,package,"
-                             "package_reason,reason\n"
-                             "1,a,done,0.12345678901234559,1,0,5,9,top1,,\n" /* round-trips */
-                             "2,\"b,c\",done,0.1,1,0,5,,skipped,\"bad \"\"header\"\"\",\n");
+    assert_string_equal(csv, "rank,lane,status,score,tie,perf_norm,speed_norm,size_bytes,ppl,"
+                             "package,package_reason,reason\n"
+                             "1,a,done,0.12345678901234559,,1,0,5,9,top1,,\n" /* round-trips */
+                             "2,\"b,c\",done,0.1,,1,0,5,,skipped,\"bad \"\"header\"\"\",\n");
     free(csv);
     cJSON_Delete(doc);
     free(merged);
@@ -406,11 +486,12 @@ static void test_entry_names(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_spec_formula),    cmocka_unit_test(test_weights_and_directions),
-        cmocka_unit_test(test_clamp_and_order), cmocka_unit_test(test_missing_metric),
-        cmocka_unit_test(test_baseline_errors), cmocka_unit_test(test_zero_weights_and_size),
-        cmocka_unit_test(test_settings_parse),  cmocka_unit_test(test_rank_json),
-        cmocka_unit_test(test_merge_and_csv),   cmocka_unit_test(test_entry_names),
+        cmocka_unit_test(test_spec_formula),          cmocka_unit_test(test_weights_and_directions),
+        cmocka_unit_test(test_clamp_and_order),       cmocka_unit_test(test_missing_metric),
+        cmocka_unit_test(test_baseline_errors),       cmocka_unit_test(test_zero_weights_and_size),
+        cmocka_unit_test(test_settings_parse),        cmocka_unit_test(test_rank_json),
+        cmocka_unit_test(test_paired_speed_and_ties), cmocka_unit_test(test_merge_and_csv),
+        cmocka_unit_test(test_entry_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

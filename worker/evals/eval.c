@@ -458,3 +458,36 @@ out:
     free(ncont);
     return rc;
 }
+
+/* ---- robust statistics ------------------------------------------------------------------- */
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+double eval_quantile(double *v, int n, double q)
+{
+    double h;
+    int lo;
+    if (n < 1)
+        return 0;
+    qsort(v, (size_t)n, sizeof(double), cmp_dbl);
+    q = q < 0 ? 0 : q > 1 ? 1 : q;
+    h = q * (n - 1);
+    lo = (int)floor(h);
+    if (lo >= n - 1)
+        return v[n - 1];
+    return v[lo] + (h - lo) * (v[lo + 1] - v[lo]);
+}
+
+double eval_median(double *v, int n)
+{
+    return eval_quantile(v, n, 0.5);
+}
+
+double eval_iqr(double *v, int n)
+{
+    return eval_quantile(v, n, 0.75) - eval_quantile(v, n, 0.25);
+}

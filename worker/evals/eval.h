@@ -116,4 +116,13 @@ int eval_mcqa_score(struct eval_mcqa *s, const struct eval_mcqa_item *it, double
  * whitespace). Ties go to the first maximum. An empty choice has norm score -inf. */
 void eval_mcqa_pick(const struct eval_mcqa_item *it, const double *sums, int *pick, int *pick_norm);
 
+/* ---- robust statistics of repeated timings (the speed eval) ------------------------------ */
+
+/* The q-quantile (0 <= q <= 1) of v[0..n-1] with linear interpolation between order statistics
+ * (NumPy's default, "type 7"): sorts v in place. 0 when n < 1. */
+double eval_quantile(double *v, int n, double q);
+/* The median (eval_quantile 0.5) and the interquartile range (q0.75 - q0.25); sort v in place. */
+double eval_median(double *v, int n);
+double eval_iqr(double *v, int n);
+
 #endif

@@ -34,9 +34,10 @@ enum stage_backend {
 struct stage_ops; /* worker-provided sinks for progress, metrics and log lines */
 
 struct stage_ctx {
-    const char *kind;       /* "ppl", "quantize", ... */
-    const char *spec_json;  /* canonical parameter object */
-    const char *input_dir;  /* model dir to read */
+    const char *kind;         /* "ppl", "quantize", ... */
+    const char *spec_json;    /* canonical parameter object */
+    const char *input_dir;    /* model dir to read */
+    const char *baseline_dir; /* the sweep's base model (paired speed eval), or NULL */
     const char *output_dir; /* empty model dir to fill, or NULL when the stage produces no model */
     const char *stage_dir;  /* scratch dir of this attempt; removed or renamed by the worker */
     int nthreads;           /* CPU threads the stage may use (>= 1) */
@@ -89,6 +90,9 @@ int stage_mcqa_run(struct stage_ctx *ctx);
 int stage_speed_run(struct stage_ctx *ctx);
 int stage_mcqa_gen_run(struct stage_ctx *ctx); /* stage_evalgen.c */
 int stage_qa_run(struct stage_ctx *ctx);
+/* External engines (stage_external.c, docs/evals.md "vllm_speed" and "lm_eval"). */
+int stage_vllm_speed_run(struct stage_ctx *ctx);
+int stage_lm_eval_run(struct stage_ctx *ctx);
 int stage_quantize_run(struct stage_ctx *ctx);
 int stage_prune_run(struct stage_ctx *ctx);
 int stage_heal_run(struct stage_ctx *ctx);

@@ -8,6 +8,7 @@
  */
 #include "worker/stages/stage.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdbool.h>
@@ -78,7 +79,15 @@ static int spec_str(struct stage_ctx *ctx, const cJSON *root, const char *name, 
  * decode through those copies would measure PCIe, not the engine, until the device-resident
  * decode exists.
  */
+static int load_model_dir(struct stage_ctx *ctx, const char *dir, struct model **m, int gpu);
+
 static int load_model(struct stage_ctx *ctx, struct model **m, int gpu)
+{
+    return load_model_dir(ctx, ctx->input_dir, m, gpu);
+}
+
+/* load_model for the model in dir (the speed stage's baseline). */
+static int load_model_dir(struct stage_ctx *ctx, const char *dir, struct model **m, int gpu)
 {
     struct model_opts o = { ctx->nthreads > 0 ? ctx->nthreads : 1, KERN_IMPL_CPU, 0 };
     char *err = NULL;
@@ -98,11 +107,10 @@ static int load_model(struct stage_ctx *ctx, struct model **m, int gpu)
     }
     stage_log(ctx, "%s: engine kernels on the %s", ctx->kind,
               o.impl == KERN_IMPL_CUDA ? "GPU (cuda)" : "CPU");
-    rc = model_load(m, ctx->input_dir, &o, &err);
+    rc = model_load(m, dir, &o, &err);
     if (rc) {
         rc = stage_fail(ctx, rc == -ENOMEM ? STAGE_ERR_OOM : STAGE_ERR_ERROR,
-                        "cannot load the model in '%s': %s", ctx->input_dir,
-                        err ? err : "unknown error");
+                        "cannot load the model in '%s': %s", dir, err ? err : "unknown error");
         free(err);
         *m = NULL;
         return rc;
@@ -304,140 +312,311 @@ static int32_t argmax_f(const float *v, int n)
     return best;
 }
 
-static int cmp_double(const void *a, const void *b)
+/* One model the speed stage times: its weights (borrowed when both sides are one model), cache,
+ * scratch and prompt. */
+struct speed_side {
+    struct model *m;
+    bool borrowed;
+    struct model_kv *kv;
+    float *logits;
+    int32_t *prompt;
+    int32_t tok; /* the next input token of the decode */
+};
+
+static void speed_side_close(struct speed_side *s)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
+    free(s->logits);
+    free(s->prompt);
+    model_kv_free(s->kv);
+    if (!s->borrowed)
+        model_free(s->m);
+    memset(s, 0, sizeof(*s));
 }
 
-static double median(double *v, int n)
+/* Sizes the side's cache for P + G positions and writes its prompt; s->m is set. */
+static int speed_side_prepare(struct stage_ctx *ctx, struct speed_side *s, const char *dir,
+                              int64_t P, int64_t G)
 {
-    qsort(v, (size_t)n, sizeof(double), cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-/* One run: prefill the prompt, then G greedy decode steps through the cache. Returns 0, 1 when
- * cancelled, or a negative errno-style code with *err set. */
-static int speed_once(struct stage_ctx *ctx, struct model *m, struct model_kv *kv,
-                      const int32_t *prompt, int P, int G, float *logits, double *prefill_s,
-                      double *decode_s, char **err)
-{
-    int rc;
-    model_kv_reset(kv);
-    double t0 = now_mono();
-    if ((rc = model_forward(m, prompt, P, kv, MODEL_LOGITS_LAST, logits, NULL, err)))
-        return rc;
-    double t1 = now_mono();
-    int32_t tok = argmax_f(logits, m->cfg.vocab_size);
-    for (int i = 0; i < G; i++) {
-        if (stage_cancelled(ctx))
-            return 1;
-        if ((rc = model_forward(m, &tok, 1, kv, MODEL_LOGITS_LAST, logits, NULL, err)))
-            return rc;
-        tok = argmax_f(logits, m->cfg.vocab_size);
+    if (P + G > s->m->cfg.max_position_embeddings)
+        return stage_fail(ctx, STAGE_ERR_ERROR,
+                          "speed stage: prompt_tokens + gen_tokens = %lld exceeds the model's "
+                          "max_position_embeddings (%d; model '%s')",
+                          (long long)(P + G), s->m->cfg.max_position_embeddings, dir);
+    {
+        /* The fp32 KV cache: K and V per layer, KV head, position and dim. */
+        double kv_bytes = 2.0 * s->m->n_layers * s->m->cfg.num_key_value_heads * (double)(P + G) *
+                          s->m->cfg.head_dim * sizeof(float);
+        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && psz > 0 && kv_bytes > 0.8 * (double)pages * (double)psz)
+            return stage_fail(ctx, STAGE_ERR_OOM,
+                              "speed stage: the KV cache for %lld positions needs %.1f GB, more "
+                              "than this machine's memory",
+                              (long long)(P + G), kv_bytes / 1e9);
     }
-    *prefill_s = t1 - t0;
-    *decode_s = now_mono() - t1;
+    /* A fixed pseudo-random prompt (seeded, so every lane times the same input). */
+    s->prompt = xmalloc(sizeof(int32_t) * (size_t)P);
+    {
+        uint64_t seed = 0x5eed5eedull;
+        for (int64_t i = 0; i < P; i++)
+            s->prompt[i] = (int32_t)(splitmix64(&seed) % (uint64_t)s->m->cfg.vocab_size);
+    }
+    s->kv = model_kv_new(s->m, (int)(P + G));
+    s->logits = xmalloc(sizeof(float) * (size_t)s->m->cfg.vocab_size);
     return 0;
 }
 
+static int speed_side_open(struct stage_ctx *ctx, struct speed_side *s, const char *dir, int64_t P,
+                           int64_t G)
+{
+    int rc = load_model_dir(ctx, dir, &s->m, 0);
+    return rc ? rc : speed_side_prepare(ctx, s, dir, P, G);
+}
+
+/* Prefill (seconds in *dt) or one decode step of side s. 0, or a model error code. */
+static int speed_side_step(struct speed_side *s, int prefill_len, double *dt, char **err)
+{
+    double t0 = now_mono();
+    int rc;
+    if (prefill_len) {
+        model_kv_reset(s->kv);
+        rc = model_forward(s->m, s->prompt, prefill_len, s->kv, MODEL_LOGITS_LAST, s->logits, NULL,
+                           err);
+    } else {
+        rc = model_forward(s->m, &s->tok, 1, s->kv, MODEL_LOGITS_LAST, s->logits, NULL, err);
+    }
+    *dt = now_mono() - t0;
+    if (rc == 0)
+        s->tok = argmax_f(s->logits, s->m->cfg.vocab_size);
+    return rc;
+}
+
+/* Figures of one timed run (or one pair) of a side. */
+struct speed_fig {
+    double pre;  /* prefill tokens/s */
+    double dec;  /* mean decode seconds per token */
+    double step; /* median decode step, seconds */
+};
+
+/*
+ * One pair: both sides prefill, then decode G steps interleaved step by step (A B, then B A at
+ * the next step, ...; flip starts with B), every step timed. b may be NULL (one side alone).
+ * Returns 0, or a stage_fail code.
+ */
+static int speed_pair(struct stage_ctx *ctx, struct speed_side *a, struct speed_side *b, int64_t P,
+                      int64_t G, int flip, double *da, double *db, struct speed_fig *fa,
+                      struct speed_fig *fb)
+{
+    struct speed_side *side[2] = { a, b };
+    struct speed_fig *fig[2] = { fa, fb };
+    double *d[2] = { da, db }, t;
+    char *err = NULL;
+    int rc = 0, ns = b ? 2 : 1;
+    for (int k = 0; k < ns && rc == 0; k++) {
+        int w = ns == 2 ? (k + flip) % 2 : 0;
+        if ((rc = speed_side_step(side[w], (int)P, &t, &err)) == 0)
+            fig[w]->pre = (double)P / (t > 0 ? t : 1e-9);
+    }
+    for (int64_t i = 0; i < G && rc == 0; i++) {
+        if (stage_cancelled(ctx))
+            return stage_fail(ctx, STAGE_ERR_CANCELLED, "speed stage cancelled");
+        for (int k = 0; k < ns && rc == 0; k++) {
+            int w = ns == 2 ? (int)((k + flip + i) % 2) : 0;
+            rc = speed_side_step(side[w], 0, &d[w][i], &err);
+        }
+    }
+    if (rc)
+        return model_fail(ctx, rc, err);
+    for (int w = 0; w < ns; w++) {
+        double sum = 0;
+        for (int64_t i = 0; i < G; i++)
+            sum += d[w][i];
+        fig[w]->dec = sum / (double)G;
+        if (!(fig[w]->dec > 0))
+            fig[w]->dec = 1e-9; /* a clock too coarse to see one step: keep the metrics finite */
+        fig[w]->step = eval_median(d[w], (int)G);
+        if (!(fig[w]->step > 0))
+            fig[w]->step = 1e-9;
+    }
+    return 0;
+}
+
+/*
+ * Copies the regular files of model dir src into a new dir stage_dir/name (new string in *out).
+ * The paired speed eval times such fresh copies of both models: how a weight file sits in the
+ * page cache (written just now, or read from disk long ago) changes the decode time of the
+ * mmapped weights by several percent on this project's machines, which would otherwise show up
+ * as a speed difference between a lane and the base model they do not have.
+ */
+static int speed_fresh_copy(struct stage_ctx *ctx, const char *src, const char *name, char **out)
+{
+    DIR *d = opendir(src);
+    struct dirent *e;
+    char *dst = path_join(ctx->stage_dir, name);
+    int rc = 0;
+    *out = NULL;
+    if (!d || mkdir_p(dst, 0755) < 0) {
+        rc = stage_fail(ctx, STAGE_ERR_ERROR, "speed stage: cannot copy the model '%s' to '%s': %s",
+                        src, dst, strerror(errno));
+        if (d)
+            closedir(d);
+        free(dst);
+        return rc;
+    }
+    while (rc == 0 && (e = readdir(d))) {
+        char *f = path_join(src, e->d_name), *t = path_join(dst, e->d_name);
+        int cr;
+        if (e->d_name[0] != '.' && is_file(f) && (cr = file_copy(f, t)) < 0)
+            rc = stage_fail(ctx, cr == -ENOSPC ? STAGE_ERR_OOM : STAGE_ERR_ERROR,
+                            "speed stage: cannot copy '%s' to '%s': %s", f, t, strerror(-cr));
+        free(f);
+        free(t);
+    }
+    closedir(d);
+    if (rc)
+        free(dst);
+    else
+        *out = dst;
+    return rc;
+}
+
+/*
+ * The speed eval (docs/evals.md "speed"). Without a baseline (exaq-worker run without
+ * --baseline): one warm-up and `repeats` timed runs of the model. With the sweep's base model
+ * as baseline (every job exaqd sends): both models are loaded in this process and run in
+ * `pairs` pairs after one warm-up pair. In a pair both prefill the same prompt, then their
+ * decode steps alternate one by one (A B B A A B ...), each timed, so both models see the same
+ * machine load within a few milliseconds. The pair's ratio is the model's median step time
+ * over the baseline's: a preempted step changes one median by nothing. Metrics:
+ * time_per_token (median over runs of the run's mean step), decode_tok_s, prefill_tok_s, and
+ * when paired baseline_time_per_token, speed_ratio (median of the pairs' ratios),
+ * speed_ratio_iqr (their interquartile range) and speed_pairs.
+ */
 int stage_speed_run(struct stage_ctx *ctx)
 {
     cJSON *spec;
-    struct model *m = NULL;
-    struct model_kv *kv = NULL;
-    int64_t P, G, R;
-    int32_t *prompt = NULL;
-    float *logits = NULL;
-    double *pre = NULL, *dec = NULL;
-    char *err = NULL;
+    struct speed_side a = { 0 }, b = { 0 };
+    int64_t P, G, R, NP, n, total;
+    double *pre = NULL, *dec = NULL, *bdec = NULL, *ratio = NULL, *da = NULL, *db = NULL;
+    char *copy_a = NULL, *copy_b = NULL;
     int rc = 0;
+    bool paired = ctx->baseline_dir && ctx->baseline_dir[0], same = false;
 
     if (!(spec = spec_parse(ctx, &rc)))
         return rc;
     if ((rc = spec_int(ctx, spec, "prompt_tokens", 128, 1, 1 << 24, &P)) ||
         (rc = spec_int(ctx, spec, "gen_tokens", 128, 1, 1 << 24, &G)) ||
-        (rc = spec_int(ctx, spec, "repeats", 3, 1, 100000, &R)))
+        (rc = spec_int(ctx, spec, "repeats", 3, 1, 100000, &R)) ||
+        (rc = spec_int(ctx, spec, "pairs", 10, 1, 100000, &NP)))
         goto out;
-    if ((rc = load_model(ctx, &m, 0)))
-        goto out;
-    if (P + G > m->cfg.max_position_embeddings) {
-        rc = stage_fail(ctx, STAGE_ERR_ERROR,
-                        "speed stage: prompt_tokens + gen_tokens = %lld exceeds the model's "
-                        "max_position_embeddings (%d)",
-                        (long long)(P + G), m->cfg.max_position_embeddings);
-        goto out;
-    }
-    {
-        /* The fp32 KV cache: K and V per layer, KV head, position and dim. */
-        double kv_bytes = 2.0 * m->n_layers * m->cfg.num_key_value_heads * (double)(P + G) *
-                          m->cfg.head_dim * sizeof(float);
-        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-        if (pages > 0 && psz > 0 && kv_bytes > 0.8 * (double)pages * (double)psz) {
-            rc = stage_fail(ctx, STAGE_ERR_OOM,
-                            "speed stage: the KV cache for %lld positions needs %.1f GB, more "
-                            "than this machine's memory",
-                            (long long)(P + G), kv_bytes / 1e9);
-            goto out;
+    if (paired) {
+        char *ra = realpath(ctx->input_dir, NULL), *rb = realpath(ctx->baseline_dir, NULL);
+        same = ra && rb && strcmp(ra, rb) == 0;
+        free(ra);
+        free(rb);
+        if (ctx->stage_dir) {
+            if ((rc = speed_fresh_copy(ctx, ctx->input_dir, "speed-model", &copy_a)) ||
+                (!same &&
+                 (rc = speed_fresh_copy(ctx, ctx->baseline_dir, "speed-baseline", &copy_b))))
+                goto out;
+            stage_log(ctx, "speed: timing fresh copies of %s in the stage dir",
+                      same ? "the model" : "both models");
         }
     }
-    /* A fixed pseudo-random prompt (seeded, so every lane times the same input). */
-    prompt = xmalloc(sizeof(int32_t) * (size_t)P);
-    {
-        uint64_t seed = 0x5eed5eedull;
-        for (int64_t i = 0; i < P; i++)
-            prompt[i] = (int32_t)(splitmix64(&seed) % (uint64_t)m->cfg.vocab_size);
+    if ((rc = speed_side_open(ctx, &a, copy_a ? copy_a : ctx->input_dir, P, G)))
+        goto out;
+    if (paired) {
+        if (same) {
+            /* The baseline lane: the model against itself (its weights once, two caches). */
+            b.m = a.m;
+            b.borrowed = true;
+            rc = speed_side_prepare(ctx, &b, ctx->baseline_dir, P, G);
+        } else {
+            rc = speed_side_open(ctx, &b, copy_b ? copy_b : ctx->baseline_dir, P, G);
+        }
+        if (rc)
+            goto out;
     }
-    kv = model_kv_new(m, (int)(P + G));
-    logits = xmalloc(sizeof(float) * (size_t)m->cfg.vocab_size);
-    pre = xmalloc(sizeof(double) * (size_t)R);
-    dec = xmalloc(sizeof(double) * (size_t)R);
-    stage_log(ctx,
-              "speed: prompt %lld tokens, %lld greedy decode steps, 1 warm-up + %lld timed "
-              "runs, %d threads",
-              (long long)P, (long long)G, (long long)R, ctx->nthreads);
-    for (int64_t r = -1; r < R; r++) {
-        double ps = 0, ds = 0;
-        stage_progress(ctx, (double)(r + 1), (double)(R + 1), "run");
-        if (stage_cancelled(ctx))
-            rc = 1;
-        else
-            rc = speed_once(ctx, m, kv, prompt, (int)P, (int)G, logits, &ps, &ds, &err);
-        if (rc > 0) {
+    n = paired ? NP : R;
+    total = 1 + n;
+    pre = xcalloc((size_t)n, sizeof(double));
+    dec = xcalloc((size_t)n, sizeof(double));
+    bdec = xcalloc((size_t)n, sizeof(double));
+    ratio = xcalloc((size_t)n, sizeof(double));
+    da = xcalloc((size_t)G, sizeof(double));
+    db = xcalloc((size_t)G, sizeof(double));
+    stage_log(ctx, "speed: prompt %lld tokens, %lld greedy decode steps, %d threads", (long long)P,
+              (long long)G, ctx->nthreads);
+    if (paired)
+        stage_log(ctx,
+                  "speed: 1 warm-up pair, then %lld pairs against the baseline '%s'%s, decode "
+                  "steps interleaved",
+                  (long long)NP, ctx->baseline_dir, same ? " (the model itself)" : "");
+    else
+        stage_log(ctx, "speed: 1 warm-up + %lld timed runs (no baseline)", (long long)R);
+    for (int64_t r = -1; r < n; r++) {
+        struct speed_fig fa = { 0 }, fb = { 0 };
+        stage_progress(ctx, (double)(r + 1), (double)total, "run");
+        if (stage_cancelled(ctx)) {
             rc = stage_fail(ctx, STAGE_ERR_CANCELLED, "speed stage cancelled");
             goto out;
         }
-        if (rc) {
-            rc = model_fail(ctx, rc, err);
-            err = NULL;
+        if ((rc = speed_pair(ctx, &a, paired ? &b : NULL, P, G, r >= 0 && r % 2 == 1, da, db, &fa,
+                             &fb)))
             goto out;
-        }
         if (r < 0)
             continue; /* warm-up: pages the weights in, warms the caches and the thread pool */
-        pre[r] = (double)P / (ps > 0 ? ps : 1e-9);
-        dec[r] = ds / (double)G;
-        stage_log(ctx, "speed: run %lld: prefill %.1f tokens/s, decode %.3f ms/token",
-                  (long long)r + 1, pre[r], dec[r] * 1e3);
+        pre[r] = fa.pre;
+        dec[r] = fa.dec;
+        if (paired) {
+            bdec[r] = fb.dec;
+            ratio[r] = fa.step / fb.step;
+            stage_log(ctx,
+                      "speed: pair %lld: model %.3f ms/token (median step %.3f), baseline %.3f "
+                      "(median step %.3f), ratio %.4f",
+                      (long long)r + 1, fa.dec * 1e3, fa.step * 1e3, fb.dec * 1e3, fb.step * 1e3,
+                      ratio[r]);
+        } else {
+            stage_log(ctx, "speed: run %lld: prefill %.1f tokens/s, decode %.3f ms/token",
+                      (long long)r + 1, pre[r], dec[r] * 1e3);
+        }
     }
-    stage_progress(ctx, (double)(R + 1), (double)(R + 1), "run");
+    stage_progress(ctx, (double)total, (double)total, "run");
     {
-        double tpt = median(dec, (int)R), pts = median(pre, (int)R);
-        if (!(tpt > 0))
-            tpt = 1e-9; /* a clock too coarse to see one step: keep the metrics finite */
+        double tpt = eval_median(dec, (int)n), pts = eval_median(pre, (int)n);
         stage_metric(ctx, "time_per_token", tpt);
         stage_metric(ctx, "decode_tok_s", 1.0 / tpt);
         stage_metric(ctx, "prefill_tok_s", pts);
-        stage_log(ctx, "speed: time_per_token %.6f s (%.1f tokens/s), prefill %.1f tokens/s", tpt,
-                  1.0 / tpt, pts);
+        if (paired) {
+            double tb = eval_median(bdec, (int)n);
+            double rmed = eval_median(ratio, (int)n), riqr = eval_iqr(ratio, (int)n);
+            stage_metric(ctx, "baseline_time_per_token", tb);
+            stage_metric(ctx, "speed_ratio", rmed);
+            stage_metric(ctx, "speed_ratio_iqr", riqr);
+            stage_metric(ctx, "speed_pairs", (double)n);
+            stage_log(ctx,
+                      "speed: time_per_token %.6f s, baseline %.6f s, paired ratio %.4f (IQR "
+                      "%.4f over %lld pairs)",
+                      tpt, tb, rmed, riqr, (long long)n);
+        } else {
+            stage_log(ctx, "speed: time_per_token %.6f s (%.1f tokens/s), prefill %.1f tokens/s",
+                      tpt, 1.0 / tpt, pts);
+        }
     }
 out:
-    free(err);
     free(pre);
     free(dec);
-    free(logits);
-    free(prompt);
-    model_kv_free(kv);
-    model_free(m);
+    free(bdec);
+    free(ratio);
+    free(da);
+    free(db);
+    speed_side_close(&b);
+    speed_side_close(&a);
+    for (int i = 0; i < 2; i++) {
+        char *c = i ? copy_b : copy_a;
+        if (c)
+            rm_rf(c); /* the stage dir becomes the artifact: keep no model there */
+        free(c);
+    }
     cJSON_Delete(spec);
     return rc;
 }
