@@ -1798,7 +1798,11 @@ int lanes_spec_complete(const char *kind, const char *json, const char *base_dir
     item = lanes__ytree_map_new(1, 1);
     lanes__ytree_map_append(item, lanes__ytree_scalar_new(kind, 1, 1), root);
     root = NULL; /* owned by item */
-    if (lanes__stage_parse(&c, item, 0, &st) < 0) {
+    /* An eval kind's spec may carry its eval-only keys (name). */
+    int in_eval = 0;
+    for (const char *const *k = eval_kinds; *k; k++)
+        in_eval |= strcmp(*k, kind) == 0 && strcmp(kind, "exec") != 0;
+    if (lanes__stage_parse(&c, item, in_eval, &st) < 0) {
         size_t n = diag.n;
         buf_puts(&b, "spec: ");
         for (size_t i = 0; i < n; i++)

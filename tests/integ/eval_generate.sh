@@ -143,4 +143,4 @@ expect_rc 0 ctl shutdown
 expect_rc 1 "$W" run qa --input "$MODEL" --spec "{\"items\":\"$D/qa.jsonl\"}"
 grep -q "chat: false" "$ERR" "$OUT" || fail "no chat-template message: $(cat "$ERR" "$OUT")"
 expect_rc 1 "$W" run mcqa_gen --input "$MODEL" --spec "{\"chat\":false}"
-grep -q "'items' (a JSONL file) is required" "$ERR" "$OUT" || fail "no items message: $(cat "$ERR" "$OUT")"
+grep -q "needs 'items: PATH'" "$ERR" "$OUT" || fail "no items message: $(cat "$ERR" "$OUT")"
