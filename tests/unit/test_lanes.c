@@ -1516,7 +1516,7 @@ static void test_spec_complete_and_check(void **state)
     assert_non_null(strstr(err, "actorder"));
     free(err);
     assert_int_equal(
-        lanes_spec_complete("quantize", "{\"act_order\":\"static\"}", NULL, &full, &err) == -1 &&
+        lanes_spec_complete("quantize", "{\"act_order\":\"static\"}", NULL, &cut, &err) == -1 &&
             strstr(err, "'act_order'") != NULL,
         1);
     free(err);
