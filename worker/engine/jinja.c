@@ -762,8 +762,7 @@ static int json_dump(struct buf *b, const struct jval *v, const struct jopt *o, 
                 buf_release(&t);
             } else {
                 free(ord);
-                err_setf(err, "keys must be str, int, float, bool or None, not %s",
-                         kind_name(k));
+                err_setf(err, "keys must be str, int, float, bool or None, not %s", kind_name(k));
                 return -1;
             }
             buf_puts(b, o->key_sep);
@@ -1201,9 +1200,9 @@ static int lex_unescape(struct lexer *L, size_t off, const char *s, size_t n, st
     return 0;
 }
 
-static const char *const OPS[] = { "**", "//", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%",
-                                   "~",  "<",  ">",  "(",  ")",  "[",  "]", "{", "}", ",", ".",
-                                   ":",  "|",  "=",  ";",  NULL };
+static const char *const OPS[] = { "**", "//", "==", "!=", "<=", ">=", "+", "-", "*",
+                                   "/",  "%",  "~",  "<",  ">",  "(",  ")", "[", "]",
+                                   "{",  "}",  ",",  ".",  ":",  "|",  "=", ";", NULL };
 
 /* Tokens inside a tag from *pp up to and including its end marker. */
 static int lex_tag(struct lexer *L, size_t *pp, bool block, bool *line_starting)
@@ -1343,7 +1342,8 @@ static int lex_run(struct lexer *L)
     bool line_starting = true;
     while (p < n) {
         size_t o = p;
-        while (o + 1 < n && !(s[o] == '{' && (s[o + 1] == '{' || s[o + 1] == '%' || s[o + 1] == '#')))
+        while (o + 1 < n &&
+               !(s[o] == '{' && (s[o + 1] == '{' || s[o + 1] == '%' || s[o + 1] == '#')))
             o++;
         if (o + 1 >= n) {
             lex_add(L, T_DATA, p, s + p, n - p);
@@ -1375,7 +1375,7 @@ static int lex_run(struct lexer *L)
                     return lex_fail(L, o, "missing end of comment tag");
                 break;
             }
-            if (e > q && s[e - 1] == '-' ) {
+            if (e > q && s[e - 1] == '-') {
                 p = e + 2;
                 while (p < n && c_space(s[p]))
                     p++;
@@ -1446,14 +1446,14 @@ struct nlist {
 struct node {
     enum nk k;
     int line, col;
-    const char *s;       /* text, name, operator, filter/test/attribute name */
-    struct jval *lit;    /* E_LIT */
+    const char *s;    /* text, name, operator, filter/test/attribute name */
+    struct jval *lit; /* E_LIT */
     struct node *a, *b, *c;
-    struct nlist kids;   /* body, items, positional args, elif conditions, compare operands */
-    struct nlist kids2;  /* else body, dict values, keyword values, elif bodies */
-    const char **names;  /* keyword names, for targets, macro params, compare ops */
+    struct nlist kids;  /* body, items, positional args, elif conditions, compare operands */
+    struct nlist kids2; /* else body, dict values, keyword values, elif bodies */
+    const char **names; /* keyword names, for targets, macro params, compare ops */
     size_t nnames;
-    bool neg;            /* E_TEST: `is not` */
+    bool neg; /* E_TEST: `is not` */
 };
 
 static void nl_push(struct arena *a, struct nlist *l, struct node *x)
@@ -1572,22 +1572,21 @@ static struct node *p_or(struct parser *P);
 static struct node *p_unary(struct parser *P, bool with_filter);
 static struct node *p_tuple(struct parser *P, bool with_cond);
 
-static const char *const FILTERS[] = { "trim",      "tojson",     "length", "count",   "default",
-                                       "d",         "first",      "last",   "join",    "selectattr",
-                                       "rejectattr", "select",    "reject", "map",     "list",
-                                       "string",    "int",        "float",  "upper",   "lower",
-                                       "capitalize", "title",     "replace", "reverse", "items",
-                                       "safe",      "abs",        "unique", "sort",    "dictsort",
-                                       "indent",    "wordcount",  "sum",    "min",     "max",
-                                       "round",     "center",     "truncate", NULL };
-static const char *const TESTS[] = { "defined", "undefined", "none",     "string",   "mapping",
-                                     "iterable", "number",   "sequence", "true",     "false",
-                                     "boolean", "integer",   "float",    "equalto",  "eq",
-                                     "==",      "ne",        "!=",       "lt",       "<",
-                                     "le",      "<=",        "gt",       ">",        "ge",
-                                     ">=",      "in",        "odd",      "even",     "divisibleby",
-                                     "callable", "lower",    "upper",    "sameas",   "filter",
-                                     "test",    NULL };
+static const char *const FILTERS[] = {
+    "trim",  "tojson",     "length",     "count",  "default",    "d",        "first",   "last",
+    "join",  "selectattr", "rejectattr", "select", "reject",     "map",      "list",    "string",
+    "int",   "float",      "upper",      "lower",  "capitalize", "title",    "replace", "reverse",
+    "items", "safe",       "abs",        "unique", "sort",       "dictsort", "indent",  "wordcount",
+    "sum",   "min",        "max",        "round",  "center",     "truncate", NULL
+};
+static const char *const TESTS[] = { "defined",  "undefined", "none",     "string",  "mapping",
+                                     "iterable", "number",    "sequence", "true",    "false",
+                                     "boolean",  "integer",   "float",    "equalto", "eq",
+                                     "==",       "ne",        "!=",       "lt",      "<",
+                                     "le",       "<=",        "gt",       ">",       "ge",
+                                     ">=",       "in",        "odd",      "even",    "divisibleby",
+                                     "callable", "lower",     "upper",    "sameas",  "filter",
+                                     "test",     NULL };
 
 static bool in_list(const char *const *l, const char *s)
 {
@@ -2078,8 +2077,7 @@ static bool p_targets(struct parser *P, struct node *x)
         if (x->nnames)
             advance(P);
         if (cur(P)->t != T_NAME)
-            return pfail(P, cur(P), "expected a variable name, got %s", tok_desc(cur(P))),
-                   false;
+            return pfail(P, cur(P), "expected a variable name, got %s", tok_desc(cur(P))), false;
         names_push(P->a, x, advance(P)->s);
     } while (is_op(cur(P), ","));
     if (paren && !expect_op(P, ")"))
@@ -2250,7 +2248,12 @@ static bool p_body(struct parser *P, struct nlist *body, const char *const *ends
                 *ended = NULL;
                 return true;
             }
-            pfail(P, t, "unexpected end of template: expected '%s'", ends[0]);
+            struct buf b;
+            buf_init(&b);
+            for (size_t i = 0; ends[i]; i++)
+                buf_printf(&b, "%s'%s'", i ? (ends[i + 1] ? ", " : " or ") : "", ends[i]);
+            pfail(P, t, "unexpected end of template: expected %s", b.data);
+            buf_release(&b);
             return false;
         }
         if (t->t == T_DATA) {
@@ -2286,9 +2289,8 @@ static bool p_body(struct parser *P, struct nlist *body, const char *const *ends
                 *ended = kw->s;
                 return true;
             }
-            static const char *const closers[] = { "elif",   "else",     "endif",
-                                                   "endfor", "endmacro", "endset",
-                                                   "endgeneration", NULL };
+            static const char *const closers[] = { "elif",     "else",   "endif",         "endfor",
+                                                   "endmacro", "endset", "endgeneration", NULL };
             if (in_list(closers, kw->s)) {
                 pfail(P, kw, "unexpected '%s'", kw->s);
                 return false;
@@ -2562,7 +2564,8 @@ static struct jval *arith(struct rs *R, const struct node *x, const char *op, st
             lpush(R->a, v, r->items[i]);
         return v;
     }
-    if (!strcmp(op, "*") && ((l->k == V_STR || l->k == V_LIST) && (r->k == V_INT || r->k == V_BOOL))) {
+    if (!strcmp(op, "*") &&
+        ((l->k == V_STR || l->k == V_LIST) && (r->k == V_INT || r->k == V_BOOL))) {
         struct buf b;
         buf_init(&b);
         struct jval *v = vnew(R->a, l->k);
@@ -2580,7 +2583,7 @@ static struct jval *arith(struct rs *R, const struct node *x, const char *op, st
         return v;
     }
     if (!is_num(l) || !is_num(r))
-        return rfail(R, x, "unsupported operand types for %s: '%s' and '%s'", op, kind_name(l),
+        return rfail(R, x, "unsupported operand type(s) for %s: '%s' and '%s'", op, kind_name(l),
                      kind_name(r));
     bool fl = l->k == V_FLOAT || r->k == V_FLOAT;
     if (!strcmp(op, "/")) {
@@ -2667,8 +2670,7 @@ static int contains(struct rs *R, const struct node *x, struct jval *needle, str
         return 0;
     case V_STR:
         if (needle->k != V_STR) {
-            rfail(R, x, "'in <string>' requires string as left operand, not %s",
-                  kind_name(needle));
+            rfail(R, x, "'in <string>' requires string as left operand, not %s", kind_name(needle));
             return -1;
         }
         if (!needle->n)
@@ -2693,13 +2695,12 @@ static int contains(struct rs *R, const struct node *x, struct jval *needle, str
 
 static bool is_method(const struct jval *obj, const char *name)
 {
-    static const char *const STR_M[] = { "strip",      "lstrip",   "rstrip",     "split",
-                                         "rsplit",     "startswith", "endswith", "upper",
-                                         "lower",      "replace",  "title",      "capitalize",
-                                         "find",       "rfind",    "count",      "join",
-                                         "isdigit",    "isspace",  "isalpha",    "isalnum",
-                                         "islower",    "isupper",  "splitlines", "index",
-                                         NULL };
+    static const char *const STR_M[] = {
+        "strip",   "lstrip",     "rstrip",  "split",   "rsplit",     "startswith", "endswith",
+        "upper",   "lower",      "replace", "title",   "capitalize", "find",       "rfind",
+        "count",   "join",       "isdigit", "isspace", "isalpha",    "isalnum",    "islower",
+        "isupper", "splitlines", "index",   NULL
+    };
     static const char *const DICT_M[] = { "items", "get", "keys", "values", NULL };
     static const char *const LIST_M[] = { "index", "count", NULL };
     if (obj->k == V_STR)
@@ -2712,8 +2713,7 @@ static bool is_method(const struct jval *obj, const char *name)
 }
 
 /* obj.name: attribute first, then item (jinja2's environment.getattr). */
-static struct jval *get_attr(struct rs *R, const struct node *x, struct jval *obj,
-                             const char *name)
+static struct jval *get_attr(struct rs *R, const struct node *x, struct jval *obj, const char *name)
 {
     if (obj->k == V_UNDEF)
         return undef_error(R, x, obj);
@@ -2736,8 +2736,7 @@ static struct jval *get_attr(struct rs *R, const struct node *x, struct jval *ob
 }
 
 /* obj[key]: item first, then attribute (jinja2's environment.getitem). */
-static struct jval *get_item(struct rs *R, const struct node *x, struct jval *obj,
-                             struct jval *key)
+static struct jval *get_item(struct rs *R, const struct node *x, struct jval *obj, struct jval *key)
 {
     if (obj->k == V_UNDEF)
         return undef_error(R, x, obj);
@@ -2782,8 +2781,8 @@ static struct jval *get_item(struct rs *R, const struct node *x, struct jval *ob
     return u;
 }
 
-static bool slice_idx(struct rs *R, const struct node *x, struct jval *v, int64_t len,
-                      int64_t *out, bool has)
+static bool slice_idx(struct rs *R, const struct node *x, struct jval *v, int64_t len, int64_t *out,
+                      bool has)
 {
     if (!has || v->k == V_NONE)
         return false;
@@ -2927,6 +2926,11 @@ static struct jval *str_case(struct rs *R, const struct jval *s, int mode)
             o = cp_lower(cp);
             break;
         case 1:
+            /* Python's full upper case: U+00DF (sharp s) has no one-letter capital. */
+            if (cp == 0xDF) {
+                buf_puts(&b, "SS");
+                continue;
+            }
             o = cp_upper(cp);
             break;
         case 2:
@@ -2937,8 +2941,8 @@ static struct jval *str_case(struct rs *R, const struct jval *s, int mode)
             prev_cased = cp_cased(cp);
             break;
         case 4: {
-            bool sep = py_space(cp) || cp == '-' || cp == '(' || cp == '{' || cp == '[' ||
-                       cp == '<';
+            bool sep =
+                py_space(cp) || cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<';
             o = sep ? cp : (word_start ? cp_upper(cp) : cp_lower(cp));
             word_start = sep;
             break;
@@ -2985,8 +2989,8 @@ static struct jval *str_replace(struct rs *R, const struct jval *s, const struct
         size_t i = 0;
         int64_t done = 0;
         while (i < s->n) {
-            const char *f = (count < 0 || done < count) ? memfind(s->s + i, s->n - i, old->s, old->n)
-                                                        : NULL;
+            const char *f =
+                (count < 0 || done < count) ? memfind(s->s + i, s->n - i, old->s, old->n) : NULL;
             if (!f) {
                 buf_append(&b, s->s + i, s->n - i);
                 break;
@@ -3041,8 +3045,8 @@ static struct jval *str_split(struct rs *R, const struct jval *s, const struct j
     size_t i = 0;
     int64_t done = 0;
     for (;;) {
-        const char *f = (maxsplit < 0 || done < maxsplit) ? memfind(s->s + i, s->n - i, sep->s, sep->n)
-                                                          : NULL;
+        const char *f =
+            (maxsplit < 0 || done < maxsplit) ? memfind(s->s + i, s->n - i, sep->s, sep->n) : NULL;
         if (!f) {
             lpush(R->a, l, vstrn(R->a, s->s + i, s->n - i));
             break;
@@ -3144,8 +3148,7 @@ static struct jval *call_method(struct rs *R, const struct node *x, struct jval 
                 if (!sub->n)
                     return vint(R->a, (int64_t)u8_len(self->s, self->n) + 1);
                 for (const char *p = self->s;
-                     (p = memfind(p, self->n - (size_t)(p - self->s), sub->s, sub->n));
-                     p += sub->n)
+                     (p = memfind(p, self->n - (size_t)(p - self->s), sub->s, sub->n)); p += sub->n)
                     k++;
                 return vint(R->a, k);
             }
@@ -3258,8 +3261,7 @@ static struct jval *call_method(struct rs *R, const struct node *x, struct jval 
     return rfail(R, x, "unsupported method '%s' of %s", m, kind_name(self));
 }
 
-static struct jval *call_macro(struct rs *R, const struct node *x, struct jval *mv,
-                               struct args *a)
+static struct jval *call_macro(struct rs *R, const struct node *x, struct jval *mv, struct args *a)
 {
     const struct node *m = mv->macro;
     if (a->npos > m->nnames)
@@ -3758,8 +3760,7 @@ static struct jval *apply_filter(struct rs *R, struct scope *s, const struct nod
         return r;
     }
     if (!strcmp(name, "indent")) {
-        struct jval *w = arg(a, 0, "width"), *fst = arg(a, 1, "first"),
-                    *blank = arg(a, 2, "blank");
+        struct jval *w = arg(a, 0, "width"), *fst = arg(a, 1, "first"), *blank = arg(a, 2, "blank");
         struct jval *t = to_str(R, v);
         struct buf pad, b;
         buf_init(&pad);
@@ -3942,8 +3943,8 @@ static struct jval *eval(struct rs *R, struct scope *s, const struct node *x)
                     return undef_error(R, x, r);
                 int c = order(l, r);
                 if (c == -2)
-                    return rfail(R, x, "'%s' not supported between instances of '%s' and '%s'",
-                                 op, kind_name(l), kind_name(r));
+                    return rfail(R, x, "'%s' not supported between instances of '%s' and '%s'", op,
+                                 kind_name(l), kind_name(r));
                 ok = !strcmp(op, "<")    ? c < 0
                      : !strcmp(op, "<=") ? c <= 0
                      : !strcmp(op, ">")  ? c > 0
