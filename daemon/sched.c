@@ -719,6 +719,7 @@ static void write_stage(struct jw *w, const struct dlane *l, int i)
 #define RES_JSON_INT(k, v)                jw_kint(w, k, v)
 #define RES_JSON_NUM(k, v)                jw_knum(w, k, v)
 #define RES_JSON_NUMPOS(k, v)             jw_knum(w, k, v)
+#define RES_JSON_EXEC(k, v)               jw_kstr(w, k, lanes_exec_name(v))
 #define RES_JSON(name, type, lo, hi, def) RES_JSON_##type(#name, st->res.name);
     jw_key(w, "res");
     jw_obj_begin(w);
@@ -959,6 +960,7 @@ static int load_stage(void *arg, const struct store_row *r)
 #define RES_GET_INT(r, n)                 (int)store_i64(r, n)
 #define RES_GET_NUM(r, n)                 store_f64(r, n)
 #define RES_GET_NUMPOS(r, n)              store_f64(r, n)
+#define RES_GET_EXEC(r, n)                (int)store_i64(r, n)
 #define RES_LOAD(name, type, lo, hi, def) st->res.name = RES_GET_##type(r, #name);
     LANES_RESOURCES(RES_LOAD)
 #undef RES_LOAD
