@@ -81,8 +81,8 @@ static int user_version(sqlite3 *db, int *v)
 static int upgrade(sqlite3 *db, char **msg)
 {
     if (sqlite3_exec(db, "SELECT executor FROM stages LIMIT 0", NULL, NULL, NULL) != SQLITE_OK &&
-        sqlite3_exec(db, "ALTER TABLE stages ADD COLUMN executor INTEGER NOT NULL DEFAULT 0",
-                     NULL, NULL, msg) != SQLITE_OK)
+        sqlite3_exec(db, "ALTER TABLE stages ADD COLUMN executor INTEGER NOT NULL DEFAULT 0", NULL,
+                     NULL, msg) != SQLITE_OK)
         return -1;
     if (sqlite3_exec(db,
                      "CREATE TABLE IF NOT EXISTS slurm_jobs (attempt INTEGER PRIMARY KEY, name "

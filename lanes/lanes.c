@@ -514,9 +514,10 @@ static void slurm_str(struct lanes__ctx *c, const struct ynode *v, const char *n
 
 static void parse_slurm(struct pstate *ps, const struct ynode *root)
 {
-    static const char *const keys[] = { "partition", "account", "qos",        "time_min",
-                                        "gres",      "cpus_per_task", "mem_gb", "constraint",
-                                        "extra_args", NULL };
+    static const char *const keys[] = { "partition", "account",    "qos",
+                                        "time_min",  "gres",       "cpus_per_task",
+                                        "mem_gb",    "constraint", "extra_args",
+                                        NULL };
     struct lanes_slurm *sl = &ps->lf->slurm;
     struct lanes__ctx *c = &ps->c;
     const struct ynode *v = get(root, "slurm", NULL), *x;
@@ -1104,8 +1105,8 @@ static int parse_text(const char *buf, size_t len, const char *display, const ch
 {
     static const char *const top_keys[] = { "version",     "sweep",     "base_model", "description",
                                             "calibration", "eval",      "score",      "package",
-                                            "defaults",    "on_finish", "on_fail",    "lanes",      "slurm",
-                                            NULL };
+                                            "defaults",    "on_finish", "on_fail",    "lanes",
+                                            "slurm",       NULL };
     struct pstate ps;
     struct ynode *root = NULL;
     char *err = NULL;

@@ -47,12 +47,12 @@ char *lanes_diag_format(const struct lanes_diag *d, size_t i);
     X(timeout_min, NUMPOS, 0, INFINITY, 240) /* minutes per attempt */                             \
     X(gpus, INT, 0, 1024, 1)                 /* GPUs the stage reserves on a GPU exaqd */          \
     X(gpu_mem_gb, NUM, 0, INFINITY, 0)       /* free GPU memory on one device, GB (10^9 bytes) */  \
-    X(min_free_gb, NUM, 0, INFINITY, 0)      /* free disk in the home dir, GB (10^9 bytes) */  \
-    X(executor, EXEC, 0, 1, LANES_EXEC_LOCAL) /* where the stage runs: local or slurm */
+    X(min_free_gb, NUM, 0, INFINITY, 0)      /* free disk in the home dir, GB (10^9 bytes) */      \
+    X(executor, EXEC, 0, 1, 0)               /* 0 local, 1 slurm (LANES_EXEC_*) */
 
 /* EXEC: a word, local or slurm, kept as an int (LANES_EXEC_*). */
-#define LANES_EXEC_LOCAL 0
-#define LANES_EXEC_SLURM 1
+#define LANES_EXEC_LOCAL                         0
+#define LANES_EXEC_SLURM                         1
 #define LANES_RES_CTYPE_INT                      int
 #define LANES_RES_CTYPE_EXEC                     int
 #define LANES_RES_CTYPE_NUM                      double
@@ -71,10 +71,10 @@ const char *lanes_exec_name(int executor);
 struct lanes_slurm {
     int present;
     char *partition, *account, *qos, *gres, *constraint; /* NULL when not given */
-    double time_min;   /* 0: the stage's timeout_min */
-    int cpus_per_task; /* 0: not given */
-    double mem_gb;     /* 0: not given */
-    char **extra_args; /* more sbatch arguments, as written */
+    double time_min;                                     /* 0: the stage's timeout_min */
+    int cpus_per_task;                                   /* 0: not given */
+    double mem_gb;                                       /* 0: not given */
+    char **extra_args;                                   /* more sbatch arguments, as written */
     size_t nextra;
 };
 

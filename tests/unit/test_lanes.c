@@ -514,7 +514,8 @@ static void test_canonical_file(void **state)
     /* It carries the lanes, keys, resources and files. */
     assert_non_null(strstr(a->canonical_json, "\"id\":\"y-ridge=0.2\""));
     assert_non_null(strstr(a->canonical_json, "\"key\":{\"calibration\""));
-    assert_non_null(strstr(a->canonical_json, "\"res\":{\"executor\":\"local\",\"gpu_mem_gb\":0,\"gpus\":1,"));
+    assert_non_null(
+        strstr(a->canonical_json, "\"res\":{\"executor\":\"local\",\"gpu_mem_gb\":0,\"gpus\":1,"));
     assert_non_null(strstr(a->canonical_json, "\"hooks\":{\"on_fail\":null,\"on_finish\":null}"));
     lanes_file_free(a);
     lanes_file_free(b);
@@ -581,17 +582,15 @@ static void test_executor_slurm(void **state)
 
     expect_errs(HEAD "defaults: {executor: slrum}\nlanes: [{id: a, stages: [{speed: }]}]\n", 5,
                 "slrum", "'slrum' is not an executor (did you mean 'slurm'?)");
-    expect_errs(HEAD "lanes: [{id: a, stages: [{speed: {executor: 3}}]}]\n", 5, "3",
-                "executor");
+    expect_errs(HEAD "lanes: [{id: a, stages: [{speed: {executor: 3}}]}]\n", 5, "3", "executor");
     expect_errs(HEAD "slurm: {partiton: gpu}\nlanes: [{id: a, stages: [{speed: }]}]\n", 5,
                 "partiton", "partition");
-    expect_errs(HEAD "slurm: [gpu]\nlanes: [{id: a, stages: [{speed: }]}]\n", 5, "[gpu]",
-                "slurm");
+    expect_errs(HEAD "slurm: [gpu]\nlanes: [{id: a, stages: [{speed: }]}]\n", 5, "[gpu]", "slurm");
     expect_errs(HEAD "slurm: {cpus_per_task: 0, time_min: -1, partition: '-x'}\n"
                      "lanes: [{id: a, stages: [{speed: }]}]\n",
                 5, "0", "cpus_per_task", 5, "-1", "time_min", 5, "'-x'", "start with '-'");
-    expect_errs(HEAD "slurm: {extra_args: ['-N 2']}\nlanes: [{id: a, stages: [{speed: }]}]\n",
-                5, "'-N 2'", "not a long sbatch option");
+    expect_errs(HEAD "slurm: {extra_args: ['-N 2']}\nlanes: [{id: a, stages: [{speed: }]}]\n", 5,
+                "'-N 2'", "not a long sbatch option");
 }
 
 static void test_score_package_hooks(void **state)
