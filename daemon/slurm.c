@@ -179,35 +179,6 @@ static void child_run(struct daemon *d, char **argv, const char *input,
 
 /* ===== states ===== */
 
-bool slurm_state_terminal(const char *state, enum fail_class *cls, bool *no_retry_used)
-{
-    static const struct {
-        const char *name;
-        enum fail_class cls;
-        bool no_retry;
-    } map[] = {
-        { "COMPLETED", FAIL_NONE, false },       { "FAILED", FAIL_ERROR, false },
-        { "CANCELLED", FAIL_CANCELLED, false },  { "TIMEOUT", FAIL_TIMEOUT, false },
-        { "DEADLINE", FAIL_TIMEOUT, false },     { "OUT_OF_MEMORY", FAIL_OOM, false },
-        { "NODE_FAIL", FAIL_INTERRUPTED, true }, { "PREEMPTED", FAIL_INTERRUPTED, true },
-        { "BOOT_FAIL", FAIL_INTERRUPTED, true },
-    };
-    *cls = FAIL_NONE;
-    *no_retry_used = false;
-    if (!state)
-        return false;
-    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
-        size_t n = strlen(map[i].name);
-        /* sacct writes "CANCELLED by 0" */
-        if (!strncmp(state, map[i].name, n) && (state[n] == 0 || state[n] == ' ')) {
-            *cls = map[i].cls;
-            *no_retry_used = map[i].no_retry;
-            return true;
-        }
-    }
-    return false;
-}
-
 /* ===== bookkeeping ===== */
 
 static void att_unlink(struct slurm *sl, struct slurm_att *x)
@@ -292,7 +263,7 @@ static void resolve_finish(uv_work_t *w, int status)
     bool have = false;
     enum fail_class cls;
     bool no_retry;
-    bool term = slurm_state_terminal(x->state, &cls, &no_retry);
+    bool term = vocab_slurm_state_ended(x->state, &cls, &no_retry);
     (void)status;
 
     x->resolving = false;
@@ -430,7 +401,7 @@ static void on_squeue(void *arg, int64_t status, const char *out, const char *er
             enum fail_class cls;
             bool nr;
             x->missing = 0;
-            if (slurm_state_terminal(x->state, &cls, &nr))
+            if (vocab_slurm_state_ended(x->state, &cls, &nr))
                 resolve(sl, x, false);
             continue;
         }

@@ -38,10 +38,4 @@ bool slurm_owns_tmp(const struct daemon *d, const char *name);
 /* The attempt's "slurm" object in status documents: job id, name, state. */
 void slurm_status_json(const struct attempt *a, struct jw *w);
 
-/* Slurm job state -> what exaq makes of it (pure; unit-tested). Terminal states set *cls to
- * the failure class they mean (FAIL_NONE for COMPLETED: the outcome file decides) and return
- * true; PENDING, RUNNING and the other live states return false. *no_retry_used: the attempt
- * goes back to pending without using a retry (preemption, node failure). */
-bool slurm_state_terminal(const char *state, enum fail_class *cls, bool *no_retry_used);
-
 #endif

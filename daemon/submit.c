@@ -392,6 +392,8 @@ static char *settings_json(const struct lanes_file *lf)
  * waiting: gpu_mem_gb beyond the largest slot, or more GPUs than there are slots. */
 static void check_resources(struct submit_job *j, const char *lane, const struct lanes_stage *ls)
 {
+    if (ls->res.executor == LANES_EXEC_SLURM)
+        return; /* the cluster's nodes, not this exaqd's slots, give it */
     if (ls->res.gpu_mem_gb > j->max_gpu_gb) {
         char *why = sched_gpu_mem_refusal(ls->res.gpu_mem_gb, j->max_gpu_gb);
         add_err(j, "%s:%d:%d: error: stage '%s' of lane '%s': %s", j->lf->path, ls->line, ls->col,
