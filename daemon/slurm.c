@@ -574,6 +574,10 @@ static void after_commit(void *arg, int rc)
     av_add(&av, xasprintf("--output=%s/%s.out", sl->dir, x->name));
     av_add(&av, xasprintf("--chdir=%s", sl->d->home));
     av_add(&av, xstrdup("--ntasks=1"));
+    /* A node failure or preemption ends the job, and exaqd submits a new attempt at once
+     * (no retry used) instead of Slurm requeueing it with a delay; extra_args may say
+     * --requeue. */
+    av_add(&av, xstrdup("--no-requeue"));
     tmin = so && jnum(so, "time_min") > 0 ? jnum(so, "time_min") : st->res.timeout_min;
     av_add(&av, xasprintf("--time=%lld", (long long)EXAQ_MAX(1, (long long)ceil(tmin))));
     if (so) {
