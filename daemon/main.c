@@ -400,6 +400,7 @@ out:
         unlink(pp);
         free(pp);
     }
+    slurm_release(d);
     sched_release(d);
     submit_release();
     for (int i = 0; i < d->nslots; i++) {

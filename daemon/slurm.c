@@ -367,6 +367,8 @@ static void on_squeue(void *arg, int64_t status, const char *out, const char *er
 {
     struct slurm *sl = arg;
     sl->polling = false;
+    if (sl->d->shutting_down)
+        return; /* the next exaqd adopts the jobs */
     if (status != 0) {
         log_warn("squeue failed (status %lld): %.200s; polling again in %.0fs", (long long)status,
                  err, sl->poll_s);
@@ -785,6 +787,23 @@ void slurm_close(struct daemon *d)
         sl->timer_on = false;
         uv_close((uv_handle_t *)&sl->timer, timer_closed);
     }
+}
+
+void slurm_release(struct daemon *d)
+{
+    struct slurm *sl = d->slurm;
+    if (!sl)
+        return;
+    while (sl->atts) {
+        struct slurm_att *x = sl->atts;
+        sl->atts = x->next;
+        if (x->a->st && x->a->st->att == x->a)
+            x->a->st->att = NULL;
+        att_free(x->a);
+    }
+    free(sl->dir);
+    free(sl);
+    d->slurm = NULL;
 }
 
 bool slurm_owns_tmp(const struct daemon *d, const char *name)

@@ -22,6 +22,8 @@ int slurm_init(struct daemon *d, char *err, size_t errlen);
 void slurm_start(struct daemon *d);
 /* Closes the poll timer (shutdown); jobs keep running and are re-adopted on the next start. */
 void slurm_close(struct daemon *d);
+/* Frees what is left after the loop ended (before sched_release). */
+void slurm_release(struct daemon *d);
 /* sched_load: a running attempt row with a slurm_jobs row (columns id, key, n, started, log,
  * slurm_name, slurm_job, slurm_state). 0 when it was adopted (its stage stays running). */
 int slurm_adopt(struct daemon *d, const struct store_row *r);
