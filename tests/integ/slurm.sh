@@ -73,6 +73,11 @@ for key in $(jq -r '.sweeps[0].lanes[] | select(.id | startswith("e")) | .stages
     id=$(cat "$EXAQ_HOME/artifacts/job-$key" 2>/dev/null || true)
     [ -n "$id" ] || fail "stage $key did not see SLURM_JOB_ID"
 done
+# The native quantize stage wrote its model from inside its job.
+qkey=$(jq -r '.sweeps[0].lanes[] | select(.id == "q") | .stages[0].key' "$T/st.json")
+[ -f "$EXAQ_HOME/artifacts/$qkey/model/config.json" ] && [ -f "$EXAQ_HOME/artifacts/$qkey/result.json" ] ||
+    fail "the quantize stage left no model"
+grep -q "exaq: native stage quantize" "$EXAQ_HOME"/logs/"$qkey"/attempt-*.log || fail "no quantize log"
 # No stage was submitted twice: one Slurm job per stage key among this sweep's jobs.
 jobs_of_sweep >"$T/jobs"
 for key in $(jq -r '.sweeps[0].lanes[] | select(.id != "baseline") | .stages[].key' "$T/st.json"); do
