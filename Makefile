@@ -296,7 +296,7 @@ FMT_SRC = $(shell git ls-files '*.c' '*.h' '*.cu' '*.cuh' 2>/dev/null)
 format:
 	$(Q)clang-format --dry-run -Werror $(FMT_SRC)
 
-LOOP_FILES := $(wildcard daemon/server.c proto/proto.c daemon/handlers*.c daemon/sched.c daemon/workers.c)
+LOOP_FILES := $(wildcard daemon/server.c proto/proto.c daemon/handlers*.c daemon/sched.c daemon/workers.c daemon/slurm.c)
 lint: format all
 	$(Q)if grep -nE 'sqlite3_|zip_|fopen|fsync|sleep\(|system\(|popen|waitpid|[^_]statv?fs\(' $(LOOP_FILES); then \
 	  echo "lint: blocking call on the loop thread (see docs/design.md)"; exit 1; fi
@@ -311,3 +311,10 @@ clean:
 	rm -rf build bin
 
 -include $(ALL_OBJ:.o=.d)
+
+# A single-node Slurm cluster on this machine for tests/integ/slurm*.sh (root; docs/slurm.md).
+.PHONY: slurm-up slurm-down
+slurm-up:
+	sh tests/slurm/up.sh
+slurm-down:
+	sh tests/slurm/down.sh

@@ -47,6 +47,7 @@ CREATE TABLE stages (
     gpus           INTEGER NOT NULL,
     gpu_mem_gb     REAL NOT NULL,
     min_free_gb    REAL NOT NULL,
+    executor       INTEGER NOT NULL DEFAULT 0, -- 0 local, 1 slurm (added to old files by store.c)
     state          TEXT NOT NULL,           -- pending | running | done | failed
     tries          INTEGER NOT NULL DEFAULT 0,  -- failed attempts counted against retries
     err_class      TEXT,
@@ -87,6 +88,17 @@ CREATE TABLE attempts (
     log          TEXT NOT NULL
 );
 CREATE INDEX attempts_key ON attempts(key);
+
+-- Attempts that run as Slurm batch jobs (daemon/slurm.c). The row, with the job name, is
+-- committed before sbatch runs and job_id is set right after, so a restarted exaqd finds the
+-- job by id, or by name when it died in between. store.c adds this table to older files.
+CREATE TABLE IF NOT EXISTS slurm_jobs (
+    attempt   INTEGER PRIMARY KEY,          -- attempts.id
+    name      TEXT NOT NULL UNIQUE,         -- sbatch --job-name: exaq-<attempt>-<key prefix>
+    job_id    INTEGER,                      -- NULL until sbatch answered
+    state     TEXT,                         -- last Slurm state seen (PENDING, RUNNING, ...)
+    submitted REAL NOT NULL
+);
 
 -- Metrics of finished stages.
 CREATE TABLE metrics (

@@ -135,6 +135,13 @@ static void print_stage(FILE *f, const cJSON *st, bool bars, bool color)
     }
     if (view_num(st, "attempts", 0) > 1)
         fprintf(f, "  [attempt %.0f]", view_num(st, "attempts", 0));
+    {
+        const cJSON *sl = cJSON_GetObjectItemCaseSensitive(st, "slurm");
+        if (sl && view_num(sl, "job_id", 0) > 0)
+            fprintf(f, "  [slurm job %.0f %s]", view_num(sl, "job_id", 0), view_str(sl, "state"));
+        else if (sl)
+            fprintf(f, "  [slurm %s %s]", view_str(sl, "name"), view_str(sl, "state"));
+    }
     fputc('\n', f);
     if (err && state && strcmp(state, "done")) {
         fprintf(f, "      %s: %s\n", view_str(err, "class"), view_str(err, "msg"));

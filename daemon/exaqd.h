@@ -23,6 +23,8 @@
 struct daemon;
 struct conn;
 struct slot;
+struct slurm;
+struct slurm_att;
 
 struct attempt {
     int64_t id;
@@ -41,6 +43,8 @@ struct attempt {
     char *log_path;
     enum fail_class cancel_class; /* FAIL_NONE, or why we asked the worker to stop */
     double cancel_sent_mono;
+    bool fail_stage; /* a cancelled/interrupted failure fails the stage (scancel from outside) */
+    struct slurm_att *slurm; /* set when the attempt runs as a Slurm job (daemon/slurm.c) */
 };
 
 /* A finished attempt, kept for status (why did it retry?). */
@@ -206,6 +210,7 @@ struct daemon {
     double home_free_gb;   /* < 0: unknown or unreadable */
     double home_free_mono; /* when it was read; 0: never */
     struct http *http;     /* the dashboard (--http), or NULL */
+    struct slurm *slurm;   /* stages with executor: slurm (daemon/slurm.c) */
 };
 
 /* ---- sched.c: the model and its state transitions ---- */
@@ -272,6 +277,10 @@ void workers_tick(struct daemon *d);
 bool workers_dispatch(struct daemon *d, struct slot *s, struct dstage *st, struct slot **extra,
                       int nextra);
 void workers_cancel_attempt(struct daemon *d, struct attempt *a, enum fail_class why);
+/* The job message for attempt a of its stage (devs: CUDA_VISIBLE_DEVICES or ""); the lane it
+ * runs for goes to *lane. Release m with proto_msg_release. */
+void workers_job_msg(struct daemon *d, struct attempt *a, const char *devs, struct proto_msg *m,
+                     struct dlane **lane);
 void workers_on_conn_closed(struct daemon *d, struct conn *c);
 void workers_on_msg(struct daemon *d, struct conn *c, struct proto_msg *m);
 int workers_hello(struct daemon *d, struct conn *c, struct proto_msg *m, char *err, size_t errlen);

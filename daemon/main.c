@@ -7,6 +7,7 @@
  * and its parent returns only once the socket accepts connections (or prints why not).
  */
 #include "daemon/exaqd.h"
+#include "daemon/slurm.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -58,6 +59,7 @@ void daemon_maybe_exit(struct daemon *d)
     uv_close((uv_handle_t *)&d->sig_term, on_closed_noop);
     uv_close((uv_handle_t *)&d->sig_int, on_closed_noop);
     uv_close((uv_handle_t *)&d->pump_idle, on_closed_noop);
+    slurm_close(d);
     server_close_all(d);
     for (struct conn *c = d->conns; c; c = c->next)
         server_close_conn(c);
@@ -370,7 +372,8 @@ int main(int argc, char **argv)
             goto fail;
     }
     sched_init(d);
-    if (submit_init(d, err, sizeof(err)) < 0 || sched_load(d, err, sizeof(err)) < 0)
+    if (submit_init(d, err, sizeof(err)) < 0 || slurm_init(d, err, sizeof(err)) < 0 ||
+        sched_load(d, err, sizeof(err)) < 0)
         goto fail;
     finish_resume(d);
 
@@ -379,6 +382,7 @@ int main(int argc, char **argv)
     store_start(d->store, loop);
     if (hopts.addr && http_start(&hopts, d->home, &d->http, err, sizeof(err)) < 0)
         goto fail;
+    slurm_start(d);
     if (server_listen(d, err, sizeof(err)) < 0)
         goto fail;
     uv_idle_init(loop, &d->pump_idle);
@@ -419,6 +423,7 @@ out:
         unlink(pp);
         free(pp);
     }
+    slurm_release(d);
     sched_release(d);
     submit_release();
     for (int i = 0; i < d->nslots; i++) {

@@ -24,6 +24,7 @@
 
 #include "common/jw.h"
 #include "common/log.h"
+#include "daemon/slurm.h"
 #include "daemon/store.h"
 
 void sched_event(struct daemon *d, const char *sweep, const char *lane, const char *key,
@@ -418,7 +419,7 @@ static void pump(struct daemon *d)
     for (int i = 0; i < d->nslots; i++)
         if (d->slots[i].state == SLOT_IDLE && !d->slots[i].reserved_by)
             idle++;
-    if (!idle)
+    if (!idle && !slurm_any_runnable(d))
         return;
     for (size_t i = 0; i < d->stages.cap; i++) {
         struct dstage *st;
@@ -451,11 +452,17 @@ static void pump(struct daemon *d)
     }
     if (nc > 1)
         qsort(c, nc, sizeof(*c), cand_cmp);
-    for (size_t i = 0; i < nc && idle > 0; i++) {
+    for (size_t i = 0; i < nc; i++) {
         struct dstage *st = c[i].st;
         int want = d->gpu_slots ? EXAQ_MAX(1, st->res.gpus) : 1;
         struct slot *slots[64];
         int got;
+        if (st->res.executor == LANES_EXEC_SLURM) {
+            slurm_dispatch(d, st); /* Slurm places it; no slot, no local checks */
+            continue;
+        }
+        if (idle <= 0)
+            continue;
         if (want > d->nslots || want > 64) {
             char *msg =
                 xasprintf("stage needs %d GPUs but exaqd has %d worker slot(s)", want, d->nslots);
@@ -500,6 +507,7 @@ static void cancel_unneeded(struct daemon *d)
         if (a && a->cancel_class == FAIL_NONE && !sched_stage_needed(a->st))
             workers_cancel_attempt(d, a, FAIL_CANCELLED);
     }
+    slurm_cancel_unneeded(d);
 }
 
 static void note_lane_transitions(struct daemon *d, struct dsweep *sw)
@@ -567,6 +575,10 @@ void sched_attempt_failed(struct daemon *d, struct attempt *a, enum fail_class c
     switch (c) {
     case FAIL_CANCELLED:
     case FAIL_INTERRUPTED:
+        if (a->fail_stage) { /* e.g. scancel from outside: the user stopped it; retry re-runs */
+            stage_set_failed(d, st, c, msg);
+            break;
+        }
         sched_stage_set(d, st, &(struct stage_change){ .to = DSTAGE_PENDING, .keep_error = true },
                         "%s back to pending (%s; no retry used)", st->kind, fail_class_name(c));
         break;
@@ -719,6 +731,7 @@ static void write_stage(struct jw *w, const struct dlane *l, int i)
 #define RES_JSON_INT(k, v)                jw_kint(w, k, v)
 #define RES_JSON_NUM(k, v)                jw_knum(w, k, v)
 #define RES_JSON_NUMPOS(k, v)             jw_knum(w, k, v)
+#define RES_JSON_EXEC(k, v)               jw_kstr(w, k, lanes_exec_name(v))
 #define RES_JSON(name, type, lo, hi, def) RES_JSON_##type(#name, st->res.name);
     jw_key(w, "res");
     jw_obj_begin(w);
@@ -744,6 +757,8 @@ static void write_stage(struct jw *w, const struct dlane *l, int i)
         jw_obj_end(w);
         jw_kint(w, "attempt", a->id);
         jw_kint(w, "slot", a->slot ? a->slot->idx : -1);
+        if (a->slurm)
+            slurm_status_json(a, w);
         if (a->last_line)
             jw_kstr(w, "last_line", a->last_line);
     }
@@ -959,6 +974,7 @@ static int load_stage(void *arg, const struct store_row *r)
 #define RES_GET_INT(r, n)                 (int)store_i64(r, n)
 #define RES_GET_NUM(r, n)                 store_f64(r, n)
 #define RES_GET_NUMPOS(r, n)              store_f64(r, n)
+#define RES_GET_EXEC(r, n)                (int)store_i64(r, n)
 #define RES_LOAD(name, type, lo, hi, def) st->res.name = RES_GET_##type(r, #name);
     LANES_RESOURCES(RES_LOAD)
 #undef RES_LOAD
@@ -1086,6 +1102,8 @@ static int recover_attempt(void *arg, const struct store_row *r)
     int64_t wstart = store_i64(r, "worker_start");
     pid_t pgid = (pid_t)store_i64(r, "pgid");
 
+    if (!store_null(r, "slurm_name") && slurm_adopt(lc->d, r) == 0)
+        return 0; /* a Slurm job outlives exaqd: polled again, not interrupted */
     if (!store_null(r, "pgid"))
         kill_orphan_group(pgid, id);
     if (wpid > 1 && wstart > 0 && proc_start_time(wpid) == wstart) {
@@ -1114,7 +1132,7 @@ static void remove_stale_tmp(struct daemon *d)
     struct dirent *de;
     if (dp) {
         while ((de = readdir(dp))) {
-            if (strstr(de->d_name, ".tmp-")) {
+            if (strstr(de->d_name, ".tmp-") && !slurm_owns_tmp(d, de->d_name)) {
                 char *p = path_join(dir, de->d_name);
                 rm_rf(p);
                 free(p);
@@ -1175,8 +1193,10 @@ int sched_load(struct daemon *d, char *err, size_t errlen)
     }
     /* Recover attempts that were running when the previous exaqd died. */
     if (store_query_sync(d->store,
-                         "SELECT id, key, worker_pid, worker_start, pgid, n, started FROM attempts "
-                         "WHERE state='running'",
+                         "SELECT a.id AS id, a.key AS key, worker_pid, worker_start, pgid, n, "
+                         "started, log, s.name AS slurm_name, s.job_id AS slurm_job, s.state AS "
+                         "slurm_state FROM attempts a LEFT JOIN slurm_jobs s ON s.attempt = a.id "
+                         "WHERE a.state='running'",
                          recover_attempt, &lc, err, errlen) < 0)
         return -1;
     for (size_t i = 0; i < d->stages.cap; i++) {
@@ -1184,7 +1204,7 @@ int sched_load(struct daemon *d, char *err, size_t errlen)
         if (!d->stages.keys[i])
             continue;
         st = d->stages.vals[i];
-        if (st->state == DSTAGE_RUNNING)
+        if (st->state == DSTAGE_RUNNING && !st->att)
             sched_stage_set(d, st,
                             &(struct stage_change){ .to = DSTAGE_PENDING, .keep_error = true },
                             "%s was running when exaqd stopped: re-queued", st->kind);

@@ -76,6 +76,22 @@ static int user_version(sqlite3 *db, int *v)
     return rc == SQLITE_ROW ? 0 : -1;
 }
 
+/* Additions to schema version 1 made after files were written with it: each is added when
+ * missing (schema.sql has them all for new files), so older homes keep working. */
+static int upgrade(sqlite3 *db, char **msg)
+{
+    if (sqlite3_exec(db, "SELECT executor FROM stages LIMIT 0", NULL, NULL, NULL) != SQLITE_OK &&
+        sqlite3_exec(db, "ALTER TABLE stages ADD COLUMN executor INTEGER NOT NULL DEFAULT 0", NULL,
+                     NULL, msg) != SQLITE_OK)
+        return -1;
+    if (sqlite3_exec(db,
+                     "CREATE TABLE IF NOT EXISTS slurm_jobs (attempt INTEGER PRIMARY KEY, name "
+                     "TEXT NOT NULL UNIQUE, job_id INTEGER, state TEXT, submitted REAL NOT NULL)",
+                     NULL, NULL, msg) != SQLITE_OK)
+        return -1;
+    return 0;
+}
+
 int store_open(const char *path, struct store **out, char *err, size_t errlen)
 {
     struct store *s = xcalloc(1, sizeof(*s));
@@ -112,6 +128,9 @@ int store_open(const char *path, struct store **out, char *err, size_t errlen)
             sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
             goto fail;
         }
+    } else if (v == STORE_SCHEMA_VERSION && upgrade(s->db, &msg) < 0) {
+        set_err(err, errlen, "cannot upgrade the schema in '%s': %s", path, msg ? msg : "?");
+        goto fail;
     } else if (v != STORE_SCHEMA_VERSION) {
         set_err(err, errlen,
                 "database '%s' has schema version %d but this exaqd (%s) knows version %d; use a "

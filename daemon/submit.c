@@ -375,6 +375,24 @@ static char *settings_json(const struct lanes_file *lf)
     jw_obj_end(&w);
     jw_kstr(&w, "on_finish", lf->on_finish);
     jw_kstr(&w, "on_fail", lf->on_fail);
+    if (lf->slurm.present) {
+        jw_key(&w, "slurm"); /* read back by daemon/slurm.c */
+        jw_obj_begin(&w);
+        jw_kstr(&w, "partition", lf->slurm.partition);
+        jw_kstr(&w, "account", lf->slurm.account);
+        jw_kstr(&w, "qos", lf->slurm.qos);
+        jw_kstr(&w, "gres", lf->slurm.gres);
+        jw_kstr(&w, "constraint", lf->slurm.constraint);
+        jw_knum(&w, "time_min", lf->slurm.time_min);
+        jw_kint(&w, "cpus_per_task", lf->slurm.cpus_per_task);
+        jw_knum(&w, "mem_gb", lf->slurm.mem_gb);
+        jw_key(&w, "extra_args");
+        jw_arr_begin(&w);
+        for (size_t i = 0; i < lf->slurm.nextra; i++)
+            jw_str(&w, lf->slurm.extra_args[i]);
+        jw_arr_end(&w);
+        jw_obj_end(&w);
+    }
     jw_obj_end(&w);
     return buf_steal(&b);
 }
@@ -383,6 +401,8 @@ static char *settings_json(const struct lanes_file *lf)
  * waiting: gpu_mem_gb beyond the largest slot, or more GPUs than there are slots. */
 static void check_resources(struct submit_job *j, const char *lane, const struct lanes_stage *ls)
 {
+    if (ls->res.executor == LANES_EXEC_SLURM)
+        return; /* the cluster's nodes, not this exaqd's slots, give it */
     if (ls->res.gpu_mem_gb > j->max_gpu_gb) {
         char *why = sched_gpu_mem_refusal(ls->res.gpu_mem_gb, j->max_gpu_gb);
         add_err(j, "%s:%d:%d: error: stage '%s' of lane '%s': %s", j->lf->path, ls->line, ls->col,
@@ -659,10 +679,12 @@ static struct dstage *merge_stage(struct daemon *d, struct submit_job *j, struct
 #define RES_FMT_INT                        "i"
 #define RES_FMT_NUM                        "d"
 #define RES_FMT_NUMPOS                     "d"
+#define RES_FMT_EXEC                       "i"
 #define RES_FMT(name, type, lo, hi, def)   RES_FMT_##type
 #define RES_VAL_INT(x)                     (int64_t)(x)
 #define RES_VAL_NUM(x)                     (double)(x)
 #define RES_VAL_NUMPOS(x)                  (double)(x)
+#define RES_VAL_EXEC(x)                    (int64_t)(x)
 #define RES_VAL(name, type, lo, hi, def)   , RES_VAL_##type(st->res.name)
     store_exec(
         d->store,

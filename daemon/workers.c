@@ -396,40 +396,22 @@ static char *job_input_dir(const struct daemon *d, const struct dstage *st, cons
     return xstrdup(st->input_dir);
 }
 
-bool workers_dispatch(struct daemon *d, struct slot *s, struct dstage *st, struct slot **extra,
-                      int nextra)
+void workers_job_msg(struct daemon *d, struct attempt *a, const char *devs, struct proto_msg *m,
+                     struct dlane **lane)
 {
-    struct attempt *a;
-    struct proto_msg m;
-    struct pm_job *j = &m.u.job;
+    struct dstage *st = a->st;
+    struct pm_job *j = &m->u.job;
     struct dlane *l;
     int pos = 0;
-    char devs[256] = "";
 
-    if (!s->conn)
-        return false;
-    a = xcalloc(1, sizeof(*a));
-    a->id = d->next_attempt_id++;
-    a->st = st;
-    a->n = ++st->nattempts;
-    a->slot = s;
-    a->worker_pid = s->pid;
-    a->started = now_wall();
-    a->started_mono = now_mono();
-    a->log_path = xasprintf("%s/logs/%s/attempt-%lld.log", d->home, st->key, (long long)a->id);
-    if (s->device >= 0) {
-        size_t off = (size_t)snprintf(devs, sizeof(devs), "%d", s->device);
-        for (int i = 0; i < nextra && off < sizeof(devs); i++)
-            off += (size_t)snprintf(devs + off, sizeof(devs) - off, ",%d", extra[i]->device);
-    }
-
-    proto_msg_init(&m, PROTO_T_job);
+    proto_msg_init(m, PROTO_T_job);
     j->attempt = a->id;
     j->has_attempt = true;
     proto_set_str(&j->key, &j->has_key, st->key);
     proto_set_str(&j->kind, &j->has_kind, st->kind);
     proto_set_str(&j->spec, &j->has_spec, st->spec);
     l = job_lane(st, &pos);
+    *lane = l;
     j->input = job_input_dir(d, st, l);
     j->has_input = true;
     j->stage_dir = xasprintf("%s/artifacts/%s.tmp-%lld", d->home, st->key, (long long)a->id);
@@ -453,6 +435,34 @@ bool workers_dispatch(struct daemon *d, struct slot *s, struct dstage *st, struc
         if (l->sw->base_model)
             proto_set_str(&j->baseline, &j->has_baseline, l->sw->base_model);
     }
+}
+
+bool workers_dispatch(struct daemon *d, struct slot *s, struct dstage *st, struct slot **extra,
+                      int nextra)
+{
+    struct attempt *a;
+    struct proto_msg m;
+    struct dlane *l;
+    char devs[256] = "";
+
+    if (!s->conn)
+        return false;
+    a = xcalloc(1, sizeof(*a));
+    a->id = d->next_attempt_id++;
+    a->st = st;
+    a->n = ++st->nattempts;
+    a->slot = s;
+    a->worker_pid = s->pid;
+    a->started = now_wall();
+    a->started_mono = now_mono();
+    a->log_path = xasprintf("%s/logs/%s/attempt-%lld.log", d->home, st->key, (long long)a->id);
+    if (s->device >= 0) {
+        size_t off = (size_t)snprintf(devs, sizeof(devs), "%d", s->device);
+        for (int i = 0; i < nextra && off < sizeof(devs); i++)
+            off += (size_t)snprintf(devs + off, sizeof(devs) - off, ",%d", extra[i]->device);
+    }
+
+    workers_job_msg(d, a, devs, &m, &l);
     server_reply(s->conn, &m);
     proto_msg_release(&m);
 

@@ -107,6 +107,14 @@ void lanes_file_free(struct lanes_file *lf)
     free(lf->speed_metric);
     free(lf->on_finish);
     free(lf->on_fail);
+    free(lf->slurm.partition);
+    free(lf->slurm.account);
+    free(lf->slurm.qos);
+    free(lf->slurm.gres);
+    free(lf->slurm.constraint);
+    for (size_t i = 0; i < lf->slurm.nextra; i++)
+        free(lf->slurm.extra_args[i]);
+    free(lf->slurm.extra_args);
     for (size_t i = 0; i < lf->nlanes; i++)
         lane_release(&lf->lanes[i]);
     free(lf->lanes);
@@ -488,6 +496,77 @@ static void parse_package(struct pstate *ps, const struct ynode *root)
         lanes__get_num(c, x, "max_zip_gb", 0, 1, INFINITY, 0, &lf->max_zip_gb);
     if ((x = get(v, "max_unzipped_gb", NULL)))
         lanes__get_num(c, x, "max_unzipped_gb", 0, 1, INFINITY, 0, &lf->max_unzipped_gb);
+}
+
+/* The slurm: mapping. Strings are passed to sbatch as they are, so they may not hold newlines
+ * or start with '-' (they would read as another option). */
+static void slurm_str(struct lanes__ctx *c, const struct ynode *v, const char *name, char **out)
+{
+    const char *s;
+    if (lanes__get_str(c, v, name, &s) < 0)
+        return;
+    if (!*s || *s == '-' || strpbrk(s, "\n\r")) {
+        lanes__err(c, v, "slurm.%s must be a non-empty word that does not start with '-'", name);
+        return;
+    }
+    *out = xstrdup(s);
+}
+
+static void parse_slurm(struct pstate *ps, const struct ynode *root)
+{
+    static const char *const keys[] = { "partition", "account",    "qos",
+                                        "time_min",  "gres",       "cpus_per_task",
+                                        "mem_gb",    "constraint", "extra_args",
+                                        NULL };
+    struct lanes_slurm *sl = &ps->lf->slurm;
+    struct lanes__ctx *c = &ps->c;
+    const struct ynode *v = get(root, "slurm", NULL), *x;
+    int64_t n;
+    if (!v)
+        return;
+    if (v->kind != YNODE_MAP) {
+        type_err(c, v, "a mapping like {partition: gpu, time_min: 60, gres: 'gpu:1'}", "slurm");
+        return;
+    }
+    sl->present = 1;
+    lanes__check_keys(c, v, keys, "slurm");
+    if ((x = get(v, "partition", NULL)))
+        slurm_str(c, x, "partition", &sl->partition);
+    if ((x = get(v, "account", NULL)))
+        slurm_str(c, x, "account", &sl->account);
+    if ((x = get(v, "qos", NULL)))
+        slurm_str(c, x, "qos", &sl->qos);
+    if ((x = get(v, "gres", NULL)))
+        slurm_str(c, x, "gres", &sl->gres);
+    if ((x = get(v, "constraint", NULL)))
+        slurm_str(c, x, "constraint", &sl->constraint);
+    if ((x = get(v, "time_min", NULL)))
+        lanes__get_num(c, x, "time_min", 0, 1, INFINITY, 0, &sl->time_min);
+    if ((x = get(v, "cpus_per_task", NULL)) &&
+        lanes__get_int(c, x, "cpus_per_task", 1, 4096, &n) == 0)
+        sl->cpus_per_task = (int)n;
+    if ((x = get(v, "mem_gb", NULL)))
+        lanes__get_num(c, x, "mem_gb", 0, 1, INFINITY, 0, &sl->mem_gb);
+    if ((x = get(v, "extra_args", NULL))) {
+        if (x->kind != YNODE_SEQ) {
+            type_err(c, x, "a list of sbatch arguments like ['--exclusive']", "slurm.extra_args");
+            return;
+        }
+        sl->extra_args = xcalloc(x->n ? x->n : 1, sizeof(*sl->extra_args));
+        for (size_t i = 0; i < x->n; i++) {
+            const char *s;
+            if (lanes__get_str(c, x->kids[i], "slurm.extra_args", &s) < 0)
+                continue;
+            if (strncmp(s, "--", 2) || strpbrk(s, "\n\r")) {
+                lanes__err(c, x->kids[i],
+                           "slurm.extra_args: '%s' is not a long sbatch option; write it as "
+                           "'--name=value'",
+                           s);
+                continue;
+            }
+            sl->extra_args[sl->nextra++] = xstrdup(s);
+        }
+    }
 }
 
 /* Names stages kind, kind-2, ... (prefix "eval." for the eval list). */
@@ -944,6 +1023,7 @@ static struct jv *res_jv(const struct lanes_res *r)
 #define RES_JV_INT(x)                   lanes__jv_int(x)
 #define RES_JV_NUM(x)                   lanes__jv_num(x)
 #define RES_JV_NUMPOS(x)                lanes__jv_num(x)
+#define RES_JV_EXEC(x)                  lanes__jv_str(lanes_exec_name(x))
 #define RES_JV(name, type, lo, hi, def) lanes__jv_set(o, #name, RES_JV_##type(r->name));
     LANES_RESOURCES(RES_JV)
 #undef RES_JV
@@ -1028,7 +1108,7 @@ static int parse_text(const char *buf, size_t len, const char *display, const ch
     static const char *const top_keys[] = { "version",     "sweep",     "base_model", "description",
                                             "calibration", "eval",      "score",      "package",
                                             "defaults",    "on_finish", "on_fail",    "lanes",
-                                            NULL };
+                                            "slurm",       NULL };
     struct pstate ps;
     struct ynode *root = NULL;
     char *err = NULL;
@@ -1080,6 +1160,7 @@ static int parse_text(const char *buf, size_t len, const char *display, const ch
     parse_defaults(&ps, root);
     parse_score(&ps, root);
     parse_package(&ps, root);
+    parse_slurm(&ps, root);
     parse_eval(&ps, root);
     parse_lanes(&ps, root);
 

@@ -47,9 +47,14 @@ char *lanes_diag_format(const struct lanes_diag *d, size_t i);
     X(timeout_min, NUMPOS, 0, INFINITY, 240) /* minutes per attempt */                             \
     X(gpus, INT, 0, 1024, 1)                 /* GPUs the stage reserves on a GPU exaqd */          \
     X(gpu_mem_gb, NUM, 0, INFINITY, 0)       /* free GPU memory on one device, GB (10^9 bytes) */  \
-    X(min_free_gb, NUM, 0, INFINITY, 0)      /* free disk in the home dir, GB (10^9 bytes) */
+    X(min_free_gb, NUM, 0, INFINITY, 0)      /* free disk in the home dir, GB (10^9 bytes) */      \
+    X(executor, EXEC, 0, 1, 0)               /* 0 local, 1 slurm (LANES_EXEC_*) */
 
+/* EXEC: a word, local or slurm, kept as an int (LANES_EXEC_*). */
+#define LANES_EXEC_LOCAL                         0
+#define LANES_EXEC_SLURM                         1
 #define LANES_RES_CTYPE_INT                      int
+#define LANES_RES_CTYPE_EXEC                     int
 #define LANES_RES_CTYPE_NUM                      double
 #define LANES_RES_CTYPE_NUMPOS                   double
 #define LANES_RES_FIELD(name, type, lo, hi, def) LANES_RES_CTYPE_##type name;
@@ -59,6 +64,19 @@ struct lanes_res {
 #undef LANES_RES_FIELD
 /* The resource keys, NULL-terminated, in LANES_RESOURCES order. */
 extern const char *const lanes_res_keys[];
+/* "local" or "slurm". */
+const char *lanes_exec_name(int executor);
+
+/* The top-level slurm: mapping (docs/slurm.md): how stages with executor: slurm are submitted. */
+struct lanes_slurm {
+    int present;
+    char *partition, *account, *qos, *gres, *constraint; /* NULL when not given */
+    double time_min;                                     /* 0: the stage's timeout_min */
+    int cpus_per_task;                                   /* 0: not given */
+    double mem_gb;                                       /* 0: not given */
+    char **extra_args;                                   /* more sbatch arguments, as written */
+    size_t nextra;
+};
 
 struct lanes_stage {
     char *kind;      /* quantize prune heal config exec ppl mcqa speed */
@@ -109,6 +127,7 @@ struct lanes_file {
     int package_top;                    /* default 3 */
     double max_zip_gb, max_unzipped_gb; /* default 10, 32 */
     char *on_finish, *on_fail;          /* hook commands or NULL */
+    struct lanes_slurm slurm;
     struct lanes_lane *lanes;
     size_t nlanes;        /* after matrix expansion; no baseline */
     char *canonical_json; /* the whole expanded sweep, canonical (sorted keys, compact) */

@@ -340,6 +340,31 @@ static int res_get_NUMPOS(struct lanes__ctx *c, const struct ynode *v, const cha
     return lanes__get_num(c, v, name, lo, 1, hi, 0, out);
 }
 
+static int res_get_EXEC(struct lanes__ctx *c, const struct ynode *v, const char *name, double lo,
+                        double hi, int *out)
+{
+    static const char *const words[] = { "local", "slurm", NULL };
+    const char *w;
+    (void)lo;
+    (void)hi;
+    if (lanes__get_str(c, v, name, &w) < 0)
+        return -1;
+    for (int i = 0; words[i]; i++)
+        if (!strcmp(w, words[i])) {
+            *out = i;
+            return 0;
+        }
+    char *hint = lanes__hint(w, words);
+    lanes__err(c, v, "'%s' is not an executor%s", w, hint);
+    free(hint);
+    return -1;
+}
+
+const char *lanes_exec_name(int executor)
+{
+    return executor == LANES_EXEC_SLURM ? "slurm" : "local";
+}
+
 void lanes__res_apply(struct lanes__ctx *c, const char *name, const struct ynode *v,
                       struct lanes_res *res)
 {

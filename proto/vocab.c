@@ -80,3 +80,27 @@ bool vocab_metric_name_ok(const char *name)
     size_t n = name ? strlen(name) : 0;
     return n >= 1 && n <= VOCAB_METRIC_NAME_MAX;
 }
+
+bool vocab_slurm_state_ended(const char *state, enum fail_class *cls, bool *no_retry_used)
+{
+#define SLURM_ROW(n, c, nr) { n, c, nr },
+    static const struct {
+        const char *name;
+        enum fail_class cls;
+        bool no_retry;
+    } map[] = { VOCAB_SLURM_END_STATES(SLURM_ROW) };
+#undef SLURM_ROW
+    *cls = FAIL_NONE;
+    *no_retry_used = false;
+    if (!state)
+        return false;
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
+        size_t n = strlen(map[i].name);
+        if (!strncmp(state, map[i].name, n) && (state[n] == 0 || state[n] == ' ')) {
+            *cls = map[i].cls;
+            *no_retry_used = map[i].no_retry;
+            return true;
+        }
+    }
+    return false;
+}

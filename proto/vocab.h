@@ -74,6 +74,25 @@ const char *view_state_name(enum view_state s);
 enum view_state view_state_parse(const char *s);
 const char *attempt_state_name(enum attempt_state s);
 
+/* Slurm's job states that end a job, and what exaqd makes of each (daemon/slurm.c, docs/slurm.md):
+ * X(name, failure class, no retry used). COMPLETED and FAILED are decided by the outcome file
+ * the worker wrote; the class here applies when there is none. */
+#define VOCAB_SLURM_END_STATES(X)                                                                  \
+    X("COMPLETED", FAIL_NONE, false)                                                               \
+    X("FAILED", FAIL_ERROR, false)                                                                 \
+    X("CANCELLED", FAIL_CANCELLED, false)                                                          \
+    X("TIMEOUT", FAIL_TIMEOUT, false)                                                              \
+    X("DEADLINE", FAIL_TIMEOUT, false)                                                             \
+    X("OUT_OF_MEMORY", FAIL_OOM, false)                                                            \
+    X("NODE_FAIL", FAIL_INTERRUPTED, true) /* the cluster's fault: back to pending */              \
+    X("PREEMPTED", FAIL_INTERRUPTED, true)                                                         \
+    X("BOOT_FAIL", FAIL_INTERRUPTED, true)
+
+/* Whether a Slurm job state (as squeue or sacct write it: "CANCELLED by 0" too) ends the job;
+ * then *cls and *no_retry_used say what the attempt becomes. PENDING, RUNNING and the other live
+ * states, and NULL, return false with FAIL_NONE. */
+bool vocab_slurm_state_ended(const char *state, enum fail_class *cls, bool *no_retry_used);
+
 /* Metric names: 1 to VOCAB_METRIC_NAME_MAX bytes. */
 #define VOCAB_METRIC_NAME_MAX 63
 bool vocab_metric_name_ok(const char *name);

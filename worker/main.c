@@ -4,6 +4,7 @@
  *   exaq-worker serve --home DIR --socket PATH --slot N [--backend cpu|cuda]
  *   exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] [--threads N]
  *                   [--backend cpu|cuda]
+ *   exaq-worker run --job FILE|- --outcome FILE [--threads N] [--backend cpu|cuda]
  *   exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny] [--layers N] [--hybrid] [--v5]
  *                     [--seed N] [--tokenizer FILE] [--max-shard-mb N]
  *   exaq-worker --version
@@ -498,6 +499,133 @@ static void r_failed(void *arg, int64_t a, const char *cls, const char *msg)
     "  --spec JSON  the stage's fields as in a lanes file (docs/lanes.md), e.g.\n"                 \
     "               '{\"method\":\"rtn\",\"scheme\":\"W8A16\"}'; fields left out get the lanes\n"  \
     "               parser's defaults, an unknown key is an error; default {}\n"
+/* ---- run --job: one attempt that exaqd handed to a batch system (daemon/slurm.c) ----
+ *
+ * FILE holds the protocol `job` message exaqd would send a serving worker. The attempt runs
+ * exactly as under serve (same dirs, same log, same adoption of a finished result), and its
+ * report, the protocol `done` or `failed` message, is written atomically to the outcome file,
+ * where exaqd reads it when the batch job ends. SIGTERM (scancel, a time limit) stops it like
+ * a cancel. */
+
+struct outcome {
+    const char *path;
+    int status;
+};
+
+static void o_write(struct outcome *o, struct proto_msg *m)
+{
+    char *line = proto_encode(m);
+    if (file_write_atomic(o->path, line, strlen(line)) < 0)
+        fprintf(stderr, "exaq-worker: cannot write the outcome '%s': %s\n", o->path,
+                strerror(errno));
+    free(line);
+    proto_msg_release(m);
+}
+
+static void o_done(void *arg, int64_t attempt, const struct job_metric *mt, int n, int64_t size,
+                   bool reused)
+{
+    struct outcome *o = arg;
+    struct proto_msg m;
+    o->status = 0;
+    proto_msg_init(&m, PROTO_T_done);
+    m.u.done.attempt = attempt;
+    m.u.done.has_attempt = true;
+    add_metrics(&m.u.done.metrics, mt, n);
+    m.u.done.has_metrics = true;
+    if (size >= 0) {
+        m.u.done.size_bytes = size;
+        m.u.done.has_size_bytes = true;
+    }
+    m.u.done.reused = reused;
+    m.u.done.has_reused = true;
+    o_write(o, &m);
+}
+
+static void o_failed(void *arg, int64_t attempt, const char *cls, const char *msg)
+{
+    struct outcome *o = arg;
+    struct proto_msg m;
+    o->status = 1;
+    fprintf(stderr, "exaq-worker: stage failed (%s): %s\n", cls, msg);
+    proto_msg_init(&m, PROTO_T_failed);
+    m.u.failed.attempt = attempt;
+    m.u.failed.has_attempt = true;
+    proto_set_str(&m.u.failed.class, &m.u.failed.has_class, cls);
+    proto_set_str(&m.u.failed.msg, &m.u.failed.has_msg, msg);
+    o_write(o, &m);
+}
+
+static int batch_cancel;
+
+static void on_batch_term(int sig)
+{
+    (void)sig;
+    __atomic_store_n(&batch_cancel, 1, __ATOMIC_RELEASE);
+}
+
+static int run_batch(const char *job_file, const char *outcome, int threads, bool cuda)
+{
+    struct outcome o = { outcome, 1 };
+    struct job_sink sink = { &o, NULL, r_progress, NULL, NULL, o_done, o_failed };
+    struct proto_msg m;
+    struct pm_job *jm = &m.u.job;
+    struct job j;
+    char *text = NULL, err[512];
+    size_t len = 0;
+    int rc;
+
+    if (!strcmp(job_file, "-")) {
+        struct buf b;
+        char chunk[4096];
+        size_t n;
+        buf_init(&b);
+        while ((n = fread(chunk, 1, sizeof(chunk), stdin)) > 0)
+            buf_append(&b, chunk, n);
+        len = b.len;
+        text = buf_steal(&b);
+        rc = 0;
+    } else {
+        rc = file_read_all(job_file, &text, &len);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "exaq-worker: cannot read the job '%s': %s\n", job_file, strerror(errno));
+        return 1;
+    }
+    while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+        len--;
+    if (proto_parse(text, len, PROTO_KIND_MSG, &m, err, sizeof(err)) != 0 ||
+        m.type != PROTO_T_job) {
+        fprintf(stderr, "exaq-worker: '%s' is not a job message: %s\n", job_file,
+                m.type != PROTO_T_job ? "wrong type" : err);
+        free(text);
+        return 1;
+    }
+    free(text);
+    memset(&j, 0, sizeof(j));
+    j.attempt = jm->attempt;
+    take(&j.key, &jm->key);
+    take(&j.kind, &jm->kind);
+    take(&j.spec, &jm->spec);
+    take(&j.input, &jm->input);
+    take(&j.stage_dir, &jm->stage_dir);
+    take(&j.final_dir, &jm->final_dir);
+    take(&j.log, &jm->log);
+    take(&j.devices, &jm->devices);
+    take(&j.cwd, &jm->cwd);
+    take(&j.sweep, &jm->sweep);
+    take(&j.lane, &jm->lane);
+    take(&j.stage, &jm->stage);
+    j.produces_model = jm->produces_model;
+    j.nthreads = threads;
+    j.cuda = cuda;
+    proto_msg_release(&m);
+    signal(SIGTERM, on_batch_term);
+    signal(SIGINT, on_batch_term);
+    job_run(&j, &sink, &batch_cancel);
+    job_release(&j);
+    return o.status;
+}
 
 static int run_one(int argc, char **argv)
 {
@@ -505,9 +633,11 @@ static int run_one(int argc, char **argv)
         { "input", required_argument, NULL, 'i' },    { "output", required_argument, NULL, 'o' },
         { "spec", required_argument, NULL, 's' },     { "threads", required_argument, NULL, 't' },
         { "backend", required_argument, NULL, 'b' },  { "help", no_argument, NULL, 'h' },
-        { "baseline", required_argument, NULL, 'B' }, { NULL, 0, NULL, 0 },
+        { "baseline", required_argument, NULL, 'B' }, { "job", required_argument, NULL, 'j' },
+        { "outcome", required_argument, NULL, 'O' },  { NULL, 0, NULL, 0 },
     };
     const char *input = NULL, *output = NULL, *spec = "{}", *baseline = NULL;
+    const char *job_file = NULL, *outcome = NULL;
     char *full = NULL, *err = NULL;
     bool cuda = false;
     int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), c, status = 1;
@@ -517,10 +647,16 @@ static int run_one(int argc, char **argv)
     int cancel = 0;
     struct job_sink sink = { &status, NULL, r_progress, r_log, NULL, r_done, r_failed };
 
-    optind = 2;
+    optind = argc >= 2 && argv[1][0] == '-' ? 1 : 2;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         int64_t v;
         switch (c) {
+        case 'j':
+            job_file = optarg;
+            break;
+        case 'O':
+            outcome = optarg;
+            break;
         case 'i':
             input = optarg;
             break;
@@ -555,6 +691,13 @@ static int run_one(int argc, char **argv)
         default:
             return 1;
         }
+    }
+    if (job_file || outcome) {
+        if (!job_file || !outcome) {
+            fprintf(stderr, "exaq-worker: run --job FILE needs --outcome FILE (and the reverse)\n");
+            return 1;
+        }
+        return run_batch(job_file, outcome, threads, cuda);
     }
     if (argc < 2 || !input) {
         fprintf(stderr,
@@ -780,6 +923,7 @@ static void usage(FILE *f)
         "       exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] [--threads N]\n"
         "                       [--backend cpu|cuda]\n"
         "%s"
+        "       exaq-worker run --job FILE|- --outcome FILE [--threads N] [--backend cpu|cuda]\n"
         "       exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny] [--layers N]\n"
         "                   [--hybrid] [--v5] [--seed N] [--tokenizer FILE]\n"
         "                   [--max-shard-mb N]\n"

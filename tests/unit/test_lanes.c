@@ -515,7 +515,8 @@ static void test_canonical_file(void **state)
     /* It carries the lanes, keys, resources and files. */
     assert_non_null(strstr(a->canonical_json, "\"id\":\"y-ridge=0.2\""));
     assert_non_null(strstr(a->canonical_json, "\"key\":{\"calibration\""));
-    assert_non_null(strstr(a->canonical_json, "\"res\":{\"gpu_mem_gb\":0,\"gpus\":1,"));
+    assert_non_null(
+        strstr(a->canonical_json, "\"res\":{\"executor\":\"local\",\"gpu_mem_gb\":0,\"gpus\":1,"));
     assert_non_null(strstr(a->canonical_json, "\"hooks\":{\"on_fail\":null,\"on_finish\":null}"));
     lanes_file_free(a);
     lanes_file_free(b);
@@ -544,6 +545,53 @@ static void test_resources(void **state)
     assert_true(lf->lanes[0].stages[1].res.timeout_min == 9);
     assert_string_equal(lf->lanes[0].stages[1].spec_json, "{\"a\":1}");
     lanes_file_free(lf);
+}
+
+/* executor: local | slurm (defaults or per stage) and the top-level slurm: mapping. */
+static void test_executor_slurm(void **state)
+{
+    struct lanes_file *lf;
+    (void)state;
+    lf = parse_ok(HEAD "defaults: {executor: slurm}\n"
+                       "slurm: {partition: gpu, account: lab, qos: high, time_min: 30, "
+                       "gres: 'gpu:a100:1', cpus_per_task: 4, mem_gb: 16, constraint: a100, "
+                       "extra_args: ['--exclusive', '--nice=10']}\n"
+                       "lanes:\n"
+                       "  - id: r\n"
+                       "    stages:\n"
+                       "      - quantize: {}\n"
+                       "      - config: {a: 1, executor: local}\n");
+    assert_int_equal(lf->lanes[0].stages[0].res.executor, LANES_EXEC_SLURM);
+    assert_int_equal(lf->lanes[0].stages[1].res.executor, LANES_EXEC_LOCAL);
+    assert_true(lf->slurm.present);
+    assert_string_equal(lf->slurm.partition, "gpu");
+    assert_string_equal(lf->slurm.account, "lab");
+    assert_string_equal(lf->slurm.qos, "high");
+    assert_string_equal(lf->slurm.gres, "gpu:a100:1");
+    assert_string_equal(lf->slurm.constraint, "a100");
+    assert_true(lf->slurm.time_min == 30);
+    assert_int_equal(lf->slurm.cpus_per_task, 4);
+    assert_true(lf->slurm.mem_gb == 16);
+    assert_int_equal(lf->slurm.nextra, 2);
+    assert_string_equal(lf->slurm.extra_args[1], "--nice=10");
+    assert_non_null(strstr(lf->canonical_json, "\"executor\":\"slurm\""));
+    lanes_file_free(lf);
+    lf = parse_ok(HEAD "lanes: [{id: a, stages: [{speed: }]}]\n");
+    assert_int_equal(lf->lanes[0].stages[0].res.executor, LANES_EXEC_LOCAL);
+    assert_false(lf->slurm.present);
+    lanes_file_free(lf);
+
+    expect_errs(HEAD "defaults: {executor: slrum}\nlanes: [{id: a, stages: [{speed: }]}]\n", 5,
+                "slrum", "'slrum' is not an executor (did you mean 'slurm'?)");
+    expect_errs(HEAD "lanes: [{id: a, stages: [{speed: {executor: 3}}]}]\n", 5, "3", "executor");
+    expect_errs(HEAD "slurm: {partiton: gpu}\nlanes: [{id: a, stages: [{speed: }]}]\n", 5,
+                "partiton", "partition");
+    expect_errs(HEAD "slurm: [gpu]\nlanes: [{id: a, stages: [{speed: }]}]\n", 5, "[gpu]", "slurm");
+    expect_errs(HEAD "slurm: {cpus_per_task: 0, time_min: -1, partition: '-x'}\n"
+                     "lanes: [{id: a, stages: [{speed: }]}]\n",
+                5, "0", "cpus_per_task", 5, "-1", "time_min", 5, "'-x'", "start with '-'");
+    expect_errs(HEAD "slurm: {extra_args: ['-N 2']}\nlanes: [{id: a, stages: [{speed: }]}]\n", 5,
+                "'-N 2'", "not a long sbatch option");
 }
 
 static void test_score_package_hooks(void **state)
@@ -1551,6 +1599,7 @@ int main(void)
         cmocka_unit_test(test_canonical_specs),
         cmocka_unit_test(test_canonical_file),
         cmocka_unit_test(test_resources),
+        cmocka_unit_test(test_executor_slurm),
         cmocka_unit_test(test_score_package_hooks),
         cmocka_unit_test(test_calibration_inheritance),
         cmocka_unit_test(test_json_printing),

@@ -192,6 +192,33 @@ static void test_not_a_database(void **state)
     free(path);
 }
 
+/* A version-1 file written before the Slurm executor: opening it adds stages.executor (0 for the
+ * old rows) and the slurm_jobs table, and keeps the rows. */
+static void test_upgrade_adds_slurm(void **state)
+{
+    char *path = path_join(dir, "old.db"), err[256];
+    sqlite3 *db;
+    struct store *s;
+    (void)state;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "CREATE TABLE stages (key TEXT PRIMARY KEY, state TEXT NOT NULL);"
+                                  "INSERT INTO stages VALUES ('k1', 'done');"
+                                  "PRAGMA user_version=1;",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(store_open(path, &s, err, sizeof(err)), 0);
+    assert_int_equal(count(s, "SELECT COUNT(*) FROM stages WHERE executor = 0 AND key = 'k1'"), 1);
+    assert_int_equal(count(s, "SELECT COUNT(*) FROM slurm_jobs"), 0);
+    store_close(s);
+    /* Opening it again changes nothing. */
+    assert_int_equal(store_open(path, &s, err, sizeof(err)), 0);
+    assert_int_equal(count(s, "SELECT COUNT(*) FROM stages"), 1);
+    store_close(s);
+    free(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -199,6 +226,7 @@ int main(void)
         cmocka_unit_test(test_resource_columns_and_names),
         cmocka_unit_test(test_version_refused),
         cmocka_unit_test(test_not_a_database),
+        cmocka_unit_test(test_upgrade_adds_slurm),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
