@@ -65,7 +65,8 @@ static int load_specials(const char *dir, const cJSON *cfg, struct chat_template
 {
     for (int i = 0; i < CHAT_NSPECIAL; i++)
         if (cfg)
-            ct->special[i] = token_text(cJSON_GetObjectItemCaseSensitive(cfg, chat_special_names[i]));
+            ct->special[i] =
+                token_text(cJSON_GetObjectItemCaseSensitive(cfg, chat_special_names[i]));
     char *p = path_join(dir, "special_tokens_map.json");
     if (is_file(p)) {
         cJSON *m = read_json(p, err);
@@ -75,7 +76,8 @@ static int load_specials(const char *dir, const cJSON *cfg, struct chat_template
         }
         for (int i = 0; i < CHAT_NSPECIAL; i++)
             if (!ct->special[i])
-                ct->special[i] = token_text(cJSON_GetObjectItemCaseSensitive(m, chat_special_names[i]));
+                ct->special[i] =
+                    token_text(cJSON_GetObjectItemCaseSensitive(m, chat_special_names[i]));
         cJSON_Delete(m);
     }
     free(p);
