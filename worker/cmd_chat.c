@@ -92,9 +92,15 @@ int cmd_chat_template(int argc, char **argv)
         fprintf(stderr, "exaq-worker chat-template: %s\n", err);
         goto done;
     }
-    if (chat_render(&ct, &in, &out, &err) != 0)
-        fprintf(stderr, "exaq-worker chat-template: %s\n", err);
-    else if (fwrite(out.data ? out.data : "", 1, out.len, stdout) != out.len || fflush(stdout))
+    if (chat_render(&ct, &in, &out, &err) != 0) {
+        /* An error in the conversation or the tools names the file it came from. */
+        if (!strncmp(err, "messages: ", 10))
+            fprintf(stderr, "exaq-worker chat-template: messages file '%s': %s\n", msgf, err + 10);
+        else if (toolsf && !strncmp(err, "tools: ", 7))
+            fprintf(stderr, "exaq-worker chat-template: tools file '%s': %s\n", toolsf, err + 7);
+        else
+            fprintf(stderr, "exaq-worker chat-template: %s\n", err);
+    } else if (fwrite(out.data ? out.data : "", 1, out.len, stdout) != out.len || fflush(stdout))
         fprintf(stderr, "exaq-worker chat-template: cannot write the prompt\n");
     else
         rc = 0;
