@@ -1252,9 +1252,12 @@ static void build_mcqa_gen(struct sb *b)
     build_gen_common(b, "question/choices/answer", need);
     if (nf->node && !fs->node)
         sb_err(b, nf->key, "'num_fewshot' needs 'fewshot: PATH' (the few-shot items)");
-    if (fs->ok)
+    /* num_fewshot belongs to fewshot: without it the complete spec has neither, so the
+     * worker's check of a complete spec finds no num_fewshot without fewshot. */
+    if (fs->ok) {
         lanes__jv_set(b->spec, "fewshot", lanes__jv_path(fs->path));
-    lanes__jv_set(b->spec, "num_fewshot", lanes__jv_int(int_or(b, "num_fewshot", 5)));
+        lanes__jv_set(b->spec, "num_fewshot", lanes__jv_int(int_or(b, "num_fewshot", 5)));
+    }
 }
 
 static void build_qa(struct sb *b)

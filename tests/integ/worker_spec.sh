@@ -29,4 +29,13 @@ grep -q 'quantize spec {"group_size":-1,"ignore":\["lm_head"\],"method":"rtn","s
 expect_rc 0 "$W" run quantize --input "$MODEL" --output "$T/b" --threads 2 \
     --spec '{"group_size":-1,"ignore":["lm_head"],"method":"rtn","scheme":"W8A16"}'
 cmp "$T/a/model/model.safetensors" "$T/b/model/model.safetensors" || fail "partial and full spec differ"
+
+# Every eval kind's completed spec passes the worker's own check: an mcqa_gen without few-shot
+# items (whose num_fewshot default belongs to fewshot) runs.
+expect_rc 0 "$W" run mcqa_gen --input "$MODEL" --threads 2 \
+    --spec "{\"items\":\"$SRC/tests/data/evals/mcqa_gen.jsonl\",\"chat\":false,\"max_new_tokens\":4}"
+grep -q '"mcqa_gen_n": *8' "$OUT" || fail "mcqa_gen without fewshot: $(cat "$OUT" "$ERR")"
+expect_rc 1 "$W" run mcqa_gen --input "$MODEL" --threads 2 \
+    --spec "{\"items\":\"$SRC/tests/data/evals/mcqa_gen.jsonl\",\"num_fewshot\":2}"
+grep -q "needs 'fewshot" "$ERR" || fail "num_fewshot without fewshot accepted: $(cat "$ERR")"
 echo "ok"
