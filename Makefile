@@ -71,8 +71,8 @@ LIB_SRC := $(wildcard common/*.c) $(wildcard lanes/*.c) $(wildcard proto/*.c)
 DAEMON_LIB_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 CTL_SRC := $(wildcard ctl/*.c)
 WORKER_LIB_SRC := $(filter-out worker/main.c,$(wildcard worker/*.c) $(wildcard worker/*/*.c))
-KERNEL_SRC := $(wildcard kernels/*.c)
-UNIT_SRC := $(wildcard tests/unit/test_*.c) $(wildcard tests/kernels/test_*.c) $(wildcard tests/integ/test_*.c)
+KERNEL_SRC := $(wildcard kernels/*.c kernels/ref/*.c kernels/cpu/*.c)
+UNIT_SRC := $(wildcard tests/unit/*/test_*.c) $(wildcard tests/kernels/test_*.c) $(wildcard tests/integ/test_*.c)
 FUZZ_SRC := $(wildcard tests/fuzz/*_fuzz.c)
 
 obj = $(patsubst %.c,$(O)/obj/%.o,$(1))
@@ -97,7 +97,7 @@ ALL_OBJ := $(call obj,$(LIB_SRC) $(DAEMON_LIB_SRC) daemon/main.c $(CTL_SRC) $(WO
 # libexaq_cuda.so is dlopened by kernels/cuda_loader.c (docs/cuda.md): no binary links CUDA, so
 # the same binaries run without it. `make NVCC=` builds without CUDA even where nvcc exists.
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
-CU_SRC := $(wildcard kernels/*.cu)
+CU_SRC := $(wildcard kernels/cuda/*.cu)
 CUDA_SO := $(O)/lib/libexaq_cuda.so
 CUDA_ARCHS ?= 80 89 90
 ifneq ($(NVCC),)

@@ -41,7 +41,7 @@ CREATE TABLE stages (
     input_dir      TEXT NOT NULL,           -- base model dir when dep is NULL
     produces_model INTEGER NOT NULL,
     -- the stage resources: one column per entry of LANES_RESOURCES (lanes/lanes.h), which
-    -- exaqd's queries name from that list (tests/unit/test_store.c checks the two agree)
+    -- exaqd's queries name from that list (tests/unit/daemon/test_store.c checks the two agree)
     retries        INTEGER NOT NULL,
     timeout_min    REAL NOT NULL,
     gpus           INTEGER NOT NULL,

@@ -85,7 +85,7 @@ static void *open_lib(const char *path)
 
 static void load_once(void)
 {
-    char dir[4096], cand[2][4200];
+    char dir[4096], cand[3][4200];
     const char *used = CUDA_LIB_NAME;
     void *h = NULL;
     const char *env = getenv("EXAQ_CUDA_LIB");
@@ -106,6 +106,8 @@ static void load_once(void)
         if (exe_dir(dir, sizeof(dir)) == 0) {
             snprintf(cand[nc++], sizeof(cand[0]), "%s/../lib/" CUDA_LIB_NAME, dir);
             snprintf(cand[nc++], sizeof(cand[0]), "%s/../../lib/" CUDA_LIB_NAME, dir);
+            /* The unit tests of build/CFG/tests/unit/AREA/. */
+            snprintf(cand[nc++], sizeof(cand[0]), "%s/../../../lib/" CUDA_LIB_NAME, dir);
         }
         int found = 0;
         for (int i = 0; i < nc && !found; i++) {
@@ -119,10 +121,10 @@ static void load_once(void)
             /* Installed libraries: the dynamic linker's search path. */
             h = dlopen(CUDA_LIB_NAME, RTLD_NOW | RTLD_LOCAL);
             if (!h) {
-                set_why("no library: %s is not at %s%s%s nor on the linker path (build it with "
-                        "nvcc, or set EXAQ_CUDA_LIB)",
-                        CUDA_LIB_NAME, nc ? cand[0] : "<exe dir unknown>", nc ? " or " : "",
-                        nc ? cand[1] : "");
+                set_why("no library: %s is not at %s%s%s%s%s nor on the linker path (build it "
+                        "with nvcc, or set EXAQ_CUDA_LIB)",
+                        CUDA_LIB_NAME, nc ? cand[0] : "<exe dir unknown>", nc ? ", " : "",
+                        nc ? cand[1] : "", nc ? " or " : "", nc ? cand[2] : "");
                 return;
             }
         }

@@ -21,7 +21,7 @@
  *                is summed in fp32 on the raw codes minus the zero point, then scaled);
  *                otherwise the blocked 6x16 GEMM of kernels/gemm.h with W converted, or
  *                dequantized exactly, while packed. Threads over output columns.
- *                kernels/qmatmul_cpu.c holds the quantized half.
+ *                kernels/cpu/qmatmul_cpu.c holds the quantized half.
  *
  * Ownership: a linear borrows what it is given (w, scale, zp, g_idx) unless the pointer is also
  * `owned`; linear_release() frees only `owned`. A borrowed array must outlive the linear. The

@@ -1,5 +1,5 @@
 /*
- * test_attention_gpu: the CUDA attention (kernels/attention.cu) against attention_ref on fresh
+ * test_attention_gpu: the CUDA attention (kernels/cuda/attention.cu) against attention_ref on fresh
  * random q/k/v: GQA ratios 1, 2 and 6, head dims 10/64/128/256, query blocks at q_off > 0 (KV
  * decoding), sliding windows of 1, 3, 16, 100 and none, and key ranges longer than the kernel's
  * 128-key chunk (online-softmax rescaling); through the device table with guarded device

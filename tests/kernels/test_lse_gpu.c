@@ -1,5 +1,5 @@
 /*
- * test_lse_gpu: the CUDA lse (kernels/lse.cu) against lse_ref on fresh random rows of logits
+ * test_lse_gpu: the CUDA lse (kernels/cuda/lse.cu) against lse_ref on fresh random rows of logits
  * (odd widths up to a 102400 vocabulary, large offsets), through the device table with guarded
  * device buffers and through lse(KERN_IMPL_CUDA, ...); rows of -inf, +inf and NaN.
  *

@@ -1,5 +1,5 @@
 /*
- * test_matmul_gpu: the CUDA matmul (kernels/matmul.cu, cuBLAS) against matmul_ref on fresh
+ * test_matmul_gpu: the CUDA matmul (kernels/cuda/matmul.cu, cuBLAS) against matmul_ref on fresh
  * random inputs: F32/BF16/F16 weights, odd shapes, T from 1 (decode) to 131, accumulate on and
  * off, one shape large enough (4200 x 4096) to be widened in two scratch chunks; through the
  * device table with guarded device buffers and through matmul(KERN_IMPL_CUDA, ...). Also the

@@ -1,5 +1,5 @@
 /*
- * test_qmatmul_gpu: the CUDA quantized matmul (kernels/qmatmul.cu) against matmul_ref on fresh
+ * test_qmatmul_gpu: the CUDA quantized matmul (kernels/cuda/qmatmul.cu) against matmul_ref on fresh
  * random inputs, for every format (INT int8 codes of 8 and 4 bits, INT4 packed nibbles, FP8
  * E4M3), group sizes 32, 64, 128, 40, 7, channel and tensor, with and without zero points and
  * g_idx, T from 1 to 64, accumulate on and off; through the device table with guarded device

@@ -1,5 +1,5 @@
 /*
- * test_rmsnorm_gpu: the CUDA rmsnorm (kernels/rmsnorm.cu) against rmsnorm_ref on fresh random
+ * test_rmsnorm_gpu: the CUDA rmsnorm (kernels/cuda/rmsnorm.cu) against rmsnorm_ref on fresh random
  * rows (n odd and even, small and large, with and without weight, in place), through the
  * device-level table with guarded device buffers (sentinels on both sides, payload NaN-filled)
  * and through the dispatch function rmsnorm(KERN_IMPL_CUDA, ...) with host pointers; NaN

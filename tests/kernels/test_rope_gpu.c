@@ -1,5 +1,5 @@
 /*
- * test_rope_gpu: the CUDA rope (kernels/rope.cu) against rope_ref (NeoX half-split rotation)
+ * test_rope_gpu: the CUDA rope (kernels/cuda/rope.cu) against rope_ref (NeoX half-split rotation)
  * on fresh random q/k blocks, head dims 2..256, positions up to 70000, fp32 and bf16 cos/sin;
  * through the device table with guarded device buffers and through rope(KERN_IMPL_CUDA, ...);
  * position 0 is the identity; argument errors.

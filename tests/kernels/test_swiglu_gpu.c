@@ -1,5 +1,5 @@
 /*
- * test_swiglu_gpu: the CUDA swiglu (kernels/swiglu.cu) against swiglu_ref on fresh random
+ * test_swiglu_gpu: the CUDA swiglu (kernels/cuda/swiglu.cu) against swiglu_ref on fresh random
  * gates/ups (odd lengths up to 100003, large magnitudes, in place), through the device table
  * with guarded device buffers and through swiglu(KERN_IMPL_CUDA, ...); special values. Also the
  * residual add (y += x), bit for bit against the C sum.

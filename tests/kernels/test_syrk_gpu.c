@@ -1,5 +1,5 @@
 /*
- * test_syrk_gpu: the CUDA syrk (kernels/syrk.cu: cublasSsyrk on the upper triangle, then a
+ * test_syrk_gpu: the CUDA syrk (kernels/cuda/syrk.cu: cublasSsyrk on the upper triangle, then a
  * mirror) against syrk_ref on fresh random inputs: odd n and T (T = 0 included), alpha/beta
  * combinations, beta == 0 with a NaN-filled H (must not be read); through the device table
  * with guarded device buffers and through syrk(KERN_IMPL_CUDA, ...). The result must be

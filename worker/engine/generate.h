@@ -6,7 +6,7 @@
  * Every prompt of a batch has its own KV cache; each decode step advances every sequence that
  * is still running by one token. The argmax takes the lowest id on ties (torch.argmax's
  * rule). A sequence's tokens depend only on its own prompt: a batch gives exactly the ids of
- * the same prompts run one by one (tests/unit/test_generate.c checks it), whatever the batch
+ * the same prompts run one by one (tests/unit/engine/test_generate.c checks it), whatever the batch
  * size and the order.
  *
  * Stop rules, checked after each new token, in this order:

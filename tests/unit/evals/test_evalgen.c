@@ -25,7 +25,7 @@
 
 #include <cmocka.h>
 
-#include "fixture.h"
+#include "tests/unit/fixture.h"
 #include "worker/engine/generate.h"
 #include "worker/engine/tokdata.h"
 #include "worker/evals/mcqa_gen.h"

@@ -6,7 +6,7 @@
  *   qmatmul (v1, default; what matmul() dispatches quantized linears to): exact CPU semantics.
  *          A chunk of MM rows of W is dequantized into fp32 scratch, one thread per weight,
  *          in original column order: (q - zp) * scale (FP8: e4m3(q) * scale) with the scale
- *          widened from BF16, the product that kernels/matmul_ref.c qw_at computes. Each
+ *          widened from BF16, the product that kernels/ref/matmul_ref.c qw_at computes. Each
  *          chunk is then a cublasSgemm into its rows of y (CUBLAS_DEFAULT_MATH: no TF32), so
  *          the result differs from the CPU only by the order of fp32 sums.
  * This is the correctness path that lets every format run on the GPU. It streams the fp32
