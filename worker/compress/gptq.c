@@ -13,8 +13,8 @@
  * Hinv = chol_upper(H_d^-1) is computed in double as U = R^-1 where H_d = R R^T with R upper:
  * R is the lower Cholesky factor of the index-reversed matrix, reversed back. By uniqueness of
  * the Cholesky factor this is the same U that cholesky -> cholesky_inverse -> cholesky(upper)
- * gives (tests/unit/compress/test_gptq.c checks it against that literal chain), at half the flops and
- * without forming H^-1. Both factorization steps are blocked (NB = 128) so that nearly all
+ * gives (tests/unit/compress/test_gptq.c checks it against that literal chain), at half the flops
+ * and without forming H^-1. Both factorization steps are blocked (NB = 128) so that nearly all
  * flops go through one packed 6x8 double micro-kernel (AVX2+FMA when the CPU has it, picked at
  * run time, since worker/ is built without -march=native).
  *
