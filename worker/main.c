@@ -155,22 +155,39 @@ static void s_metrics(void *arg, int64_t attempt, const struct job_metric *mt, i
     wsend(arg, &m);
 }
 
+/* The protocol `done` and `failed` reports, as the serve loop sends them and run --job writes
+ * them to its outcome file. */
+static void done_msg(struct proto_msg *m, int64_t attempt, const struct job_metric *mt, int n,
+                     int64_t size, bool reused)
+{
+    proto_msg_init(m, PROTO_T_done);
+    m->u.done.attempt = attempt;
+    m->u.done.has_attempt = true;
+    add_metrics(&m->u.done.metrics, mt, n);
+    m->u.done.has_metrics = true;
+    if (size >= 0) {
+        m->u.done.size_bytes = size;
+        m->u.done.has_size_bytes = true;
+    }
+    m->u.done.reused = reused;
+    m->u.done.has_reused = true;
+}
+
+static void failed_msg(struct proto_msg *m, int64_t attempt, const char *cls, const char *msg)
+{
+    proto_msg_init(m, PROTO_T_failed);
+    m->u.failed.attempt = attempt;
+    m->u.failed.has_attempt = true;
+    proto_set_str(&m->u.failed.class, &m->u.failed.has_class, cls);
+    proto_set_str(&m->u.failed.msg, &m->u.failed.has_msg, msg);
+}
+
 static void s_done(void *arg, int64_t attempt, const struct job_metric *mt, int n, int64_t size,
                    bool reused)
 {
     struct proto_msg m;
     __atomic_store_n(&((struct worker *)arg)->reported, 1, __ATOMIC_RELEASE);
-    proto_msg_init(&m, PROTO_T_done);
-    m.u.done.attempt = attempt;
-    m.u.done.has_attempt = true;
-    add_metrics(&m.u.done.metrics, mt, n);
-    m.u.done.has_metrics = true;
-    if (size >= 0) {
-        m.u.done.size_bytes = size;
-        m.u.done.has_size_bytes = true;
-    }
-    m.u.done.reused = reused;
-    m.u.done.has_reused = true;
+    done_msg(&m, attempt, mt, n, size, reused);
     wsend(arg, &m);
 }
 
@@ -178,11 +195,7 @@ static void s_failed(void *arg, int64_t attempt, const char *cls, const char *ms
 {
     struct proto_msg m;
     __atomic_store_n(&((struct worker *)arg)->reported, 1, __ATOMIC_RELEASE);
-    proto_msg_init(&m, PROTO_T_failed);
-    m.u.failed.attempt = attempt;
-    m.u.failed.has_attempt = true;
-    proto_set_str(&m.u.failed.class, &m.u.failed.has_class, cls);
-    proto_set_str(&m.u.failed.msg, &m.u.failed.has_msg, msg);
+    failed_msg(&m, attempt, cls, msg);
     wsend(arg, &m);
 }
 
@@ -528,17 +541,7 @@ static void o_done(void *arg, int64_t attempt, const struct job_metric *mt, int 
     struct outcome *o = arg;
     struct proto_msg m;
     o->status = 0;
-    proto_msg_init(&m, PROTO_T_done);
-    m.u.done.attempt = attempt;
-    m.u.done.has_attempt = true;
-    add_metrics(&m.u.done.metrics, mt, n);
-    m.u.done.has_metrics = true;
-    if (size >= 0) {
-        m.u.done.size_bytes = size;
-        m.u.done.has_size_bytes = true;
-    }
-    m.u.done.reused = reused;
-    m.u.done.has_reused = true;
+    done_msg(&m, attempt, mt, n, size, reused);
     o_write(o, &m);
 }
 
@@ -548,11 +551,7 @@ static void o_failed(void *arg, int64_t attempt, const char *cls, const char *ms
     struct proto_msg m;
     o->status = 1;
     fprintf(stderr, "exaq-worker: stage failed (%s): %s\n", cls, msg);
-    proto_msg_init(&m, PROTO_T_failed);
-    m.u.failed.attempt = attempt;
-    m.u.failed.has_attempt = true;
-    proto_set_str(&m.u.failed.class, &m.u.failed.has_class, cls);
-    proto_set_str(&m.u.failed.msg, &m.u.failed.has_msg, msg);
+    failed_msg(&m, attempt, cls, msg);
     o_write(o, &m);
 }
 
