@@ -36,11 +36,13 @@ struct tparam *tnet_param(struct tnet *t, int i);
 int tnet_vocab(const struct tnet *t);
 
 struct tloss {
-    const uint8_t *mask;       /* T values: 1 = this position's next-token target counts; NULL = all T-1 */
-    const float *teacher_logp; /* NULL, or T x V teacher log-probabilities at temperature `temperature` */
-    float temperature;         /* for KL: student logits / temperature */
-    float ce_weight; /* loss = ce_weight * CE + (1 - ce_weight) * temperature^2 * KL(teacher || student);
-                        1 when teacher_logp is NULL */
+    const uint8_t
+        *mask; /* T values: 1 = this position's next-token target counts; NULL = all T-1 */
+    const float
+        *teacher_logp; /* NULL, or T x V teacher log-probabilities at temperature `temperature` */
+    float temperature; /* for KL: student logits / temperature */
+    float ce_weight;   /* loss = ce_weight * CE + (1 - ce_weight) * temperature^2 * KL(teacher ||
+                          student);   1 when teacher_logp is NULL */
 };
 
 /* Forward and backward of one sequence ids[0..T): loss averaged over counted positions; ADDS the
