@@ -18,6 +18,7 @@
 
 #include "kernels/gemm.h"
 #include "kernels/par.h"
+#include "kernels/vmath.h"
 
 /* par_scratch slot for the per-call arrays the caller shares with its tasks (slot 2: the
  * forward kernels' slots 2 and 3 are not live during a backward call). */
@@ -179,6 +180,30 @@ struct att_job {
     float *dq, *dk, *dv;
 };
 
+/* 8-wide dot product (two accumulators) with a scalar tail. */
+static inline float dotf(const float *a, const float *b, int n)
+{
+    v8f s0 = { 0 }, s1 = { 0 };
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 += v8_loadu(a + i) * v8_loadu(b + i);
+        s1 += v8_loadu(a + i + 8) * v8_loadu(b + i + 8);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 += v8_loadu(a + i) * v8_loadu(b + i);
+    float s = v8_hsum(s0 + s1);
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+/* y += a * x. */
+static inline void axpyf(float *restrict y, float a, const float *restrict x, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
 static void att_task(void *arg, int g, int tid)
 {
     struct att_job *j = arg;
@@ -198,11 +223,7 @@ static void att_task(void *arg, int g, int tid)
             const float *q = a->q + qi, *go = j->dout + qi;
             float m = -INFINITY;
             for (int k = lo; k <= pos; k++) {
-                const float *kr = kb + (size_t)k * hd;
-                float d = 0.0f;
-                for (int i = 0; i < hd; i++)
-                    d += q[i] * kr[i];
-                p[k] = d * a->scale;
+                p[k] = dotf(q, kb + (size_t)k * hd, hd) * a->scale;
                 m = p[k] > m ? p[k] : m;
             }
             double sum = 0.0;
@@ -213,24 +234,16 @@ static void att_task(void *arg, int g, int tid)
             float isum = (float)(1.0 / sum);
             double rs = 0.0;
             for (int k = lo; k <= pos; k++) {
-                const float *vr = vb + (size_t)k * hd;
-                float d = 0.0f;
-                for (int i = 0; i < hd; i++)
-                    d += go[i] * vr[i];
                 p[k] *= isum;
-                dp[k] = d;
-                rs += (double)p[k] * d;
+                dp[k] = dotf(go, vb + (size_t)k * hd, hd);
+                rs += (double)p[k] * dp[k];
             }
             float frs = (float)rs, *dqr = j->dq + qi;
             for (int k = lo; k <= pos; k++) {
-                float pk = p[k], ds = pk * (dp[k] - frs) * a->scale;
-                float *dkr = dkb + (size_t)k * hd, *dvr = dvb + (size_t)k * hd;
-                const float *kr = kb + (size_t)k * hd;
-                for (int i = 0; i < hd; i++) {
-                    dvr[i] += pk * go[i];
-                    dkr[i] += ds * q[i];
-                    dqr[i] += ds * kr[i];
-                }
+                float ds = p[k] * (dp[k] - frs) * a->scale;
+                axpyf(dvb + (size_t)k * hd, p[k], go, hd);
+                axpyf(dkb + (size_t)k * hd, ds, q, hd);
+                axpyf(dqr, ds, kb + (size_t)k * hd, hd);
             }
         }
 }
