@@ -11,6 +11,7 @@
  *      a. on a synthetic hybrid model (sliding window 4, global NoPE layers, untied head,
  *         random weights of std 0.3 so every path carries gradient): 8 random coordinates of
  *         every parameter;
+ *         and a 150-token sequence (three head chunks, the middle one masked out) with KD;
  *      b. on tiny-a (the trained model): 2 coordinates of every parameter of layers 0 and 3,
  *         the embedding (a row in the sequence and a random one) and the final norm.
  *      FD: h = 1e-4 * max(1, |w|) in double (truncation ~1e-8 relative). Bound:
@@ -515,6 +516,51 @@ static void test_fd_synth(void **state)
     free(dir);
 }
 
+/* A longer sequence: three head chunks (64 rows each), the middle one entirely masked out, the
+ * sliding window far shorter than the sequence. KD with a mask; 2 coordinates per parameter. */
+static void test_fd_synth_long(void **state)
+{
+    (void)state;
+    char *dir = tmpdir_new(), *err = NULL;
+    make_synth(dir);
+    struct tnet *t = load(dir);
+    enum { T = 150 };
+    int V = tnet_vocab(t);
+    int32_t ids[T];
+    uint8_t mask[T];
+    for (int s = 0; s < T; s++) {
+        ids[s] = (int32_t)(rnd_u64() % (uint64_t)V);
+        mask[s] = (uint8_t)((s < 64 || s >= 128) && s % 7 != 3);
+    }
+    float *tl = rand_teacher(T, V, 1.5);
+    struct tloss kd = { mask, tl, 1.5f, 0.6f };
+    double loss;
+    tnet_zero_grad(t);
+    assert_int_equal(tnet_loss_grad(t, ids, T, &kd, &loss, &err), 0);
+    double **dp = dcopy(t);
+    struct dnet d;
+    dnet_init(&d, t, dp);
+    double want = dloss(&d, ids, T, &kd);
+    printf("# synth T=%d kd: loss %.7f (double forward %.7f)\n", T, loss, want);
+    assert_true(fabs(loss - want) <= 1e-5 * fabs(want));
+    int bad = 0, np = tnet_nparams(t);
+    double worst = 0;
+    for (int pi = 0; pi < np; pi++) {
+        size_t n = tnet_param(t, pi)->n, coords[2] = { (size_t)(rnd_u64() % n), 0 };
+        coords[1] = (size_t)(rnd_u64() % n);
+        if (pi == 0) /* a token inside the masked chunk: later counted positions still see it */
+            coords[1] = (size_t)ids[100] * tnet_param(t, 0)->cols;
+        bad += check_coords(t, &d, dp, pi, coords, 2, ids, T, &kd, "synth long", &worst);
+    }
+    printf("# synth T=%d: worst |g - fd| / (|fd| + rms) = %.3g\n", T, worst);
+    assert_int_equal(bad, 0);
+    dfree(dp, np, &d);
+    free(tl);
+    tnet_free(t);
+    rm_rf(dir);
+    free(dir);
+}
+
 /* ---- 2b: finite differences on tiny-a ------------------------------------------------------ */
 
 static void test_fd_tiny(void **state)
@@ -752,11 +798,9 @@ static void test_save(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_logits),
-        cmocka_unit_test(test_fd_synth),
-        cmocka_unit_test(test_fd_tiny),
-        cmocka_unit_test(test_torch_goldens),
-        cmocka_unit_test(test_accumulate_and_errors),
+        cmocka_unit_test(test_logits),        cmocka_unit_test(test_fd_synth),
+        cmocka_unit_test(test_fd_synth_long), cmocka_unit_test(test_fd_tiny),
+        cmocka_unit_test(test_torch_goldens), cmocka_unit_test(test_accumulate_and_errors),
         cmocka_unit_test(test_save),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
