@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Gradient goldens for worker/train/grad.c from PyTorch autograd (tests/unit/train/test_grad.c).
 
-usage: make_grad_goldens.py [MODEL_DIR] [IDS_FILE] [OUT]
-       (defaults: tests/data/tiny-exaone4 tests/data/tiny-a/val.ids.u32
-        tests/data/grad/tiny_grads.safetensors)
+usage: make_grad_goldens.py   (from the repository root; writes tests/data/grad/)
 
-Loads the checkpoint with transformers (Exaone4ForCausalLM, eager attention) in float64, so the
-reference carries no rounding of its own at fp32 scale, takes the first T = 48 ids of IDS_FILE
-and writes, for two losses:
+Two models:
+  tiny    tests/data/tiny-exaone4 (the trained tiny-a: all full attention with RoPE, tied head),
+          the first T = 48 ids of tests/data/tiny-a/val.ids.u32 -> tiny_grads.safetensors;
+  hybrid  a small random EXAONE-4 made here with transformers and saved to tests/data/grad/hybrid/
+          (BF16, transformers-5 config style): hidden 32, 3 layers (sliding window 4 with RoPE,
+          sliding, then a global NoPE layer), 4 query heads on 2 KV heads of 8, MLP 48, vocab 61,
+          untied lm_head, weights N(0, 0.3^2) and norms 1 + N(0, 0.2^2) so every path carries
+          gradient; T = 40 seeded random ids -> hybrid_grads.safetensors.
+Each checkpoint is loaded with transformers (Exaone4ForCausalLM, eager attention) in float64, so
+the reference carries no rounding of its own at fp32 scale, and the file holds, for two losses:
   ce  mean next-token cross-entropy over the T - 1 positions;
   kd  ce_weight * CE + (1 - ce_weight) * temperature^2 * mean KL(teacher || student at
       temperature), both over the positions where `mask` is 1 (mask[t] = 0 for t % 5 == 2 and
@@ -18,17 +23,18 @@ the loss ("<loss>.loss", F32 [1]), and for every parameter the gradient at the f
 flat indices range(0, n, max(1, n // 1024)) ("<loss>.<name>", F32) and the L2 norm of its whole
 gradient ("<loss>.norm.<name>", F32 [1]). Also "ids" (I32 [T]), "mask" (I32 [T]),
 "teacher_logp" (F32 [T, V]), "temperature" and "ce_weight" (F32 [1]). The tied lm_head has no
-entry of its own: its gradient is part of model.embed_tokens.weight's, as in exaq.
+entry of its own: its gradient is part of model.embed_tokens.weight's, as in exaq (the hybrid
+model's untied lm_head.weight has its own).
 
 Needs torch, transformers, safetensors, numpy (development machine only; the tests read the
 committed file).
 """
-import sys
+import os
 
 import numpy as np
 import torch
 from safetensors.numpy import save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, Exaone4Config, Exaone4ForCausalLM
 
 T = 48
 TEMPERATURE = 2.0
@@ -53,19 +59,15 @@ def grads(model, ids, loss_fn):
     return float(loss.item()), out
 
 
-def main():
-    model_dir = sys.argv[1] if len(sys.argv) > 1 else "tests/data/tiny-exaone4"
-    ids_file = sys.argv[2] if len(sys.argv) > 2 else "tests/data/tiny-a/val.ids.u32"
-    out = sys.argv[3] if len(sys.argv) > 3 else "tests/data/grad/tiny_grads.safetensors"
-    torch.manual_seed(SEED)
-    ids = np.fromfile(ids_file, dtype="<u4")[:T].astype(np.int64)
+def make_golden(model_dir, ids, out):
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, torch_dtype=torch.float64, attn_implementation="eager")
+        model_dir, dtype=torch.float64, attn_implementation="eager")
     model.eval()
+    T = ids.size
 
     # Teacher: perturbed copy, log-probabilities at the temperature, rounded to fp32.
     teacher = AutoModelForCausalLM.from_pretrained(
-        model_dir, torch_dtype=torch.float64, attn_implementation="eager")
+        model_dir, dtype=torch.float64, attn_implementation="eager")
     gen = torch.Generator().manual_seed(SEED)
     with torch.no_grad():
         for _, p in sorted(teacher.named_parameters()):
@@ -103,9 +105,40 @@ def main():
         for name, v in g.items():
             tensors[f"{tag}.{name}"] = v[subset(v.size)].astype(np.float32)
             tensors[f"{tag}.norm.{name}"] = np.array([np.linalg.norm(v)], dtype=np.float32)
-        print(f"{tag}: loss {loss:.6f}, {len(g)} parameters")
+        print(f"{model_dir} {tag}: loss {loss:.6f}, {len(g)} parameters")
     save_file(tensors, out, metadata={"source": "tests/tools/make_grad_goldens.py"})
+    os.chmod(out, 0o644)
     print("wrote", out)
+
+
+def make_hybrid(out_dir):
+    cfg = Exaone4Config(
+        vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+        sliding_window=4, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        tie_word_embeddings=False, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0)
+    gen = torch.Generator().manual_seed(SEED + 1)
+    model = Exaone4ForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if p.dim() == 1:
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    model.to(torch.bfloat16).save_pretrained(out_dir)
+    for f in os.listdir(out_dir):
+        os.chmod(os.path.join(out_dir, f), 0o644)
+
+
+def main():
+    os.makedirs("tests/data/grad", exist_ok=True)
+    ids = np.fromfile("tests/data/tiny-a/val.ids.u32", dtype="<u4")[:T].astype(np.int64)
+    make_golden("tests/data/tiny-exaone4", ids, "tests/data/grad/tiny_grads.safetensors")
+    make_hybrid("tests/data/grad/hybrid")
+    rng = np.random.default_rng(SEED)
+    hids = rng.integers(0, 61, size=40).astype(np.int64)
+    make_golden("tests/data/grad/hybrid", hids, "tests/data/grad/hybrid_grads.safetensors")
 
 
 if __name__ == "__main__":

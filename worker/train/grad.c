@@ -610,6 +610,12 @@ int tnet_loss_grad(struct tnet *t, const int32_t *ids, int T, const struct tloss
     for (int l = t->L - 1; l >= 0; l--)
         if (layer_bwd(t, l, w->xs + (size_t)l * nx, T, err))
             return -1;
+    /* transformers builds the embedding with padding_idx = pad_token_id: the lookup of the pad
+     * token passes no gradient to its row (the tied head still does). */
+    if (t->cfg.pad_token_id >= 0)
+        for (int s = 0; s < T; s++)
+            if (ids[s] == t->cfg.pad_token_id)
+                zero(w->gx + (size_t)s * H, (size_t)H);
     return kfail(embedding_bwd(t->impl, t->p[t->p_embed].g, w->gx, ids, T, H), "embedding_bwd",
                  err);
 }

@@ -55,7 +55,9 @@ struct tloss {
 /* Forward and backward of one sequence ids[0..T): loss averaged over counted positions; ADDS the
    gradients into every param's g (callers zero them). Recomputes activations layer by layer so
    memory stays bounded (keep only each layer's input; recompute inside during backward).
-   L may be NULL (plain CE over all T-1 positions). Returns 0, or -1 with *err set. */
+   L may be NULL (plain CE over all T-1 positions). As in transformers (nn.Embedding with
+   padding_idx = pad_token_id), a position holding the pad token adds no lookup gradient to
+   its embedding row. Returns 0, or -1 with *err set. */
 int tnet_loss_grad(struct tnet *t, const int32_t *ids, int T, const struct tloss *L, double *loss,
                    char **err);
 

@@ -20,10 +20,12 @@
  *      |g - fd| / (|fd| + rms) = 5.9e-6 (synthetic) and 3.8e-6 (tiny-a), a 17x margin;
  *   3. the gradients of the fast kernels (KERN_IMPL_CPU) equal the references' (KERN_IMPL_REF)
  *      within 1e-4 of each tensor's max|g| (fp32 sums against double ones);
- *   4. PyTorch autograd (float64, tests/tools/make_grad_goldens.py) on tiny-a, 48 tokens, CE
- *      and KD: loss within 1e-5 relative, each tensor's gradient norm within 1e-4 relative, the
- *      stored subset of every gradient within 1e-4 of the tensor's max|g| + 1e-4 |g| (fp32
- *      against float64; measured worst: norm 2.9e-6, element 5.4e-6 of max|g|);
+ *   4. PyTorch autograd (float64, tests/tools/make_grad_goldens.py) on tiny-a (48 tokens) and
+ *      on a small hybrid model made by transformers (sliding-window RoPE layers, a global NoPE
+ *      layer, GQA, untied head; 40 tokens), CE and KD: loss within 1e-5 relative, each tensor's
+ * gradient norm within 1e-4 relative, the stored subset of every gradient within 1e-4 of the
+ * tensor's max|g| + 1e-4 |g| (fp32 against float64; measured worst: norm 2.9e-6, element 5.4e-6 of
+ * max|g|);
  *   5. gradients accumulate across calls, a mask with no counted position gives loss 0 and no
  *      gradient, bad ids and shapes are clear errors;
  *   6. tnet_save writes a checkpoint the engine loads with the (BF16-rounded) weights.
@@ -51,6 +53,8 @@
 
 #define GOLDEN  "tests/data/tiny-a/golden.safetensors"
 #define GGOLDEN "tests/data/grad/tiny_grads.safetensors"
+#define HYBRID  "tests/data/grad/hybrid"
+#define HGOLDEN "tests/data/grad/hybrid_grads.safetensors"
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
 
@@ -108,6 +112,8 @@ struct dnet {
     double eps, scale;
     float inv[256];
     double *embed, *norm, *head;
+    double *embed_const; /* unperturbed copy: the pad token's lookup passes no gradient */
+    int pad;
     double **lw; /* [L * 11]: q k v o qn kn pa g u d pf */
 };
 
@@ -150,6 +156,10 @@ static void dnet_init(struct dnet *d, struct tnet *t, double **dp)
     d->scale = (float)pow((double)d->hd, -0.5);
     config_rope_inv_freq(c, d->inv);
     d->embed = dp[pindex(t, "model.embed_tokens.weight")];
+    size_t ne = (size_t)d->V * d->H;
+    d->embed_const = malloc(sizeof(double) * ne);
+    memcpy(d->embed_const, d->embed, sizeof(double) * ne);
+    d->pad = c->pad_token_id;
     d->norm = dp[pindex(t, "model.norm.weight")];
     int h = pindex(t, "lm_head.weight");
     d->head = h >= 0 ? dp[h] : d->embed;
@@ -214,7 +224,9 @@ static double dloss(const struct dnet *d, const int32_t *ids, int T, const struc
     double *u = malloc(sizeof(double) * T * I), *lg = malloc(sizeof(double) * V);
     double *sc = malloc(sizeof(double) * T);
     for (int t = 0; t < T; t++)
-        memcpy(x + (size_t)t * H, d->embed + (size_t)ids[t] * H, sizeof(double) * H);
+        memcpy(x + (size_t)t * H,
+               (ids[t] == d->pad ? d->embed_const : d->embed) + (size_t)ids[t] * H,
+               sizeof(double) * H);
     for (int l = 0; l < d->L; l++) {
         double **w = d->lw + l * 11;
         int window = config_layer_window(d->c, l);
@@ -343,6 +355,7 @@ static void dfree(double **dp, int np, struct dnet *d)
         free(dp[i]);
     free(dp);
     free(d->lw);
+    free(d->embed_const);
 }
 
 /* ---- 1: logits ------------------------------------------------------------------------------ */
@@ -456,6 +469,7 @@ static void test_fd_synth(void **state)
     int32_t ids[T];
     for (int s = 0; s < T; s++)
         ids[s] = (int32_t)(rnd_u64() % (uint64_t)V);
+    ids[4] = c->pad_token_id; /* the pad token's lookup passes no gradient (grad.h) */
     uint8_t mask[T] = { 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1 };
     float *tl = rand_teacher(T, V, 2.0);
     struct tloss ce = { NULL, NULL, 1.0f, 1.0f }, kd = { mask, tl, 2.0f, 0.3f };
@@ -475,6 +489,8 @@ static void test_fd_synth(void **state)
             size_t coords[8], n = tnet_param(t, pi)->n;
             for (int k = 0; k < 8; k++)
                 coords[k] = (size_t)(rnd_u64() % n);
+            if (pi == 0) /* the pad token's row */
+                coords[0] = (size_t)c->pad_token_id * tnet_param(t, 0)->cols + 1;
             bad += check_coords(t, &d, dp, pi, coords, 8, ids, T, losses[li],
                                 li ? "synth kd" : "synth ce", &worst);
         }
@@ -617,20 +633,18 @@ static const float *gget(struct st_file *g, const char *name, int64_t *n)
     return x->data;
 }
 
-static void test_torch_goldens(void **state)
+static void check_torch(const char *model_dir, const char *golden)
 {
-    (void)state;
-    if (!have_tiny() || !is_file(GGOLDEN))
-        skip();
     struct st_file *g;
     char *err = NULL;
-    assert_int_equal(st_file_open(&g, GGOLDEN, &err), 0);
+    printf("# %s against %s\n", model_dir, golden);
+    assert_int_equal(st_file_open(&g, golden, &err), 0);
     int64_t T, nt;
     const int32_t *ids = (const int32_t *)gget(g, "ids", &T);
     const int32_t *m32 = (const int32_t *)gget(g, "mask", NULL);
     const float *tl = gget(g, "teacher_logp", &nt);
     float tau = gget(g, "temperature", NULL)[0], cw = gget(g, "ce_weight", NULL)[0];
-    struct tnet *t = load(TINY);
+    struct tnet *t = load(model_dir);
     assert_int_equal(nt, T * tnet_vocab(t));
     uint8_t *mask = malloc((size_t)T);
     for (int s = 0; s < T; s++)
@@ -689,6 +703,34 @@ static void test_torch_goldens(void **state)
     free(mask);
     tnet_free(t);
     st_file_free(g);
+}
+
+static void test_torch_goldens(void **state)
+{
+    (void)state;
+    if (!have_tiny() || !is_file(GGOLDEN))
+        skip();
+    check_torch(TINY, GGOLDEN);
+}
+
+static void test_torch_goldens_hybrid(void **state)
+{
+    (void)state;
+    if (!is_file(HGOLDEN) || !is_file(HYBRID "/model.safetensors")) {
+        printf("SKIP %s missing\n", HGOLDEN);
+        skip();
+    }
+    struct tnet *t = load(HYBRID);
+    const struct config *c = tnet_config(t);
+    /* The shape the goldens promise: sliding, sliding, global NoPE; untied head. */
+    assert_int_equal(c->num_hidden_layers, 3);
+    assert_int_equal(config_layer_window(c, 0), 4);
+    assert_int_equal(config_layer_window(c, 2), 0);
+    assert_int_equal(config_layer_rope(c, 0), 1);
+    assert_int_equal(config_layer_rope(c, 2), 0);
+    assert_non_null(tnet_param_find(t, "lm_head.weight"));
+    tnet_free(t);
+    check_torch(HYBRID, HGOLDEN);
 }
 
 /* ---- 5: accumulation, masks, errors -------------------------------------------------------- */
@@ -798,9 +840,13 @@ static void test_save(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_logits),        cmocka_unit_test(test_fd_synth),
-        cmocka_unit_test(test_fd_synth_long), cmocka_unit_test(test_fd_tiny),
-        cmocka_unit_test(test_torch_goldens), cmocka_unit_test(test_accumulate_and_errors),
+        cmocka_unit_test(test_logits),
+        cmocka_unit_test(test_fd_synth),
+        cmocka_unit_test(test_fd_synth_long),
+        cmocka_unit_test(test_fd_tiny),
+        cmocka_unit_test(test_torch_goldens),
+        cmocka_unit_test(test_torch_goldens_hybrid),
+        cmocka_unit_test(test_accumulate_and_errors),
         cmocka_unit_test(test_save),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
