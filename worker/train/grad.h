@@ -4,14 +4,18 @@
  * forward matches the engine's exaone4 forward (worker/engine/model_fwd.c) in fp32; the backward
  * is built from the ops of kernels/backward.h. Activations are recomputed layer by layer: only
  * each layer's input is kept, so memory grows with T * hidden * layers, not with every
- * intermediate. Owns the weights and gradients; must not touch the engine's model structs
- * (it reads the same config.json and safetensors itself).
+ * intermediate. Owns the weights and gradients; the engine's loader reads the checkpoint
+ * (model_load, then every tensor copied out as fp32) and its writer saves one (model_save).
+ * A tnet is not reentrant (it owns scratch buffers): one per thread.
  */
 #ifndef EXAQ_TRAIN_GRAD_H
 #define EXAQ_TRAIN_GRAD_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "kernels/kern.h"
+#include "worker/engine/config.h"
 
 /* A trainable fp32 copy of a model (EXAONE-4 first: the family of tests/data/tiny-exaone4). */
 struct tnet;
@@ -29,8 +33,11 @@ struct tparam {
 struct tnet *tnet_load(const char *model_dir, char **err);
 void tnet_free(struct tnet *t);
 
-/* The trainable parameters, in checkpoint order; a tied lm_head is not a separate parameter
-   (its gradient lands in model.embed_tokens.weight). Returned pointers are borrowed. */
+/* The trainable parameters: model.embed_tokens.weight, then per layer q/k/v/o_proj, q_norm,
+   k_norm, post_attention_layernorm, gate/up/down_proj, post_feedforward_layernorm, then
+   model.norm.weight and (untied only) lm_head.weight. A tied lm_head is not a separate
+   parameter (its gradient lands in model.embed_tokens.weight). Returned pointers are
+   borrowed. */
 int tnet_nparams(const struct tnet *t);
 struct tparam *tnet_param(struct tnet *t, int i);
 int tnet_vocab(const struct tnet *t);
@@ -48,7 +55,9 @@ struct tloss {
 /* Forward and backward of one sequence ids[0..T): loss averaged over counted positions; ADDS the
    gradients into every param's g (callers zero them). Recomputes activations layer by layer so
    memory stays bounded (keep only each layer's input; recompute inside during backward).
-   L may be NULL (plain CE over all T-1 positions). Returns 0, or -1 with *err set. */
+   L may be NULL (plain CE over all T-1 positions). As in transformers (nn.Embedding with
+   padding_idx = pad_token_id), a position holding the pad token adds no lookup gradient to
+   its embedding row. Returns 0, or -1 with *err set. */
 int tnet_loss_grad(struct tnet *t, const int32_t *ids, int T, const struct tloss *L, double *loss,
                    char **err);
 
@@ -57,8 +66,19 @@ int tnet_logits(struct tnet *t, const int32_t *ids, int T, float *logits, char *
 
 void tnet_zero_grad(struct tnet *t);
 
+/* Superset of the first interface: */
+/* The parameter named `name`, or NULL. */
+struct tparam *tnet_param_find(struct tnet *t, const char *name);
+/* The model's configuration (borrowed; the layer count is the checkpoint's). */
+const struct config *tnet_config(const struct tnet *t);
+/* Kernels for the forward and backward ops: KERN_IMPL_CPU (default, the fast variants) or
+   KERN_IMPL_REF (the plain-loop references; tests). */
+void tnet_set_impl(struct tnet *t, enum kern_impl impl);
+
 /* Write the weights as an HF checkpoint (BF16 safetensors + config.json and the tokenizer files
-   copied from src_dir). Returns 0, or -1 with *err set. */
+   copied from src_dir, which must hold a model of the same shape: normally the directory the
+   net was loaded from). out_dir is created if missing. Every linear is written dense (a
+   quantized source's codes are replaced). Returns 0, or -1 with *err set. */
 int tnet_save(const struct tnet *t, const char *src_dir, const char *out_dir, char **err);
 
 #endif
