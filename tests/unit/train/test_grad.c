@@ -26,7 +26,8 @@
  * gradient norm within 1e-4 relative, the stored subset of every gradient within 1e-4 of the
  * tensor's max|g| + 1e-4 |g| (fp32 against float64; measured worst: norm 2.9e-6, element 5.4e-6 of
  * max|g|);
- *   5. gradients accumulate across calls, a mask with no counted position gives loss 0 and no
+ *   5. the loss and gradients do not depend on the thread count (bit for bit); gradients
+ *      accumulate across calls, a mask with no counted position gives loss 0 and no
  *      gradient, bad ids and shapes are clear errors;
  *   6. tnet_save writes a checkpoint the engine loads with the (BF16-rounded) weights.
  */
@@ -782,6 +783,40 @@ static void test_accumulate_and_errors(void **state)
     free(dir);
 }
 
+/* The same gradients, bit for bit, whatever the thread count (every sum has one fixed order), so
+ * a resumed run repeats the uninterrupted one. */
+static void test_threads_deterministic(void **state)
+{
+    (void)state;
+    if (!have_tiny())
+        skip();
+    struct tnet *t = load(TINY);
+    int32_t *ids = read_ids(200);
+    char *err = NULL;
+    double l1, l2;
+    size_t tot = 0;
+    for (int i = 0; i < tnet_nparams(t); i++)
+        tot += tnet_param(t, i)->n;
+    float *g1 = malloc(sizeof(float) * tot);
+    par_set_nthreads(1);
+    tnet_zero_grad(t);
+    assert_int_equal(tnet_loss_grad(t, ids, 200, NULL, &l1, &err), 0);
+    for (int i = 0, off = 0; i < tnet_nparams(t); off += (int)tnet_param(t, i)->n, i++)
+        memcpy(g1 + off, tnet_param(t, i)->g, sizeof(float) * tnet_param(t, i)->n);
+    par_set_nthreads(3);
+    tnet_zero_grad(t);
+    assert_int_equal(tnet_loss_grad(t, ids, 200, NULL, &l2, &err), 0);
+    par_set_nthreads(0);
+    assert_true(l1 == l2);
+    size_t diff = 0;
+    for (int i = 0, off = 0; i < tnet_nparams(t); off += (int)tnet_param(t, i)->n, i++)
+        diff += memcmp(g1 + off, tnet_param(t, i)->g, sizeof(float) * tnet_param(t, i)->n) != 0;
+    assert_int_equal(diff, 0);
+    free(g1);
+    free(ids);
+    tnet_free(t);
+}
+
 /* ---- 6: save ------------------------------------------------------------------------------- */
 
 static void test_save(void **state)
@@ -847,6 +882,7 @@ int main(void)
         cmocka_unit_test(test_torch_goldens),
         cmocka_unit_test(test_torch_goldens_hybrid),
         cmocka_unit_test(test_accumulate_and_errors),
+        cmocka_unit_test(test_threads_deterministic),
         cmocka_unit_test(test_save),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
