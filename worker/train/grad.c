@@ -532,8 +532,9 @@ static int layer_bwd(struct tnet *t, int l, const float *x, int T, char **err)
     return 0;
 }
 
-int tnet_loss_grad(struct tnet *t, const int32_t *ids, int T, const struct tloss *L, double *loss,
-                   char **err)
+/* The loss of grad.h's struct tloss; with grad, also its backward into every param's g. */
+static int loss_run(struct tnet *t, const int32_t *ids, int T, const struct tloss *L, double *loss,
+                    int grad, char **err)
 {
     if (check_ids(t, ids, T, 2, err))
         return -1;
@@ -560,7 +561,7 @@ int tnet_loss_grad(struct tnet *t, const int32_t *ids, int T, const struct tloss
         *loss = 0.0;
     if (N == 0)
         return 0; /* nothing counts: zero loss, no gradient */
-    float *xl = run_layers(t, ids, T, 1, err);
+    float *xl = run_layers(t, ids, T, grad, err);
     if (!xl)
         return -1;
     size_t nx = (size_t)T * t->H;
@@ -596,12 +597,15 @@ int tnet_loss_grad(struct tnet *t, const int32_t *ids, int T, const struct tloss
                 return -1;
             kl += part;
         }
-        if (kfail(linear_bwd(t->impl, w->dxn + (size_t)r0 * H, dEh, w->dlg, xr, Eh, rows, H, V),
+        if (grad &&
+            kfail(linear_bwd(t->impl, w->dxn + (size_t)r0 * H, dEh, w->dlg, xr, Eh, rows, H, V),
                   "linear_bwd", err))
             return -1;
     }
     if (loss)
         *loss = cw * ce / N + (tl ? (1.0 - cw) * tau * tau * kl / N : 0.0);
+    if (!grad)
+        return 0;
     zero(w->gx, nx);
     if (kfail(rmsnorm_bwd(t->impl, w->gx, t->p[t->p_norm].g, w->dxn, xl, t->p[t->p_norm].w, T, H,
                           t->eps),
@@ -618,6 +622,18 @@ int tnet_loss_grad(struct tnet *t, const int32_t *ids, int T, const struct tloss
                 zero(w->gx + (size_t)s * H, (size_t)H);
     return kfail(embedding_bwd(t->impl, t->p[t->p_embed].g, w->gx, ids, T, H), "embedding_bwd",
                  err);
+}
+
+int tnet_loss_grad(struct tnet *t, const int32_t *ids, int T, const struct tloss *L, double *loss,
+                   char **err)
+{
+    return loss_run(t, ids, T, L, loss, 1, err);
+}
+
+int tnet_loss(struct tnet *t, const int32_t *ids, int T, const struct tloss *L, double *loss,
+              char **err)
+{
+    return loss_run(t, ids, T, L, loss, 0, err);
 }
 
 /* ---- save ---------------------------------------------------------------------------------- */

@@ -67,6 +67,9 @@ int tnet_logits(struct tnet *t, const int32_t *ids, int T, float *logits, char *
 void tnet_zero_grad(struct tnet *t);
 
 /* Superset of the first interface: */
+/* The loss of tnet_loss_grad alone (no gradient, no kept layer inputs): for validation. */
+int tnet_loss(struct tnet *t, const int32_t *ids, int T, const struct tloss *L, double *loss,
+              char **err);
 /* The parameter named `name`, or NULL. */
 struct tparam *tnet_param_find(struct tnet *t, const char *name);
 /* The model's configuration (borrowed; the layer count is the checkpoint's). */

@@ -753,6 +753,13 @@ static void test_accumulate_and_errors(void **state)
     assert_true(l1 == l2);
     for (size_t j = 0; j < p->n; j++)
         assert_true(fabs(p->g[j] - 2 * g1[j]) <= 1e-6 * (fabs(g1[j]) + 1e-6));
+    /* The loss alone: the same value, no gradient touched. */
+    double l3;
+    tnet_zero_grad(t);
+    assert_int_equal(tnet_loss(t, ids, 6, NULL, &l3, &err), 0);
+    assert_true(l3 == l1);
+    for (size_t j = 0; j < p->n; j++)
+        assert_true(p->g[j] == 0.0f);
     /* A mask with nothing counted (the last position never counts). */
     uint8_t none[6] = { 0, 0, 0, 0, 0, 1 };
     struct tloss L = { none, NULL, 1.0f, 1.0f };
