@@ -876,10 +876,11 @@ static int synth_cmd(int argc, char **argv)
     if (shard_mb >= 0)
         o.max_shard_bytes = (uint64_t)shard_mb * 1000000u;
     if (tokenizer) {
-        char msg[512] = "";
-        struct tok *t = tok_load(tokenizer, msg, sizeof(msg));
+        char *msg = NULL;
+        struct tok *t = tok_load(tokenizer, &msg);
         if (!t) {
             fprintf(stderr, "exaq-worker synth: cannot use tokenizer '%s': %s\n", tokenizer, msg);
+            free(msg);
             return 1;
         }
         int tv = tok_vocab_size(t);

@@ -42,6 +42,7 @@
 #define MAX_STEPS         8         /* pre-tokenizer steps after flattening Sequence */
 #define CACHE_MAX_KEY     256       /* pieces longer than this are not cached (as the library) */
 #define CACHE_MAX_ENTRIES (1 << 18) /* per encode call */
+#define ERR_MAX           1024      /* error messages are built in a buffer this long */
 
 /* ============================================================================================
  * Errors and small helpers
@@ -1228,7 +1229,8 @@ static int parse_root(struct loader *L, const cJSON *root)
     return 0;
 }
 
-struct tok *tok_load_buf(const char *json, size_t len, char *err, size_t errlen)
+/* tok_load_buf with the message in a caller buffer. */
+static struct tok *load_buf(const char *json, size_t len, char *err, size_t errlen)
 {
     seterr(err, errlen, "unknown error");
     size_t bad = utf8_check((const unsigned char *)json, len);
@@ -1309,21 +1311,29 @@ fail:
     return NULL;
 }
 
-struct tok *tok_load(const char *path, char *err, size_t errlen)
+struct tok *tok_load_buf(const char *json, size_t len, char **err)
+{
+    char msg[ERR_MAX] = "";
+    struct tok *t = load_buf(json, len, msg, sizeof(msg));
+    if (!t && err)
+        *err = xstrdup(msg);
+    return t;
+}
+
+struct tok *tok_load(const char *path, char **err)
 {
     char *data = NULL;
     size_t len = 0;
     int rc = file_read_all(path, &data, &len);
     if (rc < 0) {
-        seterr(err, errlen, "cannot read tokenizer '%s': %s", path, strerror(-rc));
+        if (err)
+            *err = xasprintf("cannot read tokenizer '%s': %s", path, strerror(-rc));
         return NULL;
     }
-    struct tok *t = tok_load_buf(data, len, err, errlen);
-    if (!t && err && errlen) {
-        char *msg = xasprintf("%s: %s", path, err);
-        seterr(err, errlen, "%s", msg);
-        free(msg);
-    }
+    char msg[ERR_MAX] = "";
+    struct tok *t = load_buf(data, len, msg, sizeof(msg));
+    if (!t && err)
+        *err = xasprintf("%s: %s", path, msg);
     free(data);
     return t;
 }
@@ -1836,13 +1846,16 @@ int tok_encode(const struct tok *t, const char *text, size_t len, int32_t **ids,
 }
 
 int tok_pretokenize(const struct tok *t, const char *text, size_t len, tok_piece_fn fn, void *arg,
-                    char *err, size_t errlen)
+                    char **err)
 {
-    struct enc e = { .t = t, .fn = fn, .fn_arg = arg, .err = err, .errlen = errlen };
+    char msg[ERR_MAX] = "";
+    struct enc e = { .t = t, .fn = fn, .fn_arg = arg, .err = msg, .errlen = sizeof(msg) };
     buf_init(&e.bl);
     buf_init(&e.keys);
     int rc = run_pipeline(&e, text, len);
     enc_release(&e);
+    if (rc == -1 && msg[0] && err) /* not when fn returned -1 */
+        *err = xstrdup(msg);
     return rc;
 }
 

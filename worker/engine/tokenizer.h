@@ -21,11 +21,12 @@ struct tok; /* opaque */
 
 /*
  * Loads a tokenizer.json file (tok_load) or an in-memory copy of one (tok_load_buf; json need
- * not be NUL-terminated). Returns a new tokenizer, or NULL with a lowercase message in err
- * (err may be NULL, errlen 0) on any malformed or unsupported input. Free with tok_free().
+ * not be NUL-terminated). Returns a new tokenizer, or NULL on any malformed or unsupported
+ * input with *err set to a new lowercase message the caller frees (err may be NULL). Free the
+ * tokenizer with tok_free().
  */
-struct tok *tok_load(const char *path, char *err, size_t errlen);
-struct tok *tok_load_buf(const char *json, size_t len, char *err, size_t errlen);
+struct tok *tok_load(const char *path, char **err);
+struct tok *tok_load_buf(const char *json, size_t len, char **err);
 void tok_free(struct tok *t); /* NULL is fine */
 
 /*
@@ -58,11 +59,12 @@ const char *tok_id_token(const struct tok *t, int32_t id);
  * The pieces encode would hand to BPE, for tests and diagnostics: calls fn once per piece in
  * order. An added token comes as its matched text with added_id set; any other piece comes as
  * raw UTF-8 (before the byte-level mapping, with any prefix space included) and added_id -1.
- * A non-zero return from fn stops the walk and is returned. Returns 0, or -1 with err set on
- * the same input errors as tok_encode.
+ * A non-zero return from fn stops the walk and is returned (without touching *err). Returns 0,
+ * or -1 with *err set to a new message (the caller frees it; err may be NULL) on the same
+ * input errors as tok_encode.
  */
 typedef int (*tok_piece_fn)(void *arg, const char *piece, size_t len, int32_t added_id);
 int tok_pretokenize(const struct tok *t, const char *text, size_t len, tok_piece_fn fn, void *arg,
-                    char *err, size_t errlen);
+                    char **err);
 
 #endif
