@@ -1,0 +1,265 @@
+/*
+ * test_tok_families: the tokenizer families of tests/data/tokenizers/ against HF `tokenizers`.
+ *
+ * Each tokenizer there was trained, and its goldens made, by tests/tools/make_tokenizer_goldens.py
+ * (tokenizers 0.23.3): SentencePiece-style BPE with byte_fallback in its three shapes (the
+ * Prepend/Replace normalizers, Metaspace "first" without split, Metaspace "always" with split),
+ * a Unigram with byte_fallback, and the Llama-3 and Qwen2 byte-level BPEs. For every one:
+ *
+ *   - encode(mixed.txt) (1.2 MB of code, English, Korean, emoji, whitespace runs, rare Unicode
+ *     and literal special-token strings) equals the library's ids exactly;
+ *   - decode of those ids equals the library's decode, byte for byte;
+ *   - the same for every short probe of probes.txt (edge cases around spaces, ▁, special tokens,
+ *     byte fallback);
+ *   - encoding the 1.2 MB takes well under a second (printed; a loose bound is asserted).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zip.h>
+
+#include <cmocka.h>
+
+#include "common/util.h"
+#include "worker/engine/tokenizer.h"
+
+#define DIR "tests/data/tokenizers/"
+
+static char *mixed, *probes;
+static size_t mixed_len, probes_len;
+
+/* Reads one member of a zip archive into a new buffer (NUL-terminated); fails the test if it
+ * cannot. */
+static char *zip_member(const char *path, const char *name, size_t *len)
+{
+    int zerr = 0;
+    zip_t *za = zip_open(path, ZIP_RDONLY, &zerr);
+    if (!za)
+        fail_msg("cannot open %s (libzip error %d)", path, zerr);
+    zip_stat_t st;
+    if (zip_stat(za, name, 0, &st) != 0 || !(st.valid & ZIP_STAT_SIZE))
+        fail_msg("%s has no member %s", path, name);
+    zip_file_t *f = zip_fopen(za, name, 0);
+    if (!f)
+        fail_msg("cannot open %s in %s", name, path);
+    char *data = xmalloc(st.size + 1);
+    zip_int64_t got = zip_fread(f, data, st.size);
+    if (got < 0 || (zip_uint64_t)got != st.size)
+        fail_msg("short read of %s in %s", name, path);
+    data[st.size] = 0;
+    zip_fclose(f);
+    zip_close(za);
+    *len = st.size;
+    return data;
+}
+
+static uint32_t rd32(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Prints the first difference of two id lists with the text around it. */
+static void report_ids(const char *name, const struct tok *t, const int32_t *got, size_t ngot,
+                       const char *want_raw, size_t nwant)
+{
+    size_t i = 0;
+    while (i < ngot && i < nwant && (uint32_t)got[i] == rd32(want_raw + 4 * i))
+        i++;
+    fprintf(stderr, "%s: %zu ids, want %zu; first difference at %zu\n", name, ngot, nwant, i);
+    size_t lo = i > 5 ? i - 5 : 0;
+    for (size_t k = lo; k < i + 5; k++) {
+        const char *g = k < ngot ? tok_id_token(t, got[k]) : NULL;
+        const char *w = k < nwant ? tok_id_token(t, (int32_t)rd32(want_raw + 4 * k)) : NULL;
+        fprintf(stderr, "  [%zu] got %d '%s'  want %d '%s'\n", k, k < ngot ? got[k] : -1,
+                g ? g : "", k < nwant ? (int)rd32(want_raw + 4 * k) : -1, w ? w : "");
+    }
+}
+
+static void report_text(const char *name, const char *got, size_t ngot, const char *want,
+                        size_t nwant)
+{
+    size_t i = 0;
+    while (i < ngot && i < nwant && got[i] == want[i])
+        i++;
+    size_t lo = i > 20 ? i - 20 : 0;
+    fprintf(stderr, "%s: decoded %zu bytes, want %zu; first difference at byte %zu\n", name, ngot,
+            nwant, i);
+    fprintf(stderr, "  got  '%.*s'\n  want '%.*s'\n", (int)(EXAQ_MIN(ngot, i + 20) - lo), got + lo,
+            (int)(EXAQ_MIN(nwant, i + 20) - lo), want + lo);
+}
+
+/* Encode and decode of text against the goldens; returns true when both match. */
+static bool check_one(const char *name, const struct tok *t, const char *text, size_t len,
+                      const char *want_ids, size_t nwant, const char *want_dec, size_t ndec)
+{
+    int32_t *ids = NULL;
+    char err[512] = "";
+    int n = tok_encode(t, text, len, &ids, err, sizeof(err));
+    if (n < 0) {
+        fprintf(stderr, "%s: encode failed: %s\n", name, err);
+        return false;
+    }
+    bool same = (size_t)n == nwant;
+    for (size_t i = 0; same && i < nwant; i++)
+        same = (uint32_t)ids[i] == rd32(want_ids + 4 * i);
+    if (!same)
+        report_ids(name, t, ids, (size_t)n, want_ids, nwant);
+    size_t dl = 0;
+    char *dec = tok_decode_n(t, ids, (size_t)n, &dl);
+    bool dsame = dl == ndec && memcmp(dec, want_dec, ndec) == 0;
+    if (!dsame)
+        report_text(name, dec, dl, want_dec, ndec);
+    free(dec);
+    free(ids);
+    return same && dsame;
+}
+
+static void run_family(const char *fam)
+{
+    char path[256];
+    snprintf(path, sizeof(path), DIR "%s/tokenizer.json", fam);
+    char *err = NULL;
+    struct tok *t = tok_load(path, &err);
+    if (!t)
+        fail_msg("%s", err);
+    snprintf(path, sizeof(path), DIR "%s/golden.zip", fam);
+    size_t nids, ndec, npids, npdec;
+    char *ids = zip_member(path, "ids.u32", &nids);
+    char *dec = zip_member(path, "decoded.txt", &ndec);
+    char *pids = zip_member(path, "probes.ids.u32", &npids);
+    char *pdec = zip_member(path, "probes.decoded.txt", &npdec);
+    assert_int_equal(nids % 4, 0);
+
+    /* The big text, timed. */
+    double t0 = now_s();
+    int32_t *tmp = NULL;
+    char msg[256];
+    int cnt = tok_encode(t, mixed, mixed_len, &tmp, msg, sizeof(msg));
+    double dt = now_s() - t0;
+    free(tmp);
+    assert_true(cnt > 0);
+    printf("# %-15s %zu bytes -> %d ids in %.3f s (%.1f MB/s)\n", fam, mixed_len, cnt, dt,
+           mixed_len / dt / 1e6);
+    assert_true(dt < 5.0); /* loose: the machine may be shared; a quadratic path takes minutes */
+    bool ok = check_one(fam, t, mixed, mixed_len, ids, nids / 4, dec, ndec);
+
+    /* The probes: one per line of probes.txt ("\n" written as a backslash and n). */
+    size_t pi = 0, pd = 0, line = 0;
+    const char *p = probes, *end = probes + probes_len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        assert_non_null(nl);
+        struct buf b;
+        buf_init(&b);
+        for (const char *q = p; q < nl; q++) {
+            if (q[0] == '\\' && q + 1 < nl && q[1] == 'n') {
+                buf_append(&b, "\n", 1);
+                q++;
+            } else {
+                buf_append(&b, q, 1);
+            }
+        }
+        assert_true(pi + 4 <= npids && pd + 4 <= npdec);
+        size_t k = rd32(pids + pi), dl = rd32(pdec + pd);
+        assert_true(pi + 4 + 4 * k <= npids && pd + 4 + dl <= npdec);
+        char label[64];
+        snprintf(label, sizeof(label), "%s probe %zu", fam, line);
+        if (!check_one(label, t, b.data ? b.data : "", b.len, pids + pi + 4, k, pdec + pd + 4, dl))
+            ok = false;
+        pi += 4 + 4 * k;
+        pd += 4 + dl;
+        buf_release(&b);
+        p = nl + 1;
+        line++;
+    }
+    assert_int_equal(pi, npids);
+    assert_int_equal(pd, npdec);
+    free(ids);
+    free(dec);
+    free(pids);
+    free(pdec);
+    tok_free(t);
+    assert_true(ok);
+}
+
+static void test_spm_bpe_legacy(void **state)
+{
+    (void)state;
+    run_family("spm-bpe-legacy");
+}
+
+static void test_spm_bpe_meta(void **state)
+{
+    (void)state;
+    run_family("spm-bpe-meta");
+}
+
+static void test_spm_bpe_split(void **state)
+{
+    (void)state;
+    run_family("spm-bpe-split");
+}
+
+static void test_unigram(void **state)
+{
+    (void)state;
+    run_family("unigram");
+}
+
+static void test_llama3(void **state)
+{
+    (void)state;
+    run_family("llama3");
+}
+
+static void test_qwen2(void **state)
+{
+    (void)state;
+    run_family("qwen2");
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    FILE *f = fopen(DIR "mixed.zip", "rb");
+    if (!f) {
+        printf("SKIP %smixed.zip is missing (run from the repository root)\n", DIR);
+        exit(77);
+    }
+    fclose(f);
+    mixed = zip_member(DIR "mixed.zip", "mixed.txt", &mixed_len);
+    probes = zip_member(DIR "mixed.zip", "probes.txt", &probes_len);
+    return mixed_len >= 1000000 ? 0 : -1; /* acceptance: at least 1 MB of text */
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    free(mixed);
+    free(probes);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_spm_bpe_legacy), cmocka_unit_test(test_spm_bpe_meta),
+        cmocka_unit_test(test_spm_bpe_split),  cmocka_unit_test(test_unigram),
+        cmocka_unit_test(test_llama3),         cmocka_unit_test(test_qwen2),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
