@@ -532,6 +532,8 @@ struct tok {
     double min_score;     /* Unigram: the lowest score (unk scores 10 below it) */
     struct pfx_slot *pfx; /* Unigram: prefix table (strings borrowed from id_str) */
     size_t pfx_mask;
+    uint64_t *bigram; /* character-level BPE: the adjacent character pairs inside tokens */
+    size_t bigram_mask;
     struct norm norms[MAX_STEPS];
     int n_norms;
     bool norm_copy; /* some normalizer changes the text (Prepend / Replace) */
@@ -625,6 +627,7 @@ void tok_free(struct tok *t)
     free(t->order[1]);
     free(t->score);
     free(t->pfx);
+    free(t->bigram);
     for (int k = 0; k < t->n_norms; k++) {
         free(t->norms[k].a);
         free(t->norms[k].b);
@@ -1678,6 +1681,33 @@ static void build_prefixes(struct tok *t)
     }
 }
 
+/* The set of adjacent character pairs inside vocabulary tokens (see bpe_chunked). */
+static void build_bigrams(struct tok *t)
+{
+    size_t total = 0;
+    for (int32_t id = 0; id < t->n_ids; id++)
+        total += t->id_len[id];
+    size_t cap = pow2_at_least(total * 2 + 1);
+    t->bigram = xcalloc(cap, sizeof(uint64_t));
+    t->bigram_mask = cap - 1;
+    for (int32_t id = 0; id < t->n_ids; id++) {
+        const unsigned char *u = (const unsigned char *)t->id_str[id];
+        if (!u || vocab_find(t, t->id_str[id], t->id_len[id]) != id)
+            continue; /* gaps, and added tokens outside the vocabulary */
+        size_t l;
+        uint32_t prev = utf8_dec(u, 0, &l);
+        for (size_t i = l; i < t->id_len[id]; i += l) {
+            uint32_t cp = utf8_dec(u, i, &l);
+            uint64_t key = ((uint64_t)prev << 21 | cp) + 1;
+            size_t k = hash_u64(key) & t->bigram_mask;
+            while (t->bigram[k] && t->bigram[k] != key)
+                k = (k + 1) & t->bigram_mask;
+            t->bigram[k] = key;
+            prev = cp;
+        }
+    }
+}
+
 /* The prefix slot of s[0..k) given its FNV state h, or NULL. */
 static const struct pfx_slot *pfx_find(const struct tok *t, uint64_t h, const char *s, uint32_t k)
 {
@@ -1766,6 +1796,8 @@ static struct tok *load_buf(const char *json, size_t len, char *err, size_t errl
     }
     if (t->model == MODEL_UNIGRAM)
         build_prefixes(t);
+    if (t->model == MODEL_BPE && !t->byte_level)
+        build_bigrams(t);
     free(L.str_off);
     free(L.dec_off);
     return t;
@@ -1854,6 +1886,7 @@ struct enc {
     int32_t *from, *bid;      /* start and id of that best last piece, -1 none */
     size_t best_cap;
     struct buf ustr; /* Unigram: fused unk runs */
+    bool chunking;   /* inside bpe_chunked: a long chunk goes to BPE whole */
 };
 
 static void push_id(struct enc *e, int32_t id)
@@ -1922,6 +1955,8 @@ static void try_push_pair(struct enc *e, size_t *hn, int32_t pos)
 }
 
 /* BPE of one piece (raw bytes), appending its ids to e; the algorithm of word.rs merge_all. */
+static int bpe_merge(struct enc *e, const unsigned char *w, size_t n);
+
 static int bpe_word(struct enc *e, const unsigned char *w, size_t n)
 {
     const struct tok *t = e->t;
@@ -1938,6 +1973,13 @@ static int bpe_word(struct enc *e, const unsigned char *w, size_t n)
             return 0;
         }
     }
+    return bpe_merge(e, w, n);
+}
+
+/* The merges of word.rs on the symbols of one piece (or of an independent chunk of one). */
+static int bpe_merge(struct enc *e, const unsigned char *w, size_t n)
+{
+    const struct tok *t = e->t;
     if (2 * n > e->sym_cap) { /* a byte gives at most two byte-fallback symbols */
         e->sym_cap = 2 * n < 64 ? 64 : 2 * n;
         e->sym = xrealloc(e->sym, e->sym_cap * sizeof(*e->sym));
@@ -2191,8 +2233,66 @@ static void cache_grow(struct enc *e)
 }
 
 /* BPE of a piece through the per-call cache. */
+static int bpe_cached(struct enc *e, const unsigned char *w, size_t n);
+
+static bool bigram_has(const struct tok *t, uint32_t a, uint32_t b)
+{
+    uint64_t key = ((uint64_t)a << 21 | b) + 1;
+    size_t i = hash_u64(key) & t->bigram_mask;
+    while (t->bigram[i]) {
+        if (t->bigram[i] == key)
+            return true;
+        i = (i + 1) & t->bigram_mask;
+    }
+    return false;
+}
+
+/*
+ * A long piece of a character-level BPE (SentencePiece-style without a splitting pre-tokenizer,
+ * where the whole text is one piece): cut it where no merge can ever join across, and run BPE
+ * on the chunks (through the cache). A merge result is a vocabulary token, so nothing joins two
+ * adjacent characters unless some token contains them side by side; both must also be tokens
+ * themselves (no byte fallback or unk run there). Merges on the two sides never interact, so
+ * the ids are the same as for the whole piece.
+ */
+static int bpe_chunked(struct enc *e, const unsigned char *w, size_t n)
+{
+    const struct tok *t = e->t;
+    if (t->ignore_merges) { /* only the whole piece may be looked up */
+        int32_t id = vocab_find(t, (const char *)w, n);
+        if (id >= 0) {
+            push_id(e, id);
+            return 0;
+        }
+    }
+    size_t start = 0, l;
+    uint32_t prev = utf8_dec(w, 0, &l);
+    bool prev_ok = vocab_find(t, (const char *)w, l) >= 0;
+    for (size_t i = l; i < n; i += l) {
+        uint32_t cp = utf8_dec(w, i, &l);
+        bool ok = vocab_find(t, (const char *)w + i, l) >= 0;
+        if (prev_ok && ok && !bigram_has(t, prev, cp)) {
+            int rc = t->ignore_merges ? bpe_merge(e, w + start, i - start)
+                                      : bpe_cached(e, w + start, i - start);
+            if (rc < 0)
+                return rc;
+            start = i;
+        }
+        prev = cp;
+        prev_ok = ok;
+    }
+    return t->ignore_merges ? bpe_merge(e, w + start, n - start)
+                            : bpe_cached(e, w + start, n - start);
+}
+
 static int bpe_cached(struct enc *e, const unsigned char *w, size_t n)
 {
+    if (n >= CACHE_MAX_KEY && e->t->bigram && !e->chunking) {
+        e->chunking = true;
+        int rc = bpe_chunked(e, w, n);
+        e->chunking = false;
+        return rc;
+    }
     if (n >= CACHE_MAX_KEY)
         return model_word(e, w, n);
     if (!e->slots || e->used * 2 >= e->slot_mask + 1) {
