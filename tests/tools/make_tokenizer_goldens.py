@@ -5,13 +5,18 @@ Development machine only: exaq and its tests never run Python; they read what th
 
     python3 tests/tools/make_tokenizer_goldens.py [--out tests/data/tokenizers]
 
-What it writes (all deterministic for a given `tokenizers` version; checked with 0.23.3):
+What it writes (checked with tokenizers 0.23.3; deterministic except the unigram files, since
+the Unigram trainer gives slightly different pieces from run to run):
 
   mixed.zip               mixed.txt: about 1.2 MB of mixed text (code, English, Korean, emoji,
                           whitespace runs, rare and unassigned-looking Unicode, literal
                           special-token strings), generated from the text written below with a
                           seeded PRNG; and probes.txt, short edge cases, one per line
   <name>/tokenizer.json   a small tokenizer trained here on a different sample of that text
+  variants.json, .zip     edits of those tokenizers (other options: no byte_fallback, unk,
+                          prepend_scheme never, no decoder, Strip, normalized added tokens,
+                          ignore_merges, a Unigram behind the legacy normalizers) and their
+                          goldens on the first 150 KB of mixed.txt (slice.txt) and the probes
   <name>/golden.zip       ids.u32 (little-endian uint32: encode(mixed.txt,
                           add_special_tokens=False)), decoded.txt (decode(ids,
                           skip_special_tokens=False)), and the same two for every line of
@@ -36,17 +41,21 @@ The tokenizers, each in the shape a real family ships it:
   qwen2           byte-level BPE with Qwen2's NFC normalizer, Split regex and special tokens
 """
 
+import os
+
+os.environ["RAYON_NUM_THREADS"] = "1"  # the Unigram trainer is only deterministic on one thread
+
 import argparse
 import io
 import json
-import os
 import random
 import struct
 import sys
 import unicodedata
 import zipfile
 
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
+                        pre_tokenizers, trainers)
 
 ZIP_DATE = (2026, 12, 7, 0, 0, 0)
 
@@ -312,6 +321,47 @@ def goldens(tk, text, probes):
             ("probes.ids.u32", u32s(pids)), ("probes.decoded.txt", b"".join(pdec))], len(enc)
 
 
+SLICE = 150_000  # bytes of mixed.txt the variants encode
+
+LEGACY_NORM = {"type": "Sequence", "normalizers": [
+    {"type": "Prepend", "prepend": "\u2581"},
+    {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+LEGACY_DEC = {"type": "Sequence", "decoders": [
+    {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
+    {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+
+
+def variants(base_json):
+    """Edits of the six tokenizers for the options they do not use themselves: (name, base,
+    [(path, value)]). The C test applies the same edits to the base tokenizer.json."""
+    extra = Tokenizer.from_str(base_json["spm-bpe-legacy"])
+    extra.add_tokens([AddedToken("<mask>", lstrip=True, normalized=True),
+                      AddedToken("\u2581world", normalized=True),
+                      AddedToken("ok!", single_word=True, normalized=False)])
+    added = json.loads(extra.to_str())["added_tokens"]
+    ms = lambda scheme, split: {"type": "Metaspace", "replacement": "\u2581",
+                                "prepend_scheme": scheme, "split": split}
+    return [
+        ("bpe-unk", "spm-bpe-split", [(["model", "byte_fallback"], False),
+                                      (["model", "fuse_unk"], False)]),
+        ("bpe-unk-fused", "spm-bpe-legacy", [(["model", "byte_fallback"], False)]),
+        ("bpe-never-nodecoder", "spm-bpe-split", [(["pre_tokenizer"], ms("never", True)),
+                                                  (["decoder"], None)]),
+        ("bpe-always-nosplit", "spm-bpe-meta", [(["pre_tokenizer"], ms("always", False)),
+                                                (["decoder"], ms("always", False))]),
+        ("bpe-strip", "spm-bpe-legacy", [(["decoder"], {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Strip", "content": " ", "start": 0, "stop": 1},
+            {"type": "Strip", "content": " ", "start": 2, "stop": 0}]})]),
+        ("bpe-added-normalized", "spm-bpe-legacy", [(["added_tokens"], added)]),
+        ("bpe-ignore-merges", "spm-bpe-split", [(["model", "ignore_merges"], True)]),
+        ("unigram-unk", "unigram", [(["model", "byte_fallback"], False)]),
+        ("unigram-legacy", "unigram", [(["normalizer"], LEGACY_NORM), (["pre_tokenizer"], None),
+                                       (["decoder"], LEGACY_DEC)]),
+        ("llama3-ignore-merges", "llama3", [(["model", "ignore_merges"], True)]),
+    ]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="tests/data/tokenizers")
@@ -351,6 +401,30 @@ def main():
         print("%-15s %6d bytes json, %7d ids" %
               (name, os.path.getsize(os.path.join(d, "tokenizer.json")), n))
     print("mixed.txt: %d bytes" % len(text.encode("utf-8")))
+
+    base_json = {n: open(os.path.join(a.out, n, "tokenizer.json"), encoding="utf-8").read()
+                 for n in toks}
+    raw = text.encode("utf-8")[:SLICE]
+    piece = raw.decode("utf-8", errors="ignore")
+    members, listing = [], []
+    for name, base, patch in variants(base_json):
+        j = json.loads(base_json[base])
+        for path, value in patch:
+            obj = j
+            for k in path[:-1]:
+                obj = obj[k]
+            obj[path[-1]] = value
+        tk = Tokenizer.from_str(json.dumps(j))
+        got, n = goldens(tk, piece, probes)
+        members += [(name + "." + m, data) for m, data in got]
+        listing.append({"name": name, "base": base,
+                        "patch": [{"path": p, "value": v} for p, v in patch]})
+        print("variant %-21s %6d ids" % (name, n))
+    members.append(("slice.txt", piece.encode("utf-8")))
+    write_zip(os.path.join(a.out, "variants.zip"), members)
+    with open(os.path.join(a.out, "variants.json"), "w", encoding="utf-8") as f:
+        json.dump(listing, f, ensure_ascii=False, indent=1)
+        f.write("\n")
 
 
 if __name__ == "__main__":

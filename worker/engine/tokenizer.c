@@ -1,26 +1,35 @@
 /*
- * tokenizer: byte-level BPE from a Hugging Face tokenizer.json, bit-exact with `tokenizers`.
+ * tokenizer: BPE and Unigram from a Hugging Face tokenizer.json, bit-exact with `tokenizers`.
  *
  * This module owns parsing tokenizer.json into plain C tables (the cJSON tree never outlives
- * tok_load_buf), the encode pipeline and the decoder. It does no I/O besides reading the file
+ * tok_load_buf), the encode pipeline and the decoders. It does no I/O besides reading the file
  * in tok_load, keeps no global state, and never aborts on bad input.
  *
  * DESIGN. encode() follows the library's pipeline step by step:
  *
  *   1. added tokens with normalized=false are cut out of the raw text (leftmost-longest,
  *      with single_word / lstrip / rstrip as in added_vocabulary.rs);
- *   2. each remaining piece is "normalized" (only NFC is accepted, and only as a proven no-op:
- *      the UAX #15 quick check must answer YES), then the normalized=true added tokens are cut;
+ *   2. each remaining piece is normalized: Prepend and Replace rewrite it into a scratch
+ *      buffer, NFC is accepted only as a proven no-op (the UAX #15 quick check must answer
+ *      YES); then the normalized=true added tokens are cut;
  *   3. each remaining piece runs through the pre-tokenizer steps (Split with a known pattern,
- *      then ByteLevel, which may add a prefix space and split with the GPT-2 pattern). The
- *      split patterns are matched by hand-written matchers, one per recognised pattern string,
- *      that reproduce what Oniguruma's backtracking does for that pattern (see match_gpt2 and
- *      match_cl100k); empty pieces are dropped like PreTokenizedString::split does;
- *   4. each piece's bytes go through BPE exactly as models/bpe/word.rs merge_all does: a
- *      min-heap of (rank, position) with stale entries skipped, so ties resolve the same way.
- *      Results are cached per piece in a hash map local to the call (texts are megabytes, and
- *      the same words come back all the time); the cache is per call so that a struct tok
- *      stays immutable and shareable between threads.
+ *      Metaspace, then ByteLevel, which may add a prefix space and split with the GPT-2
+ *      pattern). The split patterns are matched by hand-written matchers, one per recognised
+ *      pattern string, that reproduce what Oniguruma's backtracking does for that pattern (see
+ *      match_gpt2 and match_cl100k); empty pieces are dropped like PreTokenizedString::split;
+ *   4. each piece goes to the model. BPE runs exactly as models/bpe/word.rs merge_all does: a
+ *      min-heap of (rank, position) with stale entries skipped, so ties resolve the same way;
+ *      its symbols are the bytes of the piece after ByteLevel, else its characters (with
+ *      <0xXX> byte fallback). Unigram is the Viterbi search of unigram/model.rs over a hash
+ *      of every piece prefix (a trie's common-prefix walk). Results are cached per piece in
+ *      a hash map local to the call (texts are megabytes, and the same words come back all
+ *      the time); the cache is per call so that a struct tok stays immutable and shareable
+ *      between threads. A long piece of character-level BPE (legacy SentencePiece text is one
+ *      piece) is first cut where no merge can join across (bpe_chunked).
+ *
+ * decode() maps ids to token strings and runs the decoder: ByteLevel through a per-id table of
+ * decoded bytes, the SentencePiece decoders (Replace, ByteFallback, Fuse, Strip, Metaspace) on
+ * the list of token strings as decode_chain does.
  *
  * The byte-level alphabet (GPT-2's bytes_to_unicode) is rebuilt in every struct tok; all
  * per-id strings are stored once in one arena.
@@ -2803,28 +2812,20 @@ static void dec_step(const struct dec *d, const struct tlist *in, struct tlist *
             flush_bytes(o, &pend);
             tl_push(o, p, n);
         } else if (d->kind == DEC_STRIP) {
-            /* strip.rs: count up to start leading and up to stop trailing copies of the
-             * character, skip the leading ones, then take (byte length - both counts)
-             * characters; the count is in bytes, so for multibyte text the trailing cut may
-             * not happen, and a negative count wraps to "all" as Rust's release build does. */
-            size_t a = 0, cut_a = 0, cut_b = 0, b = n;
-            while (cut_a < d->start && a + d->alen <= n && memcmp(p + a, d->a, d->alen) == 0) {
+            /* strip.rs: up to start leading and up to stop trailing copies of the character
+             * (counted in characters); the trailing cut never reaches into the leading one,
+             * as in the library's later versions (0.23 panics there). */
+            size_t a = 0, cut = 0, b = n;
+            while (cut < d->start && a + d->alen <= n && memcmp(p + a, d->a, d->alen) == 0) {
                 a += d->alen;
-                cut_a++;
+                cut++;
             }
-            while (cut_b < d->stop && b >= d->alen && memcmp(p + b - d->alen, d->a, d->alen) == 0) {
+            for (cut = 0;
+                 cut < d->stop && b >= a + d->alen && memcmp(p + b - d->alen, d->a, d->alen) == 0;
+                 cut++)
                 b -= d->alen;
-                cut_b++;
-            }
-            size_t keep = n >= cut_a + cut_b ? n - cut_a - cut_b : SIZE_MAX;
-            size_t start = o->s.len, k = a, taken = 0;
-            while (k < n && taken < keep) {
-                size_t l;
-                utf8_dec((const unsigned char *)p, k, &l);
-                k += l;
-                taken++;
-            }
-            buf_append(&o->s, p + a, k - a);
+            size_t start = o->s.len;
+            buf_append(&o->s, p + a, b - a);
             tl_end(o, start);
         } else if (d->kind == DEC_REPLACE) {
             size_t start = o->s.len, run = 0;

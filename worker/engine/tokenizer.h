@@ -1,7 +1,8 @@
 /*
- * tokenizer: a byte-level BPE tokenizer loaded from a Hugging Face tokenizer.json, producing
- * exactly the ids of the `tokenizers` library (encode(text, add_special_tokens=False) and
- * decode(ids, skip_special_tokens=False)).
+ * tokenizer: the tokenizers of a Hugging Face tokenizer.json (byte-level BPE as EXAONE-4,
+ * Llama-3 and Qwen2 ship it; SentencePiece-style BPE with byte_fallback as Llama-2, Mistral and
+ * MiniCPM ship it; Unigram), producing exactly the ids of the `tokenizers` library
+ * (encode(text, add_special_tokens=False) and decode(ids, skip_special_tokens=False)).
  *
  * What is supported and what is refused is listed in docs/tokenizer.md. Anything outside that
  * subset is refused at load time with a message that names the field (and quotes a split

@@ -12,7 +12,13 @@
  *   - the same for every short probe of probes.txt (edge cases around spaces, ▁, special tokens,
  *     byte fallback);
  *   - encoding the 1.2 MB takes well under a second (printed; a loose bound is asserted).
+ *
+ * test_variants then edits those tokenizer.json files as variants.json says (no byte_fallback,
+ * unk with and without fusing, prepend_scheme never, no decoder, Strip, normalized and
+ * single_word added tokens, ignore_merges, a Unigram behind the legacy normalizers) and checks
+ * each against the library on the first 150 KB of the text and on the probes.
  */
+#include <cJSON.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -128,6 +134,45 @@ static bool check_one(const char *name, const struct tok *t, const char *text, s
     return same && dsame;
 }
 
+/* The probes of probes.txt (one per line, "\n" written as a backslash and n) against their
+ * goldens; returns true when all match. */
+static bool check_probes(const char *fam, const struct tok *t, const char *pids, size_t npids,
+                         const char *pdec, size_t npdec)
+{
+    bool ok = true;
+    size_t pi = 0, pd = 0, line = 0;
+    const char *p = probes, *end = probes + probes_len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        assert_non_null(nl);
+        struct buf b;
+        buf_init(&b);
+        for (const char *q = p; q < nl; q++) {
+            if (q[0] == '\\' && q + 1 < nl && q[1] == 'n') {
+                buf_append(&b, "\n", 1);
+                q++;
+            } else {
+                buf_append(&b, q, 1);
+            }
+        }
+        assert_true(pi + 4 <= npids && pd + 4 <= npdec);
+        size_t k = rd32(pids + pi), dl = rd32(pdec + pd);
+        assert_true(pi + 4 + 4 * k <= npids && pd + 4 + dl <= npdec);
+        char label[96];
+        snprintf(label, sizeof(label), "%s probe %zu", fam, line);
+        if (!check_one(label, t, b.data ? b.data : "", b.len, pids + pi + 4, k, pdec + pd + 4, dl))
+            ok = false;
+        pi += 4 + 4 * k;
+        pd += 4 + dl;
+        buf_release(&b);
+        p = nl + 1;
+        line++;
+    }
+    assert_int_equal(pi, npids);
+    assert_int_equal(pd, npdec);
+    return ok;
+}
+
 static void run_family(const char *fam)
 {
     char path[256];
@@ -156,43 +201,94 @@ static void run_family(const char *fam)
            mixed_len / dt / 1e6);
     assert_true(dt < 5.0); /* loose: the machine may be shared; a quadratic path takes minutes */
     bool ok = check_one(fam, t, mixed, mixed_len, ids, nids / 4, dec, ndec);
-
-    /* The probes: one per line of probes.txt ("\n" written as a backslash and n). */
-    size_t pi = 0, pd = 0, line = 0;
-    const char *p = probes, *end = probes + probes_len;
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        assert_non_null(nl);
-        struct buf b;
-        buf_init(&b);
-        for (const char *q = p; q < nl; q++) {
-            if (q[0] == '\\' && q + 1 < nl && q[1] == 'n') {
-                buf_append(&b, "\n", 1);
-                q++;
-            } else {
-                buf_append(&b, q, 1);
-            }
-        }
-        assert_true(pi + 4 <= npids && pd + 4 <= npdec);
-        size_t k = rd32(pids + pi), dl = rd32(pdec + pd);
-        assert_true(pi + 4 + 4 * k <= npids && pd + 4 + dl <= npdec);
-        char label[64];
-        snprintf(label, sizeof(label), "%s probe %zu", fam, line);
-        if (!check_one(label, t, b.data ? b.data : "", b.len, pids + pi + 4, k, pdec + pd + 4, dl))
-            ok = false;
-        pi += 4 + 4 * k;
-        pd += 4 + dl;
-        buf_release(&b);
-        p = nl + 1;
-        line++;
-    }
-    assert_int_equal(pi, npids);
-    assert_int_equal(pd, npdec);
+    if (!check_probes(fam, t, pids, npids, pdec, npdec))
+        ok = false;
     free(ids);
     free(dec);
     free(pids);
     free(pdec);
     tok_free(t);
+    assert_true(ok);
+}
+
+/* Applies one variants.json patch ({"path": [...], "value": ...}) to a parsed tokenizer.json. */
+static void apply_patch(cJSON *root, const cJSON *patch)
+{
+    const cJSON *path = cJSON_GetObjectItemCaseSensitive(patch, "path");
+    const cJSON *value = cJSON_GetObjectItemCaseSensitive(patch, "value");
+    assert_true(cJSON_IsArray(path) && value);
+    int n = cJSON_GetArraySize(path);
+    cJSON *obj = root;
+    for (int i = 0; i < n - 1; i++) {
+        obj = cJSON_GetObjectItemCaseSensitive(obj, cJSON_GetArrayItem(path, i)->valuestring);
+        assert_non_null(obj);
+    }
+    const char *key = cJSON_GetArrayItem(path, n - 1)->valuestring;
+    cJSON *copy = cJSON_Duplicate(value, 1);
+    if (cJSON_GetObjectItemCaseSensitive(obj, key))
+        cJSON_ReplaceItemInObjectCaseSensitive(obj, key, copy);
+    else
+        cJSON_AddItemToObject(obj, key, copy);
+}
+
+/* The variants: edits of the six tokenizers for the options they do not use, checked on the
+ * first 150 KB of mixed.txt and on the probes. */
+static void test_variants(void **state)
+{
+    (void)state;
+    char *list = NULL;
+    size_t list_len = 0;
+    assert_int_equal(file_read_all(DIR "variants.json", &list, &list_len), 0);
+    cJSON *vs = cJSON_ParseWithLength(list, list_len);
+    assert_true(cJSON_IsArray(vs) && cJSON_GetArraySize(vs) >= 8);
+    size_t slen;
+    char *slice = zip_member(DIR "variants.zip", "slice.txt", &slen);
+    bool ok = true;
+    const cJSON *v;
+    cJSON_ArrayForEach(v, vs)
+    {
+        const char *name = cJSON_GetObjectItemCaseSensitive(v, "name")->valuestring;
+        const char *base = cJSON_GetObjectItemCaseSensitive(v, "base")->valuestring;
+        char path[256], *json = NULL;
+        size_t jlen;
+        snprintf(path, sizeof(path), DIR "%s/tokenizer.json", base);
+        assert_int_equal(file_read_all(path, &json, &jlen), 0);
+        cJSON *root = cJSON_ParseWithLength(json, jlen);
+        assert_non_null(root);
+        const cJSON *patch;
+        cJSON_ArrayForEach(patch, cJSON_GetObjectItemCaseSensitive(v, "patch"))
+            apply_patch(root, patch);
+        char *edited = cJSON_PrintUnformatted(root);
+        char *err = NULL;
+        struct tok *t = tok_load_buf(edited, strlen(edited), &err);
+        if (!t)
+            fail_msg("variant %s: %s", name, err);
+        size_t nids, ndec, npids, npdec;
+        char m1[128], m2[128], m3[128], m4[128];
+        snprintf(m1, sizeof(m1), "%s.ids.u32", name);
+        snprintf(m2, sizeof(m2), "%s.decoded.txt", name);
+        snprintf(m3, sizeof(m3), "%s.probes.ids.u32", name);
+        snprintf(m4, sizeof(m4), "%s.probes.decoded.txt", name);
+        char *ids = zip_member(DIR "variants.zip", m1, &nids);
+        char *dec = zip_member(DIR "variants.zip", m2, &ndec);
+        char *pids = zip_member(DIR "variants.zip", m3, &npids);
+        char *pdec = zip_member(DIR "variants.zip", m4, &npdec);
+        bool vok = check_one(name, t, slice, slen, ids, nids / 4, dec, ndec) &&
+                   check_probes(name, t, pids, npids, pdec, npdec);
+        printf("# variant %-21s %s\n", name, vok ? "ok" : "FAILED");
+        ok = ok && vok;
+        free(ids);
+        free(dec);
+        free(pids);
+        free(pdec);
+        tok_free(t);
+        cJSON_free(edited);
+        cJSON_Delete(root);
+        free(json);
+    }
+    cJSON_Delete(vs);
+    free(list);
+    free(slice);
     assert_true(ok);
 }
 
@@ -260,6 +356,7 @@ int main(void)
         cmocka_unit_test(test_spm_bpe_legacy), cmocka_unit_test(test_spm_bpe_meta),
         cmocka_unit_test(test_spm_bpe_split),  cmocka_unit_test(test_unigram),
         cmocka_unit_test(test_llama3),         cmocka_unit_test(test_qwen2),
+        cmocka_unit_test(test_variants),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
