@@ -35,7 +35,8 @@ void tok_free(struct tok *t); /* NULL is fine */
  * appear in the text are recognised as the tokenizers library does. On success returns the
  * number of ids and sets *ids to a malloc'd array the caller frees (NULL when the count is 0).
  * Returns -1 with err set, and *ids NULL, when the text is not valid UTF-8, when the tokenizer
- * has an NFC normalizer and the text fails the NFC quick check, or when the text is too long.
+ * has an NFC normalizer and the text fails the NFC quick check, when a Unigram model meets a
+ * character it has no piece for and no unk_id, or when the text is too long.
  */
 int tok_encode(const struct tok *t, const char *text, size_t len, int32_t **ids, char *err,
                size_t errlen);
@@ -57,9 +58,11 @@ int tok_token_id(const struct tok *t, const char *token);
 const char *tok_id_token(const struct tok *t, int32_t id);
 
 /*
- * The pieces encode would hand to BPE, for tests and diagnostics: calls fn once per piece in
- * order. An added token comes as its matched text with added_id set; any other piece comes as
- * raw UTF-8 (before the byte-level mapping, with any prefix space included) and added_id -1.
+ * The pieces encode would hand to the model, for tests and diagnostics: calls fn once per piece
+ * in order. An added token comes as its matched text with added_id set; any other piece comes
+ * as UTF-8 after the normalizers and pre-tokenizers (Metaspace's replacement characters
+ * included, any ByteLevel prefix space included, but before the byte-level mapping) and
+ * added_id -1.
  * A non-zero return from fn stops the walk and is returned (without touching *err). Returns 0,
  * or -1 with *err set to a new message (the caller frees it; err may be NULL) on the same
  * input errors as tok_encode.
