@@ -328,6 +328,72 @@ static void test_qwen2(void **state)
     run_family("qwen2");
 }
 
+/* Small hand-written tokenizers for paths the trained ones do not reach; the expected ids and
+ * texts were printed by tokenizers 0.23.3 for the same JSON. */
+#define J_HEAD                                                                                     \
+    "{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,\"added_tokens\":[],"               \
+    "\"normalizer\":null,\"pre_tokenizer\":null,\"post_processor\":null,\"decoder\":null,"
+
+static void expect_ids(const struct tok *t, const char *text, const int32_t *want, int n,
+                       const char *want_dec)
+{
+    int32_t *ids = NULL;
+    char err[256] = "";
+    int got = tok_encode(t, text, strlen(text), &ids, err, sizeof(err));
+    if (got != n)
+        fail_msg("'%s': %d ids (%s), want %d", text, got, err, n);
+    for (int i = 0; i < n; i++)
+        if (ids[i] != want[i])
+            fail_msg("'%s': id %d is %d, want %d", text, i, ids[i], want[i]);
+    char *dec = tok_decode(t, ids, (size_t)n);
+    assert_string_equal(dec, want_dec);
+    free(dec);
+    free(ids);
+}
+
+static void test_small_cases(void **state)
+{
+    (void)state;
+    /* BPE byte fallback next to unk: a pending unk is not flushed by the <0xXX> symbols of the
+     * next character (é has no byte tokens, b has); no decoder joins tokens with spaces. */
+    const char *bpe =
+        J_HEAD "\"model\":{\"type\":\"BPE\",\"unk_token\":\"<unk>\",\"fuse_unk\":false,"
+               "\"byte_fallback\":true,\"vocab\":{\"<unk>\":0,\"<0x62>\":1,\"a\":2},"
+               "\"merges\":[]}}";
+    char *err = NULL;
+    struct tok *t = tok_load_buf(bpe, strlen(bpe), &err);
+    if (!t)
+        fail_msg("%s", err);
+    expect_ids(t,
+               "\xc3\xa9"
+               "b",
+               (const int32_t[]){ 1, 0 }, 2, "<0x62> <unk>");
+    expect_ids(t,
+               "a\xc3\xa9"
+               "b",
+               (const int32_t[]){ 2, 1, 0 }, 3, "a <0x62> <unk>");
+    expect_ids(t,
+               "\xc3\xa9\xc3\xa9"
+               "ba\xc3\xa9",
+               (const int32_t[]){ 0, 1, 0, 2, 0 }, 5, "<unk> <0x62> <unk> a <unk>");
+    tok_free(t);
+
+    /* Unigram without unk_id: an unknown character is an encode error, as in the library. */
+    const char *uni =
+        J_HEAD "\"model\":{\"type\":\"Unigram\",\"unk_id\":null,\"byte_fallback\":false,"
+               "\"vocab\":[[\"a\",-1.0],[\"b\",-2.0]]}}";
+    t = tok_load_buf(uni, strlen(uni), &err);
+    if (!t)
+        fail_msg("%s", err);
+    expect_ids(t, "ab", (const int32_t[]){ 0, 1 }, 2, "a b");
+    int32_t *ids = NULL;
+    char msg[256] = "";
+    assert_int_equal(tok_encode(t, "abc", 3, &ids, msg, sizeof(msg)), -1);
+    assert_null(ids);
+    assert_non_null(strstr(msg, "unk_id is null"));
+    tok_free(t);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -356,7 +422,7 @@ int main(void)
         cmocka_unit_test(test_spm_bpe_legacy), cmocka_unit_test(test_spm_bpe_meta),
         cmocka_unit_test(test_spm_bpe_split),  cmocka_unit_test(test_unigram),
         cmocka_unit_test(test_llama3),         cmocka_unit_test(test_qwen2),
-        cmocka_unit_test(test_variants),
+        cmocka_unit_test(test_variants),       cmocka_unit_test(test_small_cases),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
