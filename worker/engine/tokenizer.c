@@ -1894,8 +1894,7 @@ struct enc {
     double *best;             /* Unigram Viterbi: [n + 1] best score ending at each byte */
     int32_t *from, *bid;      /* start and id of that best last piece, -1 none */
     size_t best_cap;
-    struct buf ustr; /* Unigram: fused unk runs */
-    bool chunking;   /* inside bpe_chunked: a long chunk goes to BPE whole */
+    bool chunking; /* inside bpe_chunked: a long chunk goes to BPE whole */
 };
 
 static void push_id(struct enc *e, int32_t id)
@@ -2639,7 +2638,6 @@ static void enc_release(struct enc *e)
     free(e->best);
     free(e->from);
     free(e->bid);
-    buf_release(&e->ustr);
     free(e->ids);
     free(e->sym);
     free(e->heap);
