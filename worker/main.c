@@ -876,10 +876,11 @@ static int synth_cmd(int argc, char **argv)
     if (shard_mb >= 0)
         o.max_shard_bytes = (uint64_t)shard_mb * 1000000u;
     if (tokenizer) {
-        char msg[512] = "";
-        struct tok *t = tok_load(tokenizer, msg, sizeof(msg));
+        char *msg = NULL;
+        struct tok *t = tok_load(tokenizer, &msg);
         if (!t) {
             fprintf(stderr, "exaq-worker synth: cannot use tokenizer '%s': %s\n", tokenizer, msg);
+            free(msg);
             return 1;
         }
         int tv = tok_vocab_size(t);
@@ -930,6 +931,8 @@ static void usage(FILE *f)
         "       exaq-worker chat-template --input DIR --messages FILE.json [--tools FILE.json]\n"
         "                   [--no-generation-prompt] [--template NAME] [--kwargs JSON]\n"
         "       exaq-worker generate --input DIR --prompt TEXT --max-new-tokens N ...\n"
+        "       exaq-worker tokenize (--input DIR | --tokenizer FILE) (--text FILE | --ids FILE)\n"
+        "                   [--out FILE]\n"
         "       exaq-worker --version\n",
         RUN_SPEC_HELP);
 }
@@ -950,6 +953,8 @@ int main(int argc, char **argv)
         return cmd_chat_template(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "generate"))
         return cmd_generate(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "tokenize"))
+        return cmd_tokenize(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "serve")) {
         static const struct option opts[] = {
             { "home", required_argument, NULL, 'h' },

@@ -73,15 +73,16 @@ struct tok *tokdata_tok_load(const char *model_dir, char *err, size_t errlen)
 {
     char *path = path_join(model_dir, "tokenizer.json");
     struct tok *t = NULL;
-    char msg[512] = "";
+    char *msg = NULL;
     if (!is_file(path)) {
         seterr(err, errlen, "model dir '%s' has no tokenizer.json (needed to tokenize text)",
                model_dir);
         goto out;
     }
-    t = tok_load(path, msg, sizeof(msg));
+    t = tok_load(path, &msg);
     if (!t)
         seterr(err, errlen, "cannot load tokenizer '%s': %s", path, msg);
+    free(msg);
 out:
     free(path);
     return t;

@@ -1,26 +1,35 @@
 /*
- * tokenizer: byte-level BPE from a Hugging Face tokenizer.json, bit-exact with `tokenizers`.
+ * tokenizer: BPE and Unigram from a Hugging Face tokenizer.json, bit-exact with `tokenizers`.
  *
  * This module owns parsing tokenizer.json into plain C tables (the cJSON tree never outlives
- * tok_load_buf), the encode pipeline and the decoder. It does no I/O besides reading the file
+ * tok_load_buf), the encode pipeline and the decoders. It does no I/O besides reading the file
  * in tok_load, keeps no global state, and never aborts on bad input.
  *
  * DESIGN. encode() follows the library's pipeline step by step:
  *
  *   1. added tokens with normalized=false are cut out of the raw text (leftmost-longest,
  *      with single_word / lstrip / rstrip as in added_vocabulary.rs);
- *   2. each remaining piece is "normalized" (only NFC is accepted, and only as a proven no-op:
- *      the UAX #15 quick check must answer YES), then the normalized=true added tokens are cut;
+ *   2. each remaining piece is normalized: Prepend and Replace rewrite it into a scratch
+ *      buffer, NFC is accepted only as a proven no-op (the UAX #15 quick check must answer
+ *      YES); then the normalized=true added tokens are cut;
  *   3. each remaining piece runs through the pre-tokenizer steps (Split with a known pattern,
- *      then ByteLevel, which may add a prefix space and split with the GPT-2 pattern). The
- *      split patterns are matched by hand-written matchers, one per recognised pattern string,
- *      that reproduce what Oniguruma's backtracking does for that pattern (see match_gpt2 and
- *      match_cl100k); empty pieces are dropped like PreTokenizedString::split does;
- *   4. each piece's bytes go through BPE exactly as models/bpe/word.rs merge_all does: a
- *      min-heap of (rank, position) with stale entries skipped, so ties resolve the same way.
- *      Results are cached per piece in a hash map local to the call (texts are megabytes, and
- *      the same words come back all the time); the cache is per call so that a struct tok
- *      stays immutable and shareable between threads.
+ *      Metaspace, then ByteLevel, which may add a prefix space and split with the GPT-2
+ *      pattern). The split patterns are matched by hand-written matchers, one per recognised
+ *      pattern string, that reproduce what Oniguruma's backtracking does for that pattern (see
+ *      match_gpt2 and match_cl100k); empty pieces are dropped like PreTokenizedString::split;
+ *   4. each piece goes to the model. BPE runs exactly as models/bpe/word.rs merge_all does: a
+ *      min-heap of (rank, position) with stale entries skipped, so ties resolve the same way;
+ *      its symbols are the bytes of the piece after ByteLevel, else its characters (with
+ *      <0xXX> byte fallback). Unigram is the Viterbi search of unigram/model.rs over a hash
+ *      of every piece prefix (a trie's common-prefix walk). Results are cached per piece in
+ *      a hash map local to the call (texts are megabytes, and the same words come back all
+ *      the time); the cache is per call so that a struct tok stays immutable and shareable
+ *      between threads. A long piece of character-level BPE (legacy SentencePiece text is one
+ *      piece) is first cut where no merge can join across (bpe_chunked).
+ *
+ * decode() maps ids to token strings and runs the decoder: ByteLevel through a per-id table of
+ * decoded bytes, the SentencePiece decoders (Replace, ByteFallback, Fuse, Strip, Metaspace) on
+ * the list of token strings as decode_chain does.
  *
  * The byte-level alphabet (GPT-2's bytes_to_unicode) is rebuilt in every struct tok; all
  * per-id strings are stored once in one arena.
@@ -30,6 +39,7 @@
 #include <cJSON.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -42,6 +52,7 @@
 #define MAX_STEPS         8         /* pre-tokenizer steps after flattening Sequence */
 #define CACHE_MAX_KEY     256       /* pieces longer than this are not cached (as the library) */
 #define CACHE_MAX_ENTRIES (1 << 18) /* per encode call */
+#define ERR_MAX           1024      /* error messages are built in a buffer this long */
 
 /* ============================================================================================
  * Errors and small helpers
@@ -455,7 +466,10 @@ static size_t pat_match(const struct pat *p, const unsigned char *s, size_t n, s
  * The tokenizer
  * ========================================================================================== */
 
-enum step_kind { STEP_SPLIT, STEP_BYTELEVEL };
+enum step_kind { STEP_SPLIT, STEP_BYTELEVEL, STEP_METASPACE };
+
+/* Metaspace's prepend_scheme. */
+enum prepend { PREPEND_ALWAYS, PREPEND_FIRST, PREPEND_NEVER };
 
 struct step {
     enum step_kind kind;
@@ -463,6 +477,45 @@ struct step {
     bool removed;          /* SPLIT: behavior Removed (else Isolated) */
     bool add_prefix_space; /* BYTELEVEL */
     bool use_regex;        /* BYTELEVEL */
+    char repl[4];          /* METASPACE: the replacement character's UTF-8 */
+    size_t repl_len;
+    enum prepend prepend; /* METASPACE */
+    bool split;           /* METASPACE: split before every replacement character */
+};
+
+enum norm_kind { NORM_NFC, NORM_PREPEND, NORM_REPLACE };
+
+/* One normalizer of the flattened Sequence; strings are malloc'd and NUL-terminated. */
+struct norm {
+    enum norm_kind kind;
+    char *a; /* PREPEND: the prefix; REPLACE: the pattern */
+    size_t alen;
+    char *b; /* REPLACE: the content */
+    size_t blen;
+};
+
+enum dec_kind { DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP, DEC_METASPACE };
+
+/* One decoder of the flattened Sequence (decoders other than ByteLevel). */
+struct dec {
+    enum dec_kind kind;
+    char *a; /* REPLACE: pattern; STRIP / METASPACE: the character */
+    size_t alen;
+    char *b; /* REPLACE: content */
+    size_t blen;
+    size_t start, stop; /* STRIP */
+    bool never;         /* METASPACE: prepend_scheme never */
+};
+
+enum model_kind { MODEL_BPE, MODEL_UNIGRAM };
+
+/* Unigram's trie as a hash of every prefix of every piece: id of the piece equal to the prefix,
+ * or -1 when the prefix only leads to longer pieces. */
+struct pfx_slot {
+    uint64_t h; /* FNV-1a state of the prefix (not mixed), 0 with len 0 when empty */
+    const char *s;
+    uint32_t len;
+    int32_t id;
 };
 
 struct added {
@@ -480,6 +533,22 @@ struct merge_slot {
 };
 
 struct tok {
+    enum model_kind model;
+    bool byte_level;      /* the pre-tokenizer ends with ByteLevel: pieces are raw bytes */
+    bool byte_fallback;   /* unknown characters become their <0xXX> tokens */
+    int32_t fb_id[256];   /* id of "<0xXX>" of each byte, -1 if absent */
+    double *score;        /* Unigram: [n_ids] piece scores */
+    double min_score;     /* Unigram: the lowest score (unk scores 10 below it) */
+    struct pfx_slot *pfx; /* Unigram: prefix table (strings borrowed from id_str) */
+    size_t pfx_mask;
+    uint64_t *bigram; /* character-level BPE: the adjacent character pairs inside tokens */
+    size_t bigram_mask;
+    struct norm norms[MAX_STEPS];
+    int n_norms;
+    bool norm_copy; /* some normalizer changes the text (Prepend / Replace) */
+    struct dec decs[MAX_STEPS];
+    int n_decs;
+    int dec_mode;         /* 0: ByteLevel, 1: the decs list, 2: none (tokens joined by spaces) */
     int32_t n_ids;        /* max id + 1 */
     int32_t n_vocab;      /* entries in model.vocab */
     const char **id_str;  /* [n_ids] token string (added content wins), NULL for gaps */
@@ -565,6 +634,17 @@ void tok_free(struct tok *t)
     free(t->added);
     free(t->order[0]);
     free(t->order[1]);
+    free(t->score);
+    free(t->pfx);
+    free(t->bigram);
+    for (int k = 0; k < t->n_norms; k++) {
+        free(t->norms[k].a);
+        free(t->norms[k].b);
+    }
+    for (int k = 0; k < t->n_decs; k++) {
+        free(t->decs[k].a);
+        free(t->decs[k].b);
+    }
     free(t);
 }
 
@@ -624,6 +704,85 @@ static const char *type_of(const cJSON *obj)
         return NULL;
     const cJSON *ty = cJSON_GetObjectItemCaseSensitive(obj, "type");
     return cJSON_IsString(ty) ? ty->valuestring : NULL;
+}
+
+/* A string member holding exactly one character (Metaspace's replacement, Strip's content). */
+static int get_char(struct loader *L, const cJSON *obj, const char *where, const char *key,
+                    char out[4], size_t *len)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    size_t l = 0;
+    if (cJSON_IsString(v) && v->valuestring[0]) {
+        utf8_dec((const unsigned char *)v->valuestring, 0, &l);
+        if (v->valuestring[l] != 0)
+            l = 0;
+    }
+    if (l == 0) {
+        seterr(L->err, L->errlen, "%s.%s must be a string of one character", where, key);
+        return -1;
+    }
+    memcpy(out, v->valuestring, l);
+    *len = l;
+    return 0;
+}
+
+/* A string member copied to a new string (empty allowed unless nonempty). */
+static int get_str(struct loader *L, const cJSON *obj, const char *where, const char *key,
+                   bool nonempty, char **out, size_t *len)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!cJSON_IsString(v) || (nonempty && !v->valuestring[0])) {
+        seterr(L->err, L->errlen, "%s.%s must be a%s string", where, key,
+               nonempty ? " non-empty" : "");
+        return -1;
+    }
+    *len = strlen(v->valuestring);
+    *out = xstrdup(v->valuestring);
+    return 0;
+}
+
+/* A {"String": "..."} pattern (Replace); Regex patterns are refused. */
+static int get_string_pattern(struct loader *L, const cJSON *obj, const char *where, char **out,
+                              size_t *len)
+{
+    const cJSON *pattern = cJSON_GetObjectItemCaseSensitive(obj, "pattern");
+    if (cJSON_IsObject(pattern) && cJSON_GetObjectItemCaseSensitive(pattern, "Regex")) {
+        seterr(L->err, L->errlen, "%s with a Regex pattern is not supported (only String)", where);
+        return -1;
+    }
+    if (!cJSON_IsObject(pattern)) {
+        seterr(L->err, L->errlen, "%s.pattern must be an object", where);
+        return -1;
+    }
+    char w[96];
+    snprintf(w, sizeof(w), "%s.pattern", where);
+    return get_str(L, pattern, w, "String", true, out, len);
+}
+
+/* Metaspace's prepend_scheme, or the older add_prefix_space (true: always, false: never). */
+static int get_prepend(struct loader *L, const cJSON *obj, const char *where, enum prepend *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "prepend_scheme");
+    if (!v || cJSON_IsNull(v)) {
+        bool aps;
+        if (get_bool(L, obj, where, "add_prefix_space", true, &aps) < 0)
+            return -1;
+        *out = aps ? PREPEND_ALWAYS : PREPEND_NEVER;
+        return 0;
+    }
+    const char *sv = cJSON_IsString(v) ? v->valuestring : "";
+    if (strcmp(sv, "always") == 0)
+        *out = PREPEND_ALWAYS;
+    else if (strcmp(sv, "first") == 0)
+        *out = PREPEND_FIRST;
+    else if (strcmp(sv, "never") == 0)
+        *out = PREPEND_NEVER;
+    else {
+        seterr(L->err, L->errlen, "%s.prepend_scheme must be \"always\", \"first\" or \"never\"",
+               where);
+        return -1;
+    }
+    return 0;
 }
 
 static int parse_pattern(struct loader *L, const cJSON *split, struct pat *out)
@@ -701,6 +860,13 @@ static int parse_pretok(struct loader *L, const cJSON *pt, int depth)
                      &st->add_prefix_space) < 0 ||
             get_bool(L, pt, "pre_tokenizer ByteLevel", "use_regex", true, &st->use_regex) < 0)
             return -1;
+    } else if (strcmp(ty, "Metaspace") == 0) {
+        st->kind = STEP_METASPACE;
+        if (get_char(L, pt, "pre_tokenizer Metaspace", "replacement", st->repl, &st->repl_len) <
+                0 ||
+            get_prepend(L, pt, "pre_tokenizer Metaspace", &st->prepend) < 0 ||
+            get_bool(L, pt, "pre_tokenizer Metaspace", "split", true, &st->split) < 0)
+            return -1;
     } else if (strcmp(ty, "Split") == 0) {
         st->kind = STEP_SPLIT;
         if (parse_pattern(L, pt, &st->pat) < 0)
@@ -730,7 +896,9 @@ static int parse_pretok(struct loader *L, const cJSON *pt, int depth)
         }
     } else {
         seterr(L->err, L->errlen,
-               "pre_tokenizer type '%s' is not supported (only ByteLevel, Split and Sequence)", ty);
+               "pre_tokenizer type '%s' is not supported (only ByteLevel, Split, Metaspace and "
+               "Sequence)",
+               ty);
         return -1;
     }
     t->n_steps++;
@@ -913,6 +1081,116 @@ static int parse_merges(struct loader *L, const cJSON *merges)
     return 0;
 }
 
+/*
+ * A score as the library holds it. serde_json (without its float_roundtrip feature) reads a
+ * decimal as its digits in a u64 converted to f64, then one multiply or divide by a power of
+ * ten, which can be one ulp away from the correctly rounded value cJSON gives; Viterbi ties
+ * then break differently. The digits are those of the shortest form of the value, which is
+ * how the library (ryu) and Python write scores.
+ */
+static double serde_f64(double d)
+{
+    if (d == 0 || !isfinite(d))
+        return d;
+    char buf[40];
+    for (int p = 1; p <= 17; p++) {
+        snprintf(buf, sizeof(buf), "%.*e", p - 1, d);
+        if (strtod(buf, NULL) == d)
+            break;
+    }
+    /* buf is [-]D[.DDD]e[+-]X */
+    const char *q = buf;
+    bool neg = *q == '-';
+    if (neg)
+        q++;
+    uint64_t sig = 0;
+    int nd = 0;
+    for (; *q && *q != 'e'; q++) {
+        if (*q == '.')
+            continue;
+        sig = sig * 10 + (uint64_t)(*q - '0');
+        nd++;
+    }
+    int exp = atoi(q + 1) - (nd - 1);
+    double f = (double)sig;
+    while (exp < -308) { /* f /= 1e308 until the table covers it, as serde_json does */
+        f /= 1e308;
+        exp += 308;
+    }
+    char pw[16];
+    snprintf(pw, sizeof(pw), "1e%d", exp < 0 ? -exp : exp);
+    double pow10 = strtod(pw, NULL);
+    f = exp >= 0 ? f * pow10 : f / pow10;
+    return neg ? -f : f;
+}
+
+/* Unigram's model.vocab: an array of [piece, score]; ids are the positions. */
+static int parse_unigram(struct loader *L, const cJSON *model)
+{
+    struct tok *t = L->t;
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    if (!cJSON_IsArray(vocab) || cJSON_GetArraySize(vocab) == 0) {
+        seterr(L->err, L->errlen, "model.vocab must be a non-empty array of [piece, score]");
+        return -1;
+    }
+    int n = cJSON_GetArraySize(vocab);
+    if (n >= TOK_MAX_ID) {
+        seterr(L->err, L->errlen, "model.vocab has more than %d pieces", TOK_MAX_ID);
+        return -1;
+    }
+    t->n_vocab = n;
+    t->n_ids = n;
+    L->str_off = xcalloc((size_t)n, sizeof(size_t));
+    t->id_len = xcalloc((size_t)n, sizeof(uint32_t));
+    t->score = xcalloc((size_t)n, sizeof(double));
+    size_t cap = pow2_at_least((size_t)n * 2);
+    t->vocab_slot = xcalloc(cap, sizeof(uint32_t));
+    t->vocab_mask = cap - 1;
+    t->min_score = INFINITY;
+    int32_t id = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, vocab)
+    {
+        const cJSON *p = cJSON_GetArrayItem(e, 0), *sc = cJSON_GetArrayItem(e, 1);
+        if (!cJSON_IsArray(e) || cJSON_GetArraySize(e) != 2 || !cJSON_IsString(p) ||
+            !cJSON_IsNumber(sc) || !isfinite(sc->valuedouble)) {
+            seterr(L->err, L->errlen, "model.vocab[%d] must be a [string, number] pair", id);
+            return -1;
+        }
+        size_t len = strlen(p->valuestring);
+        if (len == 0) {
+            seterr(L->err, L->errlen, "model.vocab[%d] is an empty piece", id);
+            return -1;
+        }
+        /* A piece listed twice maps to its last id (the library's HashMap insert), while
+         * both ids keep their string. */
+        size_t i = hash_bytes(p->valuestring, len) & t->vocab_mask;
+        while (t->vocab_slot[i]) {
+            int32_t other = (int32_t)t->vocab_slot[i] - 1;
+            if (t->id_len[other] == len &&
+                memcmp(t->arena.data + L->str_off[other] - 1, p->valuestring, len) == 0)
+                break;
+            i = (i + 1) & t->vocab_mask;
+        }
+        t->vocab_slot[i] = (uint32_t)id + 1;
+        L->str_off[id] = arena_add(&t->arena, p->valuestring, len) + 1;
+        t->id_len[id] = (uint32_t)len;
+        t->score[id] = serde_f64(sc->valuedouble);
+        if (t->score[id] < t->min_score)
+            t->min_score = t->score[id];
+        id++;
+    }
+    t->unk_id = -1;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(model, "unk_id");
+    if (v && !cJSON_IsNull(v)) {
+        if (get_id(v, &t->unk_id) < 0 || t->unk_id >= n) {
+            seterr(L->err, L->errlen, "model.unk_id must be null or an index into model.vocab");
+            return -1;
+        }
+    }
+    return get_bool(L, model, "model", "byte_fallback", false, &t->byte_fallback);
+}
+
 static int parse_model(struct loader *L, const cJSON *model)
 {
     struct tok *t = L->t;
@@ -921,8 +1199,12 @@ static int parse_model(struct loader *L, const cJSON *model)
         return -1;
     }
     const char *ty = type_of(model);
+    if (ty && strcmp(ty, "Unigram") == 0) {
+        t->model = MODEL_UNIGRAM;
+        return parse_unigram(L, model);
+    }
     if (!ty || strcmp(ty, "BPE") != 0) {
-        seterr(L->err, L->errlen, "model.type is '%s'; only BPE is supported",
+        seterr(L->err, L->errlen, "model.type is '%s'; only BPE and Unigram are supported",
                ty ? ty : "(missing)");
         return -1;
     }
@@ -939,15 +1221,10 @@ static int parse_model(struct loader *L, const cJSON *model)
             return -1;
         }
     }
-    bool byte_fallback;
-    if (get_bool(L, model, "model", "byte_fallback", false, &byte_fallback) < 0 ||
+    if (get_bool(L, model, "model", "byte_fallback", false, &t->byte_fallback) < 0 ||
         get_bool(L, model, "model", "fuse_unk", false, &t->fuse_unk) < 0 ||
         get_bool(L, model, "model", "ignore_merges", false, &t->ignore_merges) < 0)
         return -1;
-    if (byte_fallback) {
-        seterr(L->err, L->errlen, "model.byte_fallback=true is not supported");
-        return -1;
-    }
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
     if (!vocab || !merges) {
@@ -1139,6 +1416,154 @@ static void decode_token_bytes(const int16_t *c2b, const char *s, size_t n, stru
     }
 }
 
+static int parse_normalizer(struct loader *L, const cJSON *nz, int depth)
+{
+    struct tok *t = L->t;
+    const char *ty = type_of(nz);
+    if (!ty) {
+        seterr(L->err, L->errlen, "normalizer must be an object with a string \"type\"");
+        return -1;
+    }
+    if (strcmp(ty, "Sequence") == 0) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(nz, "normalizers");
+        if (!cJSON_IsArray(list)) {
+            seterr(L->err, L->errlen, "normalizer Sequence.normalizers must be an array");
+            return -1;
+        }
+        if (depth > 4) {
+            seterr(L->err, L->errlen, "normalizer Sequence nested too deeply");
+            return -1;
+        }
+        const cJSON *e;
+        cJSON_ArrayForEach(e, list)
+        {
+            if (parse_normalizer(L, e, depth + 1) < 0)
+                return -1;
+        }
+        return 0;
+    }
+    if (t->n_norms == MAX_STEPS) {
+        seterr(L->err, L->errlen, "normalizer has more than %d steps", MAX_STEPS);
+        return -1;
+    }
+    struct norm *nm = &t->norms[t->n_norms];
+    memset(nm, 0, sizeof(*nm));
+    if (strcmp(ty, "NFC") == 0) {
+        nm->kind = NORM_NFC;
+        t->nfc = true;
+    } else if (strcmp(ty, "Prepend") == 0) {
+        nm->kind = NORM_PREPEND;
+        t->norm_copy = true;
+        if (get_str(L, nz, "normalizer Prepend", "prepend", false, &nm->a, &nm->alen) < 0)
+            return -1;
+    } else if (strcmp(ty, "Replace") == 0) {
+        nm->kind = NORM_REPLACE;
+        t->norm_copy = true;
+        if (get_string_pattern(L, nz, "normalizer Replace", &nm->a, &nm->alen) < 0 ||
+            get_str(L, nz, "normalizer Replace", "content", false, &nm->b, &nm->blen) < 0) {
+            t->n_norms++; /* so that tok_free releases what was copied */
+            return -1;
+        }
+    } else {
+        seterr(L->err, L->errlen,
+               "normalizer '%s' is not supported (only NFC on text it leaves unchanged, Prepend, "
+               "Replace with a String pattern, and Sequence)",
+               ty);
+        return -1;
+    }
+    t->n_norms++;
+    return 0;
+}
+
+static int parse_decoder(struct loader *L, const cJSON *d, int depth)
+{
+    struct tok *t = L->t;
+    const char *ty = type_of(d);
+    if (!ty) {
+        seterr(L->err, L->errlen, "decoder must be null or an object with a string \"type\"");
+        return -1;
+    }
+    if (strcmp(ty, "Sequence") == 0) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(d, "decoders");
+        if (!cJSON_IsArray(list)) {
+            seterr(L->err, L->errlen, "decoder Sequence.decoders must be an array");
+            return -1;
+        }
+        if (depth > 4) {
+            seterr(L->err, L->errlen, "decoder Sequence nested too deeply");
+            return -1;
+        }
+        const cJSON *e;
+        cJSON_ArrayForEach(e, list)
+        {
+            if (parse_decoder(L, e, depth + 1) < 0)
+                return -1;
+        }
+        return 0;
+    }
+    if (strcmp(ty, "ByteLevel") == 0) {
+        seterr(L->err, L->errlen, "decoder ByteLevel is only supported alone, not in a Sequence");
+        return -1;
+    }
+    if (t->n_decs == MAX_STEPS) {
+        seterr(L->err, L->errlen, "decoder has more than %d steps", MAX_STEPS);
+        return -1;
+    }
+    struct dec *dc = &t->decs[t->n_decs++];
+    memset(dc, 0, sizeof(*dc));
+    char ch[4];
+    size_t chl;
+    if (strcmp(ty, "Replace") == 0) {
+        dc->kind = DEC_REPLACE;
+        return get_string_pattern(L, d, "decoder Replace", &dc->a, &dc->alen) < 0 ||
+                       get_str(L, d, "decoder Replace", "content", false, &dc->b, &dc->blen) < 0
+                   ? -1
+                   : 0;
+    }
+    if (strcmp(ty, "ByteFallback") == 0) {
+        dc->kind = DEC_BYTEFALLBACK;
+        return 0;
+    }
+    if (strcmp(ty, "Fuse") == 0) {
+        dc->kind = DEC_FUSE;
+        return 0;
+    }
+    if (strcmp(ty, "Strip") == 0) {
+        dc->kind = DEC_STRIP;
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(d, "start");
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(d, "stop");
+        int32_t start, stop;
+        if (get_char(L, d, "decoder Strip", "content", ch, &chl) < 0)
+            return -1;
+        if (get_id(a, &start) < 0 || get_id(b, &stop) < 0) {
+            seterr(L->err, L->errlen, "decoder Strip.start and .stop must be integers >= 0");
+            return -1;
+        }
+        dc->a = xstrndup(ch, chl);
+        dc->alen = chl;
+        dc->start = (size_t)start;
+        dc->stop = (size_t)stop;
+        return 0;
+    }
+    if (strcmp(ty, "Metaspace") == 0) {
+        dc->kind = DEC_METASPACE;
+        enum prepend pr;
+        if (get_char(L, d, "decoder Metaspace", "replacement", ch, &chl) < 0 ||
+            get_prepend(L, d, "decoder Metaspace", &pr) < 0)
+            return -1;
+        dc->a = xstrndup(ch, chl);
+        dc->alen = chl;
+        dc->never = pr == PREPEND_NEVER;
+        return 0;
+    }
+    t->n_decs--;
+    seterr(L->err, L->errlen,
+           "decoder '%s' is not supported (only ByteLevel alone, or Replace, ByteFallback, Fuse, "
+           "Strip and Metaspace, in a Sequence or alone)",
+           ty);
+    return -1;
+}
+
 static int parse_root(struct loader *L, const cJSON *root)
 {
     struct tok *t = L->t;
@@ -1164,40 +1589,32 @@ static int parse_root(struct loader *L, const cJSON *root)
         return -1;
 
     v = cJSON_GetObjectItemCaseSensitive(root, "normalizer");
-    if (v && !cJSON_IsNull(v)) {
-        const char *ty = type_of(v);
-        if (!ty || strcmp(ty, "NFC") != 0) {
-            seterr(L->err, L->errlen,
-                   "normalizer '%s' is not supported (only null, or NFC on text it leaves "
-                   "unchanged)",
-                   ty ? ty : "(no type)");
-            return -1;
-        }
-        t->nfc = true;
-    }
+    if (v && !cJSON_IsNull(v) && parse_normalizer(L, v, 0) < 0)
+        return -1;
 
     v = cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer");
-    if (!v || cJSON_IsNull(v)) {
-        seterr(L->err, L->errlen, "pre_tokenizer is null; only byte-level BPE is supported");
-        return -1;
-    }
-    if (parse_pretok(L, v, 0) < 0)
+    if (v && !cJSON_IsNull(v) && parse_pretok(L, v, 0) < 0)
         return -1;
     for (int k = 0; k < t->n_steps; k++) {
-        if ((t->steps[k].kind == STEP_BYTELEVEL) != (k == t->n_steps - 1)) {
+        if (t->steps[k].kind == STEP_BYTELEVEL && k != t->n_steps - 1) {
             seterr(L->err, L->errlen,
-                   "pre_tokenizer must end with exactly one ByteLevel step (Split steps may come "
-                   "before it)");
+                   "pre_tokenizer ByteLevel must be the last step (Split and Metaspace steps may "
+                   "come before it)");
             return -1;
         }
     }
+    t->byte_level = t->n_steps > 0 && t->steps[t->n_steps - 1].kind == STEP_BYTELEVEL;
 
     v = cJSON_GetObjectItemCaseSensitive(root, "decoder");
     const char *dty = v ? type_of(v) : NULL;
-    if (!dty || strcmp(dty, "ByteLevel") != 0) {
-        seterr(L->err, L->errlen, "decoder '%s' is not supported (only ByteLevel)",
-               dty ? dty : "(null)");
-        return -1;
+    if (!v || cJSON_IsNull(v)) {
+        t->dec_mode = 2;
+    } else if (dty && strcmp(dty, "ByteLevel") == 0) {
+        t->dec_mode = 0;
+    } else {
+        t->dec_mode = 1;
+        if (parse_decoder(L, v, 0) < 0)
+            return -1;
     }
 
     if (parse_added(L, cJSON_GetObjectItemCaseSensitive(root, "added_tokens")) < 0)
@@ -1228,7 +1645,94 @@ static int parse_root(struct loader *L, const cJSON *root)
     return 0;
 }
 
-struct tok *tok_load_buf(const char *json, size_t len, char *err, size_t errlen)
+static inline uint64_t fnv_step(uint64_t h, unsigned char c)
+{
+    return (h ^ c) * 0x100000001b3ull;
+}
+#define FNV_INIT 0xcbf29ce484222325ull
+
+static inline size_t pfx_index(uint64_t h, size_t mask)
+{
+    return hash_u64(h) & mask;
+}
+
+/* The prefix table of a Unigram vocabulary: every prefix of every piece, so that a walk over
+ * the text can stop as soon as no piece starts with what it has read (a trie's common prefix
+ * search, in the same order: shorter matches first). */
+static void build_prefixes(struct tok *t)
+{
+    size_t total = 0;
+    for (int32_t id = 0; id < t->n_vocab; id++)
+        total += t->id_len[id];
+    size_t cap = pow2_at_least(total * 2 + 1);
+    t->pfx = xcalloc(cap, sizeof(*t->pfx));
+    t->pfx_mask = cap - 1;
+    for (int32_t id = 0; id < t->n_vocab; id++) {
+        const char *s = t->id_str[id];
+        uint64_t h = FNV_INIT;
+        for (uint32_t k = 1; k <= t->id_len[id]; k++) {
+            h = fnv_step(h, (unsigned char)s[k - 1]);
+            size_t i = pfx_index(h, t->pfx_mask);
+            for (;;) {
+                struct pfx_slot *p = &t->pfx[i];
+                if (p->len == 0) {
+                    *p = (struct pfx_slot){ h, s, k, k == t->id_len[id] ? id : -1 };
+                    break;
+                }
+                if (p->h == h && p->len == k && memcmp(p->s, s, k) == 0) {
+                    if (k == t->id_len[id])
+                        p->id = id;
+                    break;
+                }
+                i = (i + 1) & t->pfx_mask;
+            }
+        }
+    }
+}
+
+/* The set of adjacent character pairs inside vocabulary tokens (see bpe_chunked). */
+static void build_bigrams(struct tok *t)
+{
+    size_t total = 0;
+    for (int32_t id = 0; id < t->n_ids; id++)
+        total += t->id_len[id];
+    size_t cap = pow2_at_least(total * 2 + 1);
+    t->bigram = xcalloc(cap, sizeof(uint64_t));
+    t->bigram_mask = cap - 1;
+    for (int32_t id = 0; id < t->n_ids; id++) {
+        const unsigned char *u = (const unsigned char *)t->id_str[id];
+        if (!u || vocab_find(t, t->id_str[id], t->id_len[id]) != id)
+            continue; /* gaps, and added tokens outside the vocabulary */
+        size_t l;
+        uint32_t prev = utf8_dec(u, 0, &l);
+        for (size_t i = l; i < t->id_len[id]; i += l) {
+            uint32_t cp = utf8_dec(u, i, &l);
+            uint64_t key = ((uint64_t)prev << 21 | cp) + 1;
+            size_t k = hash_u64(key) & t->bigram_mask;
+            while (t->bigram[k] && t->bigram[k] != key)
+                k = (k + 1) & t->bigram_mask;
+            t->bigram[k] = key;
+            prev = cp;
+        }
+    }
+}
+
+/* The prefix slot of s[0..k) given its FNV state h, or NULL. */
+static const struct pfx_slot *pfx_find(const struct tok *t, uint64_t h, const char *s, uint32_t k)
+{
+    size_t i = pfx_index(h, t->pfx_mask);
+    for (;;) {
+        const struct pfx_slot *p = &t->pfx[i];
+        if (p->len == 0)
+            return NULL;
+        if (p->h == h && p->len == k && memcmp(p->s, s, k) == 0)
+            return p;
+        i = (i + 1) & t->pfx_mask;
+    }
+}
+
+/* tok_load_buf with the message in a caller buffer. */
+static struct tok *load_buf(const char *json, size_t len, char *err, size_t errlen)
 {
     seterr(err, errlen, "unknown error");
     size_t bad = utf8_check((const unsigned char *)json, len);
@@ -1269,7 +1773,7 @@ struct tok *tok_load_buf(const char *json, size_t len, char *err, size_t errlen)
         c2b[t->b2c[b]] = (int16_t)b;
     L.dec_off = xcalloc((size_t)t->n_ids, sizeof(size_t));
     t->id_declen = xcalloc((size_t)t->n_ids, sizeof(uint32_t));
-    for (int32_t id = 0; id < t->n_ids; id++) {
+    for (int32_t id = 0; id < t->n_ids && t->dec_mode == 0; id++) {
         if (!L.str_off[id])
             continue;
         struct buf tmp;
@@ -1285,18 +1789,24 @@ struct tok *tok_load_buf(const char *json, size_t len, char *err, size_t errlen)
         if (!L.str_off[id])
             continue;
         t->id_str[id] = t->arena.data + L.str_off[id] - 1;
-        t->id_dec[id] = t->arena.data + L.dec_off[id];
+        t->id_dec[id] = t->dec_mode == 0 ? t->arena.data + L.dec_off[id] : NULL;
     }
     for (int k = 0; k < t->n_added; k++)
         t->added[k].content = t->arena.data + t->added[k].off;
     index_added(t);
 
-    /* The one-character tokens of the 256 bytes. */
+    /* The one-character tokens of the 256 bytes, and their <0xXX> fallback tokens. */
     for (int b = 0; b < 256; b++) {
-        char s[4];
+        char s[8];
         size_t n = utf8_enc(t->b2c[b], s);
         t->byte_id[b] = vocab_find(t, s, n);
+        snprintf(s, sizeof(s), "<0x%02X>", b);
+        t->fb_id[b] = t->byte_fallback ? vocab_find(t, s, 6) : -1;
     }
+    if (t->model == MODEL_UNIGRAM)
+        build_prefixes(t);
+    if (t->model == MODEL_BPE && !t->byte_level)
+        build_bigrams(t);
     free(L.str_off);
     free(L.dec_off);
     return t;
@@ -1309,21 +1819,29 @@ fail:
     return NULL;
 }
 
-struct tok *tok_load(const char *path, char *err, size_t errlen)
+struct tok *tok_load_buf(const char *json, size_t len, char **err)
+{
+    char msg[ERR_MAX] = "";
+    struct tok *t = load_buf(json, len, msg, sizeof(msg));
+    if (!t && err)
+        *err = xstrdup(msg);
+    return t;
+}
+
+struct tok *tok_load(const char *path, char **err)
 {
     char *data = NULL;
     size_t len = 0;
     int rc = file_read_all(path, &data, &len);
     if (rc < 0) {
-        seterr(err, errlen, "cannot read tokenizer '%s': %s", path, strerror(-rc));
+        if (err)
+            *err = xasprintf("cannot read tokenizer '%s': %s", path, strerror(-rc));
         return NULL;
     }
-    struct tok *t = tok_load_buf(data, len, err, errlen);
-    if (!t && err && errlen) {
-        char *msg = xasprintf("%s: %s", path, err);
-        seterr(err, errlen, "%s", msg);
-        free(msg);
-    }
+    char msg[ERR_MAX] = "";
+    struct tok *t = load_buf(data, len, msg, sizeof(msg));
+    if (!t && err)
+        *err = xasprintf("%s: %s", path, msg);
     free(data);
     return t;
 }
@@ -1369,6 +1887,14 @@ struct enc {
     void *fn_arg;
     char *err;
     size_t errlen;
+    const char *text;         /* the whole input (Metaspace's "first" piece starts there) */
+    struct buf norm, norm2;   /* normalized text of the current pass-0 chunk, and a spare */
+    bool norm_first;          /* that chunk starts the input */
+    struct buf ms[MAX_STEPS]; /* Metaspace output of step k */
+    double *best;             /* Unigram Viterbi: [n + 1] best score ending at each byte */
+    int32_t *from, *bid;      /* start and id of that best last piece, -1 none */
+    size_t best_cap;
+    bool chunking; /* inside bpe_chunked: a long chunk goes to BPE whole */
 };
 
 static void push_id(struct enc *e, int32_t id)
@@ -1437,31 +1963,72 @@ static void try_push_pair(struct enc *e, size_t *hn, int32_t pos)
 }
 
 /* BPE of one piece (raw bytes), appending its ids to e; the algorithm of word.rs merge_all. */
+static int bpe_merge(struct enc *e, const unsigned char *w, size_t n);
+
 static int bpe_word(struct enc *e, const unsigned char *w, size_t n)
 {
     const struct tok *t = e->t;
     if (t->ignore_merges) {
         e->bl.len = 0;
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < n && t->byte_level; i++) {
             char s[4];
             buf_append(&e->bl, s, utf8_enc(t->b2c[w[i]], s));
         }
-        int32_t id = vocab_find(t, e->bl.data, e->bl.len);
+        int32_t id = t->byte_level ? vocab_find(t, e->bl.data, e->bl.len)
+                                   : vocab_find(t, (const char *)w, n);
         if (id >= 0) {
             push_id(e, id);
             return 0;
         }
     }
-    if (n > e->sym_cap) {
-        e->sym_cap = n < 64 ? 64 : n;
+    return bpe_merge(e, w, n);
+}
+
+/* The merges of word.rs on the symbols of one piece (or of an independent chunk of one). */
+static int bpe_merge(struct enc *e, const unsigned char *w, size_t n)
+{
+    const struct tok *t = e->t;
+    if (2 * n > e->sym_cap) { /* a byte gives at most two byte-fallback symbols */
+        e->sym_cap = 2 * n < 64 ? 64 : 2 * n;
         e->sym = xrealloc(e->sym, e->sym_cap * sizeof(*e->sym));
     }
-    /* The symbols, as BPE::merge_word builds them: one per byte-level character, unknown
-     * characters dropped (no unk_token) or turned into unk symbols (fused if fuse_unk). */
+    /* The symbols, as BPE::merge_word builds them: one per character (a byte of the piece when
+     * byte-level), an unknown character as its <0xXX> tokens (byte_fallback, all of them
+     * present), else dropped (no unk_token) or an unk symbol (fused if fuse_unk). A pending unk
+     * is not flushed by byte-fallback symbols, as in the library. */
     int32_t ns = 0;
     uint32_t unk_len = 0; /* bytes of the pending unk symbol, 0 when none */
-    for (size_t i = 0; i <= n; i++) {
-        int32_t id = i < n ? t->byte_id[w[i]] : -1;
+    size_t cl = 1;        /* bytes of the character at i */
+    for (size_t i = 0; i <= n; i += cl) {
+        int32_t id = -1;
+        cl = 1;
+        if (i < n && t->byte_level) {
+            id = t->byte_id[w[i]];
+        } else if (i < n) {
+            utf8_dec(w, i, &cl);
+            id = vocab_find(t, (const char *)w + i, cl);
+        }
+        if (i < n && id < 0 && t->byte_fallback) {
+            char bl[4];
+            const unsigned char *u = w + i;
+            size_t ul = cl;
+            if (t->byte_level) { /* the byte-level character's own UTF-8 */
+                ul = utf8_enc(t->b2c[w[i]], bl);
+                u = (const unsigned char *)bl;
+            }
+            size_t k = 0;
+            while (k < ul && t->fb_id[u[k]] >= 0)
+                k++;
+            if (k == ul) {
+                if ((size_t)ns + ul > e->sym_cap) {
+                    e->sym_cap = (ns + ul) * 2;
+                    e->sym = xrealloc(e->sym, e->sym_cap * sizeof(*e->sym));
+                }
+                for (k = 0; k < ul; k++, ns++)
+                    e->sym[ns] = (struct sym){ t->fb_id[u[k]], ns - 1, ns + 1, 1 };
+                continue;
+            }
+        }
         if (i < n && id < 0) {
             if (t->unk_id == -1)
                 continue;
@@ -1472,7 +2039,7 @@ static int bpe_word(struct enc *e, const unsigned char *w, size_t n)
                 return -1;
             }
             if (unk_len && t->fuse_unk) {
-                unk_len++;
+                unk_len += (uint32_t)cl;
                 continue;
             }
         }
@@ -1484,10 +2051,10 @@ static int bpe_word(struct enc *e, const unsigned char *w, size_t n)
         if (i == n)
             break;
         if (id < 0) {
-            unk_len = 1;
+            unk_len = (uint32_t)cl;
             continue;
         }
-        e->sym[ns] = (struct sym){ id, ns - 1, ns + 1, 1 };
+        e->sym[ns] = (struct sym){ id, ns - 1, ns + 1, (uint32_t)cl };
         ns++;
     }
     if (ns > 0)
@@ -1522,6 +2089,138 @@ static int bpe_word(struct enc *e, const unsigned char *w, size_t n)
     return 0;
 }
 
+/* Pushes the id of one Unigram piece (Model::tokenize): its vocabulary id, else its <0xXX>
+ * tokens (byte_fallback, all present), else unk. */
+static int unigram_push(struct enc *e, const char *p, size_t n)
+{
+    const struct tok *t = e->t;
+    int32_t id = vocab_find(t, p, n);
+    if (id >= 0 && id < t->n_vocab) {
+        push_id(e, id);
+        return 0;
+    }
+    if (t->byte_fallback) {
+        size_t k = 0;
+        while (k < n && t->fb_id[(unsigned char)p[k]] >= 0)
+            k++;
+        if (k == n) {
+            for (k = 0; k < n; k++)
+                push_id(e, t->fb_id[(unsigned char)p[k]]);
+            return 0;
+        }
+    }
+    if (t->unk_id < 0) {
+        seterr(e->err, e->errlen, "an unknown character needs model.unk_id, which is null");
+        return -1;
+    }
+    push_id(e, t->unk_id);
+    return 0;
+}
+
+/*
+ * Unigram of one piece: the Viterbi search of unigram/model.rs encode_optimized. For every
+ * character start (left to right), every piece that matches there (shorter first) offers
+ * best[start] + score to best[end], taken only when strictly better; a character no piece of
+ * its exact length covers offers unk at min_score - 10. Then the best path is read back,
+ * adjacent unk pieces fused into one string.
+ */
+static int unigram_word(struct enc *e, const unsigned char *w0, size_t n0)
+{
+    const struct tok *t = e->t;
+    const char *w = (const char *)w0;
+    size_t n = n0;
+    if (t->byte_level) { /* the model sees the byte-level string */
+        e->bl.len = 0;
+        for (size_t i = 0; i < n0; i++) {
+            char s[4];
+            buf_append(&e->bl, s, utf8_enc(t->b2c[w0[i]], s));
+        }
+        w = e->bl.data;
+        n = e->bl.len;
+    }
+    if (n + 1 > e->best_cap) {
+        e->best_cap = (n + 1) * 2;
+        e->best = xrealloc(e->best, e->best_cap * sizeof(double));
+        e->from = xrealloc(e->from, e->best_cap * sizeof(int32_t));
+        e->bid = xrealloc(e->bid, e->best_cap * sizeof(int32_t));
+    }
+    for (size_t i = 0; i <= n; i++) {
+        e->best[i] = 0;
+        e->from[i] = -1;
+        e->bid[i] = 0;
+    }
+    const double unk_score = t->min_score - 10.0;
+    const unsigned char *u = (const unsigned char *)w;
+    for (size_t i = 0; i < n;) {
+        size_t cl;
+        utf8_dec(u, i, &cl);
+        double here = e->best[i];
+        bool single = false;
+        uint64_t h = FNV_INIT;
+        for (size_t k = 1; i + k <= n; k++) {
+            h = fnv_step(h, u[i + k - 1]);
+            const struct pfx_slot *p = pfx_find(t, h, w + i, (uint32_t)k);
+            if (!p)
+                break;
+            if (p->id < 0)
+                continue;
+            double cand = t->score[p->id] + here;
+            if (e->from[i + k] < 0 || cand > e->best[i + k]) {
+                e->best[i + k] = cand;
+                e->from[i + k] = (int32_t)i;
+                e->bid[i + k] = p->id;
+            }
+            if (k == cl)
+                single = true;
+        }
+        if (!single) {
+            if (t->unk_id < 0) {
+                seterr(e->err, e->errlen,
+                       "a character has no piece and model.unk_id is null (byte %zu of a piece)",
+                       i);
+                return -1;
+            }
+            double cand = unk_score + here;
+            if (e->from[i + cl] < 0 || cand > e->best[i + cl]) {
+                e->best[i + cl] = cand;
+                e->from[i + cl] = (int32_t)i;
+                e->bid[i + cl] = t->unk_id;
+            }
+        }
+        i += cl;
+    }
+    /* Back from the end: the piece boundaries, in reverse (kept in from[] as a chain). */
+    size_t end = n, npieces = 0;
+    while (end > 0) {
+        npieces++;
+        end = (size_t)e->from[end];
+    }
+    /* Walk forwards by collecting the ends first. */
+    size_t *ends = xmalloc((npieces + 1) * sizeof(size_t));
+    end = n;
+    for (size_t k = npieces; k > 0; k--) {
+        ends[k] = end;
+        end = (size_t)e->from[end];
+    }
+    ends[0] = 0;
+    int rc = 0;
+    for (size_t k = 1; k <= npieces && rc == 0; k++) {
+        size_t a = ends[k - 1], b = ends[k];
+        if (e->bid[b] == t->unk_id) { /* fuse the run of unk pieces */
+            while (k < npieces && e->bid[ends[k + 1]] == t->unk_id)
+                b = ends[++k];
+        }
+        rc = unigram_push(e, w + a, b - a);
+    }
+    free(ends);
+    return rc;
+}
+
+static int model_word(struct enc *e, const unsigned char *w, size_t n)
+{
+    return e->t->model == MODEL_UNIGRAM ? unigram_word(e, w, n) : bpe_word(e, w, n);
+}
+
 static void cache_grow(struct enc *e)
 {
     size_t cap = e->slots ? (e->slot_mask + 1) * 2 : 4096;
@@ -1542,13 +2241,71 @@ static void cache_grow(struct enc *e)
 }
 
 /* BPE of a piece through the per-call cache. */
+static int bpe_cached(struct enc *e, const unsigned char *w, size_t n);
+
+static bool bigram_has(const struct tok *t, uint32_t a, uint32_t b)
+{
+    uint64_t key = ((uint64_t)a << 21 | b) + 1;
+    size_t i = hash_u64(key) & t->bigram_mask;
+    while (t->bigram[i]) {
+        if (t->bigram[i] == key)
+            return true;
+        i = (i + 1) & t->bigram_mask;
+    }
+    return false;
+}
+
+/*
+ * A long piece of a character-level BPE (SentencePiece-style without a splitting pre-tokenizer,
+ * where the whole text is one piece): cut it where no merge can ever join across, and run BPE
+ * on the chunks (through the cache). A merge result is a vocabulary token, so nothing joins two
+ * adjacent characters unless some token contains them side by side; both must also be tokens
+ * themselves (no byte fallback or unk run there). Merges on the two sides never interact, so
+ * the ids are the same as for the whole piece.
+ */
+static int bpe_chunked(struct enc *e, const unsigned char *w, size_t n)
+{
+    const struct tok *t = e->t;
+    if (t->ignore_merges) { /* only the whole piece may be looked up */
+        int32_t id = vocab_find(t, (const char *)w, n);
+        if (id >= 0) {
+            push_id(e, id);
+            return 0;
+        }
+    }
+    size_t start = 0, l;
+    uint32_t prev = utf8_dec(w, 0, &l);
+    bool prev_ok = vocab_find(t, (const char *)w, l) >= 0;
+    for (size_t i = l; i < n; i += l) {
+        uint32_t cp = utf8_dec(w, i, &l);
+        bool ok = vocab_find(t, (const char *)w + i, l) >= 0;
+        if (prev_ok && ok && !bigram_has(t, prev, cp)) {
+            int rc = t->ignore_merges ? bpe_merge(e, w + start, i - start)
+                                      : bpe_cached(e, w + start, i - start);
+            if (rc < 0)
+                return rc;
+            start = i;
+        }
+        prev = cp;
+        prev_ok = ok;
+    }
+    return t->ignore_merges ? bpe_merge(e, w + start, n - start)
+                            : bpe_cached(e, w + start, n - start);
+}
+
 static int bpe_cached(struct enc *e, const unsigned char *w, size_t n)
 {
+    if (n >= CACHE_MAX_KEY && e->t->bigram && !e->chunking) {
+        e->chunking = true;
+        int rc = bpe_chunked(e, w, n);
+        e->chunking = false;
+        return rc;
+    }
     if (n >= CACHE_MAX_KEY)
-        return bpe_word(e, w, n);
+        return model_word(e, w, n);
     if (!e->slots || e->used * 2 >= e->slot_mask + 1) {
         if (e->used >= CACHE_MAX_ENTRIES)
-            return bpe_word(e, w, n);
+            return model_word(e, w, n);
         cache_grow(e);
     }
     uint64_t h = hash_bytes(w, n);
@@ -1563,7 +2320,7 @@ static int bpe_cached(struct enc *e, const unsigned char *w, size_t n)
         i = (i + 1) & e->slot_mask;
     }
     size_t before = e->n;
-    if (bpe_word(e, w, n) < 0)
+    if (model_word(e, w, n) < 0)
         return -1;
     size_t nids = e->n - before;
     if (e->cn + nids > e->ccap) {
@@ -1595,6 +2352,7 @@ static int emit_piece(struct enc *e, const char *s, size_t n, int32_t added_id)
 }
 
 static int pretok(struct enc *e, int k, const char *s, size_t n);
+static int metaspace(struct enc *e, int k, const char *s, size_t n);
 
 /* Splits s with pattern p and hands the pieces to step k (matches dropped when removed). */
 static int split_with(struct enc *e, int k, const struct pat *p, bool removed, const char *s,
@@ -1620,8 +2378,50 @@ static int split_with(struct enc *e, int k, const struct pat *p, bool removed, c
     return gap < n ? pretok(e, k, s + gap, n - gap) : 0;
 }
 
+/*
+ * Metaspace (step k): every space becomes the replacement character, which is also put in
+ * front when the scheme says so and the piece does not already start with it ("first": only
+ * the piece that starts the input), then with split the piece is cut before every replacement
+ * character (MergedWithNext).
+ */
+static int metaspace(struct enc *e, int k, const char *s, size_t n)
+{
+    const struct step *st = &e->t->steps[k];
+    struct buf *b = &e->ms[k];
+    b->len = 0;
+    bool first = s == e->text || (e->norm_first && e->norm.data && s == e->norm.data);
+    bool starts = s[0] == ' ' || (n >= st->repl_len && memcmp(s, st->repl, st->repl_len) == 0);
+    if (!starts && (st->prepend == PREPEND_ALWAYS || (st->prepend == PREPEND_FIRST && first)))
+        buf_append(b, st->repl, st->repl_len);
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != ' ')
+            continue;
+        if (i > run)
+            buf_append(b, s + run, i - run);
+        buf_append(b, st->repl, st->repl_len);
+        run = i + 1;
+    }
+    if (n > run)
+        buf_append(b, s + run, n - run);
+    if (!st->split)
+        return pretok(e, k + 1, b->data, b->len);
+    const char *m = b->data;
+    size_t mn = b->len, start = 0;
+    for (size_t i = 1; i + st->repl_len <= mn; i++) {
+        if (memcmp(m + i, st->repl, st->repl_len) != 0)
+            continue;
+        int rc = pretok(e, k + 1, m + start, i - start);
+        if (rc != 0)
+            return rc;
+        start = i;
+        i += st->repl_len - 1;
+    }
+    return pretok(e, k + 1, m + start, mn - start);
+}
+
 /* Runs pre-tokenizer step k (and the ones after it) on the piece s; pieces that come out of
- * the last step go to BPE. Empty pieces are dropped, as in PreTokenizedString::split. */
+ * the last step go to the model. Empty pieces are dropped, as in PreTokenizedString::split. */
 static int pretok(struct enc *e, int k, const char *s, size_t n)
 {
     const struct tok *t = e->t;
@@ -1632,6 +2432,8 @@ static int pretok(struct enc *e, int k, const char *s, size_t n)
     const struct step *st = &t->steps[k];
     if (st->kind == STEP_SPLIT)
         return split_with(e, k + 1, &st->pat, st->removed, s, n);
+    if (st->kind == STEP_METASPACE)
+        return metaspace(e, k, s, n);
     /* ByteLevel, always the last step. */
     if (st->add_prefix_space && s[0] != ' ') {
         if (n + 1 > e->tmp_cap) {
@@ -1775,15 +2577,67 @@ static int after_added(struct enc *e, int pass, const char *s, size_t n)
     if (n == 0)
         return 0;
     if (pass == 0) {
-        if (e->t->nfc && nfc_check(e, s, n) < 0)
-            return -1;
-        return split_added(e, 1, s, n);
+        const struct tok *t = e->t;
+        if (!t->norm_copy) {
+            if (t->nfc && nfc_check(e, s, n) < 0)
+                return -1;
+            return split_added(e, 1, s, n);
+        }
+        /* The normalizers in order, into e->norm (e->norm2 is the spare of Replace). */
+        e->norm.len = 0;
+        buf_append(&e->norm, s, n);
+        for (int k = 0; k < t->n_norms; k++) {
+            const struct norm *nm = &t->norms[k];
+            struct buf *a = &e->norm;
+            if (nm->kind == NORM_NFC) {
+                if (nfc_check(e, a->data, a->len) < 0)
+                    return -1;
+            } else if (nm->kind == NORM_PREPEND) {
+                if (a->len > 0) {
+                    e->norm2.len = 0;
+                    buf_append(&e->norm2, nm->a, nm->alen);
+                    buf_append(&e->norm2, a->data, a->len);
+                    struct buf tmp = e->norm;
+                    e->norm = e->norm2;
+                    e->norm2 = tmp;
+                }
+            } else {
+                struct buf *o = &e->norm2;
+                o->len = 0;
+                size_t run = 0;
+                for (size_t i = 0; i + nm->alen <= a->len;) {
+                    if (memcmp(a->data + i, nm->a, nm->alen) == 0) {
+                        buf_append(o, a->data + run, i - run);
+                        buf_append(o, nm->b, nm->blen);
+                        i += nm->alen;
+                        run = i;
+                    } else {
+                        i++;
+                    }
+                }
+                buf_append(o, a->data + run, a->len - run);
+                struct buf tmp = e->norm;
+                e->norm = e->norm2;
+                e->norm2 = tmp;
+            }
+        }
+        e->norm_first = s == e->text;
+        if (e->norm.len == 0)
+            return 0;
+        return split_added(e, 1, e->norm.data, e->norm.len);
     }
     return pretok(e, 0, s, n);
 }
 
 static void enc_release(struct enc *e)
 {
+    buf_release(&e->norm);
+    buf_release(&e->norm2);
+    for (int k = 0; k < MAX_STEPS; k++)
+        buf_release(&e->ms[k]);
+    free(e->best);
+    free(e->from);
+    free(e->bid);
     free(e->ids);
     free(e->sym);
     free(e->heap);
@@ -1811,6 +2665,7 @@ static int run_pipeline(struct enc *e, const char *text, size_t len)
     }
     if (len == 0)
         return 0;
+    e->text = text;
     return split_added(e, 0, text, len);
 }
 
@@ -1836,13 +2691,16 @@ int tok_encode(const struct tok *t, const char *text, size_t len, int32_t **ids,
 }
 
 int tok_pretokenize(const struct tok *t, const char *text, size_t len, tok_piece_fn fn, void *arg,
-                    char *err, size_t errlen)
+                    char **err)
 {
-    struct enc e = { .t = t, .fn = fn, .fn_arg = arg, .err = err, .errlen = errlen };
+    char msg[ERR_MAX] = "";
+    struct enc e = { .t = t, .fn = fn, .fn_arg = arg, .err = msg, .errlen = sizeof(msg) };
     buf_init(&e.bl);
     buf_init(&e.keys);
     int rc = run_pipeline(&e, text, len);
     enc_release(&e);
+    if (rc == -1 && msg[0] && err) /* not when fn returned -1 */
+        *err = xstrdup(msg);
     return rc;
 }
 
@@ -1850,8 +2708,203 @@ int tok_pretokenize(const struct tok *t, const char *text, size_t len, tok_piece
  * Decode and lookups
  * ========================================================================================== */
 
+/* A list of token strings for the decoders: bytes in one buffer, offsets beside. */
+struct tlist {
+    struct buf s;
+    size_t *off, *len;
+    size_t n, cap;
+};
+
+static void tl_push(struct tlist *l, const char *p, size_t n)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 256;
+        l->off = xrealloc(l->off, l->cap * sizeof(size_t));
+        l->len = xrealloc(l->len, l->cap * sizeof(size_t));
+    }
+    l->off[l->n] = l->s.len;
+    l->len[l->n] = n;
+    buf_append(&l->s, p, n);
+    l->n++;
+}
+
+static void tl_release(struct tlist *l)
+{
+    buf_release(&l->s);
+    free(l->off);
+    free(l->len);
+    memset(l, 0, sizeof(*l));
+}
+
+/* Ends a token whose bytes were appended to l->s from offset start on. */
+static void tl_end(struct tlist *l, size_t start)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 256;
+        l->off = xrealloc(l->off, l->cap * sizeof(size_t));
+        l->len = xrealloc(l->len, l->cap * sizeof(size_t));
+    }
+    l->off[l->n] = start;
+    l->len[l->n] = l->s.len - start;
+    l->n++;
+}
+
+/* The value of a <0xXX> token (u8::from_str_radix of its two characters), or -1. */
+static int byte_token(const char *p, size_t n)
+{
+    if (n != 6 || memcmp(p, "<0x", 3) != 0 || p[5] != '>')
+        return -1;
+    int v = 0;
+    for (int k = 3; k < 5; k++) {
+        char c = p[k];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (k == 3 && c == '+') /* Rust accepts a leading '+' */
+            continue;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* Flushes the pending bytes of ByteFallback: one string if valid UTF-8, else one U+FFFD per
+ * byte. */
+static void flush_bytes(struct tlist *o, struct buf *pend)
+{
+    if (pend->len == 0)
+        return;
+    if (utf8_check((const unsigned char *)pend->data, pend->len) == pend->len) {
+        tl_push(o, pend->data, pend->len);
+    } else {
+        for (size_t k = 0; k < pend->len; k++)
+            tl_push(o, "\xef\xbf\xbd", 3);
+    }
+    pend->len = 0;
+}
+
+/* One decoder of a Sequence (decode_chain): in -> out. */
+static void dec_step(const struct dec *d, const struct tlist *in, struct tlist *o)
+{
+    if (d->kind == DEC_FUSE) { /* vec![tokens.join("")] */
+        size_t start = o->s.len;
+        for (size_t i = 0; i < in->n; i++)
+            buf_append(&o->s, in->s.data + in->off[i], in->len[i]);
+        tl_end(o, start);
+        return;
+    }
+    struct buf pend;
+    buf_init(&pend);
+    for (size_t i = 0; i < in->n; i++) {
+        const char *p = in->s.data + in->off[i];
+        size_t n = in->len[i];
+        if (d->kind == DEC_BYTEFALLBACK) {
+            int v = byte_token(p, n);
+            if (v >= 0) {
+                unsigned char c = (unsigned char)v;
+                buf_append(&pend, &c, 1);
+                continue;
+            }
+            flush_bytes(o, &pend);
+            tl_push(o, p, n);
+        } else if (d->kind == DEC_STRIP) {
+            /* strip.rs: up to start leading and up to stop trailing copies of the character
+             * (counted in characters); the trailing cut never reaches into the leading one,
+             * as in the library's later versions (0.23 panics there). */
+            size_t a = 0, cut = 0, b = n;
+            while (cut < d->start && a + d->alen <= n && memcmp(p + a, d->a, d->alen) == 0) {
+                a += d->alen;
+                cut++;
+            }
+            for (cut = 0;
+                 cut < d->stop && b >= a + d->alen && memcmp(p + b - d->alen, d->a, d->alen) == 0;
+                 cut++)
+                b -= d->alen;
+            size_t start = o->s.len;
+            buf_append(&o->s, p + a, b - a);
+            tl_end(o, start);
+        } else if (d->kind == DEC_REPLACE) {
+            size_t start = o->s.len, run = 0;
+            for (size_t k = 0; k + d->alen <= n;) {
+                if (memcmp(p + k, d->a, d->alen) == 0) {
+                    buf_append(&o->s, p + run, k - run);
+                    buf_append(&o->s, d->b, d->blen);
+                    k += d->alen;
+                    run = k;
+                } else {
+                    k++;
+                }
+            }
+            buf_append(&o->s, p + run, n - run);
+            tl_end(o, start);
+        } else { /* METASPACE */
+            size_t start = o->s.len, run = 0;
+            for (size_t k = 0; k + d->alen <= n;) {
+                if (memcmp(p + k, d->a, d->alen) == 0) {
+                    buf_append(&o->s, p + run, k - run);
+                    if (i != 0 || d->never)
+                        buf_append(&o->s, " ", 1);
+                    k += d->alen;
+                    run = k;
+                } else {
+                    k++;
+                }
+            }
+            buf_append(&o->s, p + run, n - run);
+            tl_end(o, start);
+        }
+    }
+    if (d->kind == DEC_BYTEFALLBACK)
+        flush_bytes(o, &pend);
+    buf_release(&pend);
+}
+
+/* Decoders other than ByteLevel: the token strings through the decs list (or joined by spaces
+ * when there is no decoder), then concatenated. */
+static char *decode_tokens(const struct tok *t, const int32_t *ids, size_t n, size_t *len)
+{
+    struct tlist a = { 0 }, b = { 0 };
+    buf_init(&a.s);
+    buf_init(&b.s);
+    for (size_t i = 0; i < n; i++) {
+        int32_t id = ids[i];
+        if (id < 0 || id >= t->n_ids || !t->id_str[id])
+            continue;
+        if (t->dec_mode == 2 && a.n > 0) /* no decoder: tokens.join(" ") */
+            tl_push(&a, " ", 1);
+        tl_push(&a, t->id_str[id], t->id_len[id]);
+    }
+    for (int k = 0; k < t->n_decs && t->dec_mode == 1; k++) {
+        tl_release(&b);
+        buf_init(&b.s);
+        dec_step(&t->decs[k], &a, &b);
+        struct tlist tmp = a;
+        a = b;
+        b = tmp;
+    }
+    tl_release(&b);
+    size_t out_len = 0;
+    for (size_t i = 0; i < a.n; i++)
+        out_len += a.len[i];
+    char *out = xmalloc(out_len + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < a.n; i++) {
+        memcpy(out + o, a.s.data + a.off[i], a.len[i]);
+        o += a.len[i];
+    }
+    out[o] = 0;
+    tl_release(&a);
+    if (len)
+        *len = o;
+    return out;
+}
+
 char *tok_decode_n(const struct tok *t, const int32_t *ids, size_t n, size_t *len)
 {
+    if (t->dec_mode != 0)
+        return decode_tokens(t, ids, n, len);
     struct buf raw, out;
     buf_init(&raw);
     buf_init(&out);
