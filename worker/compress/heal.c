@@ -487,11 +487,16 @@ static int same_layer(struct model *s, struct model *t, int j)
     for (int w = 0; w < MODEL_LIN_COUNT; w++)
         if (!same_linear(&a->lin[w], &b->lin[w]))
             return 0;
-    for (int k = 0; k <= MODEL_NORM_POST_FFN; k++) {
+    for (int k = 0; k < MODEL_NORM_LAYER_COUNT; k++) {
         int n = k <= MODEL_NORM_K ? s->cfg.head_dim : s->cfg.hidden_size;
-        if (memcmp(a->norm[k], b->norm[k], sizeof(float) * (size_t)n))
+        if ((a->norm[k] == NULL) != (b->norm[k] == NULL) ||
+            (a->norm[k] && memcmp(a->norm[k], b->norm[k], sizeof(float) * (size_t)n)))
             return 0;
     }
+    for (int w = 0; w < MODEL_LIN_COUNT; w++)
+        if ((a->bias[w] == NULL) != (b->bias[w] == NULL) ||
+            (a->bias[w] && memcmp(a->bias[w], b->bias[w], sizeof(float) * (size_t)a->lin[w].out)))
+            return 0;
     return a->rope == b->rope && a->window == b->window;
 }
 
