@@ -12,7 +12,10 @@
  *   3. what the config row derives (sliding windows per layer, head_dim, biases, tying,
  *      MiniCPM's scalings) and that save + reload gives bit-identical logits (bias and norm
  *      tensor names written back);
- *   4. removing a layer of MiniCPM keeps scale_depth / sqrt(num_hidden_layers), so the kept
+ *   4. the pre-norm fold table: input_layernorm -> q/k/v, post_attention_layernorm -> gate/up,
+ *      v -> o (qwen2: with its bias) and up -> down applied with random scales leave the
+ *      logits unchanged (fp32 storage; 1e-4 of max|logit|), and an illegal pair is refused;
+ *   5. removing a layer of MiniCPM keeps scale_depth / sqrt(num_hidden_layers), so the kept
  *      layers compute what they did; an unknown model_type is a clear error.
  */
 #include <errno.h>
@@ -30,6 +33,7 @@
 
 #include "common/st.h"
 #include "common/util.h"
+#include "worker/compress/awq.h"
 #include "worker/engine/family.h"
 #include "worker/engine/model.h"
 
@@ -254,6 +258,99 @@ static void test_minicpm(void **state)
     model_free(m);
 }
 
+/* Every legal fold with random scales in [0.5, 2], applied to a model stored in fp32: the
+ * function is unchanged. */
+static void check_folds(const char *fam)
+{
+    char dir[128], gpath[160];
+    snprintf(dir, sizeof(dir), FAM_DIR "%s", fam);
+    snprintf(gpath, sizeof(gpath), "%s/golden.safetensors", dir);
+    struct st_file *g = NULL;
+    char *err = NULL;
+    assert_int_equal(st_file_open(&g, gpath, &err), 0);
+    struct model *m = load(dir);
+    int T;
+    const int32_t *ids;
+    float *before = run_seq(m, g, 1, &T, &ids);
+    static const struct {
+        enum awq_prev prev;
+        enum model_lin next[3];
+        int n;
+    } pairs[] = {
+        { AWQ_PREV_INPUT_NORM, { MODEL_LIN_Q, MODEL_LIN_K, MODEL_LIN_V }, 3 },
+        { AWQ_PREV_V_PROJ, { MODEL_LIN_O }, 1 },
+        { AWQ_PREV_POST_ATTN_NORM, { MODEL_LIN_GATE, MODEL_LIN_UP }, 2 },
+        { AWQ_PREV_UP_PROJ, { MODEL_LIN_DOWN }, 1 },
+    };
+    unsigned seed = 7;
+    for (int l = 0; l < m->n_layers; l++)
+        for (size_t p = 0; p < sizeof(pairs) / sizeof(pairs[0]); p++) {
+            struct awq_fold f;
+            assert_int_equal(awq_fold_resolve(&m->cfg, pairs[p].prev, pairs[p].next[0], &f, &err),
+                             0);
+            float *sc = xmalloc(sizeof(float) * (size_t)f.n);
+            for (int i = 0; i < f.n; i++) {
+                seed = seed * 1103515245u + 12345u;
+                sc[i] = 0.5f + 1.5f * (float)((seed >> 8) & 0xffff) / 65535.0f;
+            }
+            if (pairs[p].prev == AWQ_PREV_INPUT_NORM || pairs[p].prev == AWQ_PREV_POST_ATTN_NORM) {
+                /* One norm feeds several linears: scale every target's columns, the norm once. */
+                int nn = 0;
+                float *nw = model_norm(m, l,
+                                       pairs[p].prev == AWQ_PREV_INPUT_NORM ? MODEL_NORM_INPUT
+                                                                            : MODEL_NORM_POST_ATTN,
+                                       &nn);
+                float *keep = xmalloc(sizeof(float) * (size_t)nn);
+                memcpy(keep, nw, sizeof(float) * (size_t)nn);
+                for (int t = 0; t < pairs[p].n; t++) {
+                    memcpy(nw, keep, sizeof(float) * (size_t)nn);
+                    assert_int_equal(
+                        awq_fold_apply(m, l, pairs[p].prev, pairs[p].next[t], sc, KERN_F32, &err),
+                        0);
+                }
+                free(keep);
+            } else {
+                assert_int_equal(
+                    awq_fold_apply(m, l, pairs[p].prev, pairs[p].next[0], sc, KERN_F32, &err), 0);
+            }
+            free(sc);
+        }
+    float *after = run_seq(m, g, 1, &T, &ids);
+    double dmax = 0, rmax = 0;
+    for (size_t i = 0; i < (size_t)T * m->cfg.vocab_size; i++) {
+        dmax = fmax(dmax, fabs((double)after[i] - before[i]));
+        rmax = fmax(rmax, fabs((double)before[i]));
+    }
+    printf("%-8s all folds, random scales: max|diff| %.3g of %.3f\n", fam, dmax, rmax);
+    assert_true(dmax <= 1e-4 * rmax);
+    /* Not a fold in a pre-norm block: the residual stream reaches gate/up through a norm. */
+    struct awq_fold f;
+    assert_int_equal(awq_fold_resolve(&m->cfg, AWQ_PREV_O_PROJ, MODEL_LIN_GATE, &f, &err), -EINVAL);
+    assert_non_null(strstr(err, "pre-norm"));
+    free(err);
+    free(before);
+    free(after);
+    model_free(m);
+    st_file_free(g);
+}
+
+static void test_folds(void **state)
+{
+    (void)state;
+    check_folds("llama");
+    check_folds("qwen2"); /* v_proj has a bias: it is divided with the rows */
+    check_folds("minicpm");
+    /* EXAONE-4 keeps its post-norm rules. */
+    struct model *m = load("tests/data/tiny-exaone4");
+    struct awq_fold f;
+    char *err = NULL;
+    assert_int_equal(awq_fold_resolve(&m->cfg, AWQ_PREV_POST_ATTN_NORM, MODEL_LIN_GATE, &f, &err),
+                     -EINVAL);
+    assert_non_null(strstr(err, "EXAONE-4"));
+    free(err);
+    model_free(m);
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -288,7 +385,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_llama),   cmocka_unit_test(test_qwen2),
         cmocka_unit_test(test_qwen3),   cmocka_unit_test(test_mistral),
-        cmocka_unit_test(test_minicpm), cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_minicpm), cmocka_unit_test(test_folds),
+        cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
