@@ -30,6 +30,7 @@
 
 #include "common/util.h"
 #include "worker/compress/awq.h"
+#include "worker/engine/family.h"
 #include "worker/engine/calib.h"
 #include "worker/engine/ctensors.h"
 #include "worker/compress/gptq.h"
@@ -920,7 +921,10 @@ static int quantize_model(struct stage_ctx *ctx, struct model *m, const struct q
     s.seq_len = L;
     s.clip_stride = EXAQ_MAX((int64_t)1, (int64_t)cal.n * L / 512);
     for (int k = 0; k < QIN__COUNT && s.want_chan; k++)
-        if (k == QIN_O || k == QIN_DOWN) {
+        if (k == QIN_O || k == QIN_DOWN ||
+            (k == QIN_QKV && m->cfg.fam->fold_qkv.src != FAMILY_FOLD_NONE) ||
+            (k == QIN_GATEUP && m->cfg.fam->fold_gateup.src != FAMILY_FOLD_NONE)) {
+            /* The inputs some fold of the family's table targets. */
             s.chan_sum[k] = xcalloc((size_t)input_dim(m, (enum qinput)k), sizeof(double));
             s.chan_max[k] = xcalloc((size_t)input_dim(m, (enum qinput)k), sizeof(float));
         }
