@@ -15,7 +15,9 @@
  *   4. the pre-norm fold table: input_layernorm -> q/k/v, post_attention_layernorm -> gate/up,
  *      v -> o (qwen2: with its bias) and up -> down applied with random scales leave the
  *      logits unchanged (fp32 storage; 1e-4 of max|logit|), and an illegal pair is refused;
- *   5. removing a layer of MiniCPM keeps scale_depth / sqrt(num_hidden_layers), so the kept
+ *   5. synth's real shapes (llama-3.2-1b, qwen3-1.7b, minicpm-2b) have the released configs'
+ *      dimensions, and a shrunk copy of each loads with its family's tensors;
+ *   6. removing a layer of MiniCPM keeps scale_depth / sqrt(num_hidden_layers), so the kept
  *      layers compute what they did; an unknown model_type is a clear error.
  */
 #include <errno.h>
@@ -36,6 +38,7 @@
 #include "worker/compress/awq.h"
 #include "worker/engine/family.h"
 #include "worker/engine/model.h"
+#include "worker/engine/synth.h"
 
 #define FAM_DIR    "tests/data/families/"
 #define TOL_REL    1e-3
@@ -351,6 +354,60 @@ static void test_folds(void **state)
     model_free(m);
 }
 
+static void test_synth_shapes(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *shape, *type;
+        int L, H, nh, nkv, hd, V;
+    } want[] = {
+        { "llama-3.2-1b", "llama", 16, 2048, 32, 8, 64, 128256 },
+        { "qwen3-1.7b", "qwen3", 28, 2048, 16, 8, 128, 151936 },
+        { "minicpm-2b", "minicpm", 40, 2304, 36, 36, 64, 122753 },
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        struct synth_opts o;
+        assert_int_equal(synth_opts_shape(&o, want[i].shape), 0);
+        assert_string_equal(family_get(o.family)->model_type, want[i].type);
+        assert_int_equal(o.num_hidden_layers, want[i].L);
+        assert_int_equal(o.hidden_size, want[i].H);
+        assert_int_equal(o.num_attention_heads, want[i].nh);
+        assert_int_equal(o.num_key_value_heads, want[i].nkv);
+        assert_int_equal(o.head_dim, want[i].hd);
+        assert_int_equal(o.vocab_size, want[i].V);
+        /* A shrunk copy: same family, config style and tensor set. */
+        o.num_hidden_layers = 2;
+        o.hidden_size = 64;
+        o.intermediate_size = 96;
+        o.num_attention_heads = 4;
+        o.num_key_value_heads = want[i].nh == want[i].nkv ? 4 : 2;
+        o.head_dim = want[i].hd == 128 ? 32 : 16;
+        o.vocab_size = 256;
+        o.max_shard_bytes = 0;
+        char tmpl[] = "/tmp/exaq-synth-XXXXXX";
+        char *tmp = mkdtemp(tmpl), *err = NULL;
+        assert_non_null(tmp);
+        int rc = synth_write(&o, tmp, &err);
+        if (rc)
+            printf("synth %s: %s\n", want[i].shape, err);
+        assert_int_equal(rc, 0);
+        struct model *m = load(tmp);
+        assert_string_equal(m->cfg.fam->model_type, want[i].type);
+        assert_true(m->tied);
+        float lg[256];
+        int32_t ids[3] = { 1, 7, 9 };
+        assert_int_equal(model_forward(m, ids, 3, NULL, MODEL_LOGITS_LAST, lg, NULL, &err), 0);
+        for (int v = 0; v < 256; v++)
+            assert_true(isfinite(lg[v]));
+        model_free(m);
+        char cmd[256];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp);
+        assert_int_equal(system(cmd), 0);
+    }
+    struct synth_opts o;
+    assert_int_equal(synth_opts_shape(&o, "llama-3-70b"), -ENOENT);
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -383,10 +440,10 @@ static void test_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_llama),   cmocka_unit_test(test_qwen2),
-        cmocka_unit_test(test_qwen3),   cmocka_unit_test(test_mistral),
-        cmocka_unit_test(test_minicpm), cmocka_unit_test(test_folds),
-        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_llama),        cmocka_unit_test(test_qwen2),
+        cmocka_unit_test(test_qwen3),        cmocka_unit_test(test_mistral),
+        cmocka_unit_test(test_minicpm),      cmocka_unit_test(test_folds),
+        cmocka_unit_test(test_synth_shapes), cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
