@@ -6,7 +6,8 @@
  *                   [--backend cpu|cuda]
  *   exaq-worker run --job FILE|- --outcome FILE [--threads N] [--backend cpu|cuda]
  *   exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny|llama-3.2-1b|qwen3-1.7b|minicpm-2b]
- *                     [--layers N] [--hybrid] [--v5] [--seed N] [--tokenizer FILE] [--max-shard-mb N]
+ *                     [--layers N] [--hybrid] [--v5] [--seed N]
+ *                     [--tokenizer FILE] [--max-shard-mb N]
  *   exaq-worker --version
  *
  * serve: connects to exaqd, says hello, then runs one job at a time on a job thread while the
