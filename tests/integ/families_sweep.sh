@@ -68,6 +68,15 @@ for f in in_qkv v_o post_gateup up_down; do
         [to_entries[] | select(.key | test("^awq_ratio_layer[0-9]+_" + $f + "$"))] | length == 3' \
         "$T/st.json" >/dev/null || fail "awq_w4: no ratio for fold $f in every layer: $(jq -c '.sweeps[0].lanes[] | select(.id == "awq_w4") | .stages[0].metrics' "$T/st.json")"
 done
+# AWQ's search includes the identity and the clip search only lowers the loss: per layer, its
+# output loss (all four folds' targets) is at most RTN's.
+jq -r '.sweeps[0].lanes[] | select(.id == "awq_w4" or .id == "sq_w8a8") | .stages[0].metrics |
+    to_entries[] | select(.key | test("_vs_rtn_layer")) | "\(.key) \(.value)"' "$T/st.json" |
+    sort >"$T/vs"
+cat "$T/vs"
+[ "$(grep -c '^awq_vs_rtn_layer' "$T/vs")" = 3 ] || fail "awq_w4: missing per-layer losses"
+awk '/^awq_vs_rtn/ && !($2 > 0 && $2 <= 1.0001) { bad = 1 } END { exit bad }' "$T/vs" ||
+    fail "awq_w4: a layer's AWQ loss is above RTN's"
 for l in gptq_w4 awq_w4; do
     art=$EXAQ_HOME/artifacts/$(jq -r --arg l "$l" '.sweeps[0].lanes[] | select(.id == $l) |
         .stages[0].key' "$T/st.json")/model
