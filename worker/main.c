@@ -5,8 +5,9 @@
  *   exaq-worker run KIND --input DIR [--output DIR] [--spec JSON] [--threads N]
  *                   [--backend cpu|cuda]
  *   exaq-worker run --job FILE|- --outcome FILE [--threads N] [--backend cpu|cuda]
- *   exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny] [--layers N] [--hybrid] [--v5]
- *                     [--seed N] [--tokenizer FILE] [--max-shard-mb N]
+ *   exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny|llama-3.2-1b|qwen3-1.7b|minicpm-2b]
+ *                     [--layers N] [--hybrid] [--v5] [--seed N]
+ *                     [--tokenizer FILE] [--max-shard-mb N]
  *   exaq-worker --version
  *
  * serve: connects to exaqd, says hello, then runs one job at a time on a job thread while the
@@ -763,7 +764,9 @@ static int run_one(int argc, char **argv)
 /* ---- synth: a synthetic checkpoint for tests and benchmarks ---- */
 
 #define SYNTH_USAGE                                                                                \
-    "usage: exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny] [--layers N] [--hybrid] "       \
+    "usage: exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny|llama-3.2-1b|qwen3-1.7b|"        \
+    "minicpm-2b]\n"                                                                                \
+    "                         [--layers N] [--hybrid] "                                            \
     "[--v5]\n"                                                                                     \
     "                         [--seed N] [--tokenizer FILE] [--max-shard-mb N]\n"
 
@@ -861,8 +864,15 @@ static int synth_cmd(int argc, char **argv)
         o.vocab_size = 4096;
         o.max_position_embeddings = 2048;
         o.sliding_window = hybrid ? 32 : 0;
+    } else if (synth_opts_shape(&o, shape) == 0) {
+        if (hybrid) {
+            fprintf(stderr, "exaq-worker synth: --hybrid is for the EXAONE-4 shapes\n");
+            return 1;
+        }
     } else {
-        fprintf(stderr, "exaq-worker synth: unknown --shape '%s' (use 1.2b, tiny-a or tiny)\n",
+        fprintf(stderr,
+                "exaq-worker synth: unknown --shape '%s' (use 1.2b, tiny-a, tiny, llama-3.2-1b, "
+                "qwen3-1.7b or minicpm-2b)\n",
                 shape);
         return 1;
     }
@@ -924,7 +934,8 @@ static void usage(FILE *f)
         "                       [--backend cpu|cuda]\n"
         "%s"
         "       exaq-worker run --job FILE|- --outcome FILE [--threads N] [--backend cpu|cuda]\n"
-        "       exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny] [--layers N]\n"
+        "       exaq-worker synth --out DIR [--shape 1.2b|tiny-a|tiny|llama-3.2-1b|qwen3-1.7b|\n"
+        "                         minicpm-2b] [--layers N]\n"
         "                   [--hybrid] [--v5] [--seed N] [--tokenizer FILE]\n"
         "                   [--max-shard-mb N]\n"
         "       exaq-worker logits --input DIR --ids FILE --out FILE [--n N] [--threads N]\n"

@@ -32,14 +32,21 @@ deterministic:
 A model passes when its full logits are within the tolerance, or, for activation-quantized
 models, when the weights line passes and the full-logit difference is no larger than twice the
 noise floor. Not part of `make test` (it needs PyTorch); docs/quantization.md records the
-command and the result.
+command and the result (docs/models.md for the families of tests/tools/loader_check_families.sh;
+the llama, qwen2, qwen3, mistral and minicpm checkpoints load through their transformers classes,
+minicpm through minicpm_ref.py).
 """
+import os
 import sys
 
 import numpy as np
 import torch
 import transformers
 from transformers import AutoModelForCausalLM
+
+# model_type minicpm (not in transformers): the reference of tests/tools/minicpm_ref.py.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import minicpm_ref  # noqa: E402,F401
 
 TOL_REL, TOL_ARGMAX = 0.02, 0.99
 # Relative perturbation of the input embeddings for the noise floor: about how far the two

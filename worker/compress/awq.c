@@ -1,5 +1,6 @@
 /*
- * awq: the exact scale folds of EXAONE-4 (legality from the block's data flow), and AWQ's scale
+ * awq: the exact scale folds of each family (legality from the block's data flow: the family
+ * table's fold sources; EXAONE-4 explains each illegal pair), and AWQ's scale
  * search, clip search and quantize-dequantize helpers (algorithms spec 2.1, 2.2).
  *
  * DESIGN. The AWQ references score each scale candidate by running the balance module on the
@@ -23,6 +24,7 @@
 
 #include "common/util.h"
 #include "kernels/matmul.h"
+#include "worker/engine/family.h"
 
 /* ---- exact folds ------------------------------------------------------------------------- */
 
@@ -38,6 +40,7 @@ static const char *const prev_names[AWQ_PREV_COUNT] = {
     "self_attn.k_norm",
     "post_attention_layernorm",
     "post_feedforward_layernorm",
+    "input_layernorm",
 };
 
 const char *awq_prev_name(enum awq_prev p)
@@ -105,6 +108,22 @@ static const char *illegal_reason(enum awq_prev prev, enum model_lin next)
     }
 }
 
+/* The family's fold source for next's input, as an awq_prev (-1: none). */
+static int fold_source(const struct family *fm, enum model_lin next)
+{
+    const struct family_fold *ff = next <= MODEL_LIN_V      ? &fm->fold_qkv
+                                   : next == MODEL_LIN_O    ? &fm->fold_o
+                                   : next == MODEL_LIN_DOWN ? &fm->fold_down
+                                                            : &fm->fold_gateup;
+    if (ff->src == FAMILY_FOLD_LIN)
+        return (int)AWQ_PREV_LIN(ff->lin);
+    if (ff->src == FAMILY_FOLD_NORM)
+        return ff->norm == MODEL_NORM_INPUT       ? (int)AWQ_PREV_INPUT_NORM
+               : ff->norm == MODEL_NORM_POST_ATTN ? (int)AWQ_PREV_POST_ATTN_NORM
+                                                  : -1;
+    return -1;
+}
+
 int awq_fold_resolve(const struct config *c, enum awq_prev prev, enum model_lin next,
                      struct awq_fold *f, char **err)
 {
@@ -118,6 +137,30 @@ int awq_fold_resolve(const struct config *c, enum awq_prev prev, enum model_lin 
     memset(f, 0, sizeof(*f));
     f->prev = prev;
     f->next = next;
+    const struct family *fm = c->fam ? c->fam : family_get(FAMILY_EXAONE4);
+    if (fold_source(fm, next) != (int)prev) {
+        if (fm->id == FAMILY_EXAONE4)
+            err_setf(err,
+                     "cannot fold %s -> %s in EXAONE-4: %s; the only exact folds are "
+                     "mlp.up_proj -> mlp.down_proj and self_attn.v_proj -> self_attn.o_proj",
+                     awq_prev_name(prev), model_lin_name(next), illegal_reason(prev, next));
+        else
+            err_setf(err,
+                     "cannot fold %s -> %s in %s (pre-norm): it does not produce %s's input "
+                     "channel by channel; the exact folds are input_layernorm -> q/k/v_proj, "
+                     "post_attention_layernorm -> gate/up_proj, v_proj -> o_proj and up_proj -> "
+                     "down_proj",
+                     awq_prev_name(prev), model_lin_name(next), fm->model_type,
+                     model_lin_name(next));
+        return -EINVAL;
+    }
+    if (prev == AWQ_PREV_INPUT_NORM || prev == AWQ_PREV_POST_ATTN_NORM) {
+        /* A pre-norm: next reads x_hat * g channel by channel, g the norm weight. */
+        f->flow = AWQ_FLOW_CHANNEL;
+        f->n = f->next_in = c->hidden_size;
+        f->rep = 1;
+        return 0;
+    }
     if (prev == AWQ_PREV_UP_PROJ && next == MODEL_LIN_DOWN) {
         if (c->intermediate_size < 1) {
             err_setf(err, "fold mlp.up_proj -> mlp.down_proj: bad intermediate_size %d",
@@ -209,6 +252,28 @@ int awq_fold_apply(struct model *m, int l, enum awq_prev prev, enum model_lin ne
                  awq_prev_name(prev), model_lin_name(next), l);
         return -EINVAL;
     }
+    if (prev == AWQ_PREV_INPUT_NORM || prev == AWQ_PREV_POST_ATTN_NORM) {
+        /* Norm weight g / s, next's columns * s. */
+        int nn = 0;
+        float *g = model_norm(
+            m, l, prev == AWQ_PREV_INPUT_NORM ? MODEL_NORM_INPUT : MODEL_NORM_POST_ATTN, &nn);
+        Ln = model_linear(m, l, next);
+        if (!g || nn != f.n || Ln->in != f.next_in) {
+            err_setf(err, "fold %s -> %s: layer %d has no such norm or the shapes differ",
+                     awq_prev_name(prev), model_lin_name(next), l);
+            return -EINVAL;
+        }
+        Wn = xmalloc((size_t)Ln->out * Ln->in * sizeof(float));
+        if ((rc = model_linear_get_f32(m, l, next, Wn, err)) == 0) {
+            awq_fold_weights(&f, NULL, 0, Wn, Ln->out, s);
+            rc = model_linear_set_f32(m, l, next, Wn, store, err);
+        }
+        if (rc == 0)
+            for (int j = 0; j < nn; j++)
+                g[j] /= s[j];
+        free(Wn);
+        return rc;
+    }
     Lp = model_linear(m, l, (enum model_lin)prev);
     Ln = model_linear(m, l, next);
     if (Lp->out != f.n || Ln->in != f.next_in) {
@@ -225,10 +290,20 @@ int awq_fold_apply(struct model *m, int l, enum awq_prev prev, enum model_lin ne
     if ((rc = model_linear_set_f32(m, l, (enum model_lin)prev, Wp, store, err)) ||
         (rc = model_linear_set_f32(m, l, next, Wn, store, err)))
         goto out;
+    awq_fold_bias(m, l, &f, s);
 out:
     free(Wp);
     free(Wn);
     return rc;
+}
+
+void awq_fold_bias(struct model *m, int l, const struct awq_fold *f, const float *s)
+{
+    int n = 0;
+    float *b =
+        (int)f->prev < MODEL_LIN_COUNT ? model_bias(m, l, (enum model_lin)f->prev, &n) : NULL;
+    for (int r = 0; b && r < n && r < f->n; r++)
+        b[r] /= s[r];
 }
 
 void awq_fold_reduce(const struct awq_fold *f, const float *col, enum awq_reduce how, float *out)

@@ -39,6 +39,7 @@ enum awq_prev {
     AWQ_PREV_K_NORM,         /* self_attn.k_norm */
     AWQ_PREV_POST_ATTN_NORM, /* post_attention_layernorm (post-norm of the attention branch) */
     AWQ_PREV_POST_FFN_NORM,  /* post_feedforward_layernorm (post-norm of the MLP branch) */
+    AWQ_PREV_INPUT_NORM,     /* input_layernorm (pre-norm families: the input of q/k/v) */
     AWQ_PREV_COUNT,
 };
 #define AWQ_PREV_LIN(w) ((enum awq_prev)(w))
@@ -64,14 +65,20 @@ struct awq_fold {
 };
 
 /*
- * Decides from the EXAONE-4 block's data flow whether dividing prev's output channels by s and
+ * Decides from the block's data flow (the family row's fold table, worker/engine/family.h)
+ * whether dividing prev's output channels by s and
  * multiplying next's input columns by s leaves the layer's function unchanged. Returns 0 and
- * fills *f for up_proj -> down_proj and v_proj -> o_proj (shapes checked against the config);
+ * fills *f for up_proj -> down_proj and v_proj -> o_proj (every family), and in the pre-norm
+ * families also input_layernorm -> q/k/v and post_attention_layernorm -> gate/up (shapes
+ * checked against the config);
  * any other pair returns -EINVAL with a message in *err (a new string; err may be NULL) saying
  * why the fold would not be exact. Never applies anything.
  */
 int awq_fold_resolve(const struct config *c, enum awq_prev prev, enum model_lin next,
                      struct awq_fold *f, char **err);
+/* A linear prev's bias (qwen2's v_proj) divided by s with its rows, as awq_fold_weights does to
+ * the rows; nothing for a norm or a linear without bias. */
+void awq_fold_bias(struct model *m, int l, const struct awq_fold *f, const float *s);
 /* The scale index that next's input column j reads (j itself, or (j / head_dim / rep) *
  * head_dim + j % head_dim under GQA). */
 int awq_fold_src(const struct awq_fold *f, int j);

@@ -12,7 +12,8 @@
  * Memory: per window only [T][hidden] buffers (one target per gap) and [T][intermediate] for the
  * down_proj inputs; the normal equations are [inter][inter] + [inter][hidden] doubles.
  * Must not change anything in the teacher, nor any student weight other than the gap layers'
- * down_proj and post_feedforward_layernorm.
+ * down_proj and post_feedforward_layernorm (pre-norm families, which have no post-norm: only
+ * down_proj; the norm fold scales its rows instead).
  */
 #include "worker/compress/heal.h"
 
@@ -26,6 +27,7 @@
 #include "common/util.h"
 #include "kernels/linalg.h"
 #include "kernels/syrk.h"
+#include "worker/engine/family.h"
 
 /* ---- linear algebra ------------------------------------------------------------------------ */
 
@@ -156,10 +158,29 @@ static void hlog(struct heal_state *st, const char *fmt, ...)
         st->o->log(st->o->arg, st->line);
 }
 
+/* The family's post-norm of the MLP branch (EXAONE-4 post_feedforward_layernorm), or -1: a
+ * pre-norm layer ends with out = h_mid + res_scale * d, d = down_proj(a), and the two fixes act
+ * on down_proj alone (the norm fold scales its rows, the refit's target is r / res_scale). */
+static int post_mlp(const struct heal_state *st)
+{
+    return st->s->cfg.fam->norm_post_mlp;
+}
+
+/* Pre-norm: gate/up read a normed copy, so h_mid (the residual after attention) is recovered
+ * from the layer output: h_mid = out - res_scale * d. */
+static void hmid_from_out(struct heal_state *st)
+{
+    float rs = st->s->res_scale;
+    for (size_t i = 0; i < (size_t)st->T * st->H; i++)
+        st->hmid[i] = st->xs[i] - rs * st->dout[i];
+}
+
 static int capture_hook(void *arg, int layer, enum model_hook_point pt, const float *x, int T,
                         int n)
 {
     struct heal_state *st = arg;
+    if (pt == MODEL_HOOK_GATEUP_IN && post_mlp(st) < 0)
+        return 0;
     float *dst = pt == MODEL_HOOK_GATEUP_IN ? st->hmid
                  : pt == MODEL_HOOK_DOWN_IN ? st->hin
                  : pt == MODEL_HOOK_MLP_OUT ? st->dout
@@ -190,8 +211,8 @@ static void acc_norm(struct heal_state *st, const float *tgt)
 static int acc_refit(struct heal_state *st, int layer, const float *tgt, char **err)
 {
     int H = st->H, I = st->I, T = st->T, rc;
-    const float *g = model_norm(st->s, layer, MODEL_NORM_POST_FFN, NULL);
-    double eps = st->s->eps;
+    const float *g = post_mlp(st) >= 0 ? model_norm(st->s, layer, post_mlp(st), NULL) : NULL;
+    double eps = st->s->eps, rs = st->s->res_scale;
     for (int t = 0; t < T; t++) {
         const float *d = st->dout + (size_t)t * H, *h = st->hmid + (size_t)t * H,
                     *y = tgt + (size_t)t * H;
@@ -199,7 +220,9 @@ static int acc_refit(struct heal_state *st, int layer, const float *tgt, char **
         for (int j = 0; j < H; j++)
             ms += (double)d[j] * d[j];
         double rms = sqrt(ms / H + eps);
-        for (int j = 0; j < H; j++) {
+        for (int j = 0; !g && j < H; j++)
+            st->dT[(size_t)j * T + t] = (float)(((double)y[j] - h[j]) / rs);
+        for (int j = 0; g && j < H; j++) {
             /* A (near) zero gain cannot be inverted: keep that channel's pre-norm output. */
             double v = fabs(g[j]) > 1e-12 ? ((double)y[j] - h[j]) / g[j] * rms : d[j];
             st->dT[(size_t)j * T + t] = (float)v;
@@ -268,7 +291,7 @@ static int run_pass(struct heal_state *st, int cg, enum collect what, enum measu
                               1u << MODEL_HOOK_GATEUP_IN | 1u << MODEL_HOOK_DOWN_IN |
                                   1u << MODEL_HOOK_MLP_OUT };
     if (what == COLLECT_NORM)
-        hk.mask = 1u << MODEL_HOOK_GATEUP_IN;
+        hk.mask = post_mlp(st) >= 0 ? 1u << MODEL_HOOK_GATEUP_IN : 1u << MODEL_HOOK_MLP_OUT;
     size_t nx = (size_t)T * H;
     for (int w = 0; w < st->n && rc == 0; w++) {
         const int32_t *ids = st->ids + (size_t)w * T;
@@ -295,6 +318,8 @@ static int run_pass(struct heal_state *st, int cg, enum collect what, enum measu
             int coll = what != COLLECT_NONE && j == st->gaps[cg].s_layer;
             if ((rc = model_layer_forward(st->s, j, st->xs, T, 0, NULL, coll ? &hk : NULL, err)))
                 break;
+            if (coll && post_mlp(st) < 0)
+                hmid_from_out(st);
             if (coll && what == COLLECT_NORM)
                 acc_norm(st, st->tgt[cg]);
             else if (coll && (rc = acc_refit(st, j, st->tgt[cg], err)))
@@ -322,12 +347,52 @@ static float round_to_model(const struct model *m, float v)
     return v;
 }
 
+/* The norm fold of a pre-norm layer: the MLP branch is res_scale * down_proj(a), so scaling
+ * channel j by t_j is exact as down_proj's row j times t_j (stored in its dtype). Takes t. */
+static int fold_down_rows(struct heal_state *st, int g, double *t, char **err)
+{
+    int j = st->gaps[g].s_layer, H = st->H, I = st->I, rc;
+    struct linear *L = model_linear(st->s, j, MODEL_LIN_DOWN);
+    enum kern_dtype dt = L->fmt == LINEAR_FMT_DENSE ? L->dtype : KERN_BF16;
+    float *W = xmalloc(sizeof(float) * (size_t)H * I);
+    double tmin = INFINITY, tmax = -INFINITY, e = 0;
+    for (int c = 0; c < H; c++)
+        if (!isfinite(t[c])) {
+            err_setf(err, "norm fold of layer %d: channel %d gets a non-finite scale", j, c);
+            free(W);
+            free(t);
+            return -EDOM;
+        }
+    if ((rc = model_linear_get_f32(st->s, j, MODEL_LIN_DOWN, W, err)) == 0) {
+        for (int c = 0; c < H; c++) {
+            for (int k = 0; k < I; k++)
+                W[(size_t)c * I + k] = (float)(W[(size_t)c * I + k] * t[c]);
+            tmin = fmin(tmin, t[c]);
+            tmax = fmax(tmax, t[c]);
+            e += t[c] * t[c] * st->nA[c] - 2 * t[c] * st->nB[c] + st->nC[c];
+        }
+        rc = model_linear_set_f32(st->s, j, MODEL_LIN_DOWN, W, dt, err);
+    }
+    if (rc == 0) {
+        st->gaps[g].err_after = e;
+        st->gaps[g].norm_folded = 1;
+        st->prefix = EXAQ_MIN(st->prefix, j);
+        hlog(st, "heal: layer %d down_proj rows scaled by t in [%.4f, %.4f] (no post-norm)", j,
+             tmin, tmax);
+    }
+    free(W);
+    free(t);
+    return rc;
+}
+
 static int fold_norm(struct heal_state *st, int g, char **err)
 {
     int j = st->gaps[g].s_layer, H = st->H, n;
-    float *gain = model_norm(st->s, j, MODEL_NORM_POST_FFN, &n);
     double *t = xmalloc(sizeof(double) * (size_t)H), tmin = INFINITY, tmax = -INFINITY;
     heal_norm_scales(st->nA, st->nB, H, st->o->ridge, t);
+    if (post_mlp(st) < 0)
+        return fold_down_rows(st, g, t, err);
+    float *gain = model_norm(st->s, j, post_mlp(st), &n);
     for (int c = 0; c < H; c++) {
         float v = round_to_model(st->s, (float)(gain[c] * t[c]));
         if (!isfinite(t[c]) || !isfinite(v)) {
@@ -403,11 +468,16 @@ static int same_layer(struct model *s, struct model *t, int j)
     for (int w = 0; w < MODEL_LIN_COUNT; w++)
         if (!same_linear(&a->lin[w], &b->lin[w]))
             return 0;
-    for (int k = 0; k <= MODEL_NORM_POST_FFN; k++) {
+    for (int k = 0; k < MODEL_NORM_LAYER_COUNT; k++) {
         int n = k <= MODEL_NORM_K ? s->cfg.head_dim : s->cfg.hidden_size;
-        if (memcmp(a->norm[k], b->norm[k], sizeof(float) * (size_t)n))
+        if ((a->norm[k] == NULL) != (b->norm[k] == NULL) ||
+            (a->norm[k] && memcmp(a->norm[k], b->norm[k], sizeof(float) * (size_t)n)))
             return 0;
     }
+    for (int w = 0; w < MODEL_LIN_COUNT; w++)
+        if ((a->bias[w] == NULL) != (b->bias[w] == NULL) ||
+            (a->bias[w] && memcmp(a->bias[w], b->bias[w], sizeof(float) * (size_t)a->lin[w].out)))
+            return 0;
     return a->rope == b->rope && a->window == b->window;
 }
 

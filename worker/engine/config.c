@@ -8,6 +8,7 @@
  * valuestring for every node type and cJSON_Duplicate copies it, so ownership stays cJSON's.
  */
 #include "worker/engine/config.h"
+#include "worker/engine/family.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -504,6 +505,158 @@ static int rope_equal(const struct config_rope *a, const struct config_rope *b)
            a->original_max_position_embeddings == b->original_max_position_embeddings;
 }
 
+/* EXAONE-4: sliding_window, sliding_window_pattern and layer_types (transformers defaults:
+ * window 4096, pattern 4). */
+static int derive_layers_exaone4(struct config *o, const cJSON *root, const char *lb, char **err)
+{
+    const cJSON *sw = field(root, "sliding_window");
+    if (!sw)
+        o->sliding_window = 4096;
+    else if (cJSON_IsNull(sw))
+        o->sliding_window = 0;
+    else if (get_int(root, "", "sliding_window", 1, 0, 1, &o->sliding_window, lb, err))
+        return -EINVAL;
+    const cJSON *sp = field(root, "sliding_window_pattern");
+    int pattern_is_string = 0;
+    if (!sp)
+        o->sliding_window_pattern = 4;
+    else if (cJSON_IsNull(sp))
+        o->sliding_window_pattern = 0;
+    else if (cJSON_IsString(sp)) {
+        o->sliding_window_pattern = 0;
+        pattern_is_string = 1;
+    } else if (get_int(root, "", "sliding_window_pattern", 1, 0, 0, &o->sliding_window_pattern, lb,
+                       err))
+        return -EINVAL;
+    if (o->sliding_window == 0)
+        o->sliding_window_pattern = 0; /* as transformers' __post_init__ */
+
+    free(o->layer_types);
+    o->layer_types = xcalloc((size_t)o->num_hidden_layers, sizeof(*o->layer_types));
+    const cJSON *lt = field(root, "layer_types");
+    if (lt && !cJSON_IsNull(lt)) {
+        if (!cJSON_IsArray(lt)) {
+            err_setf(err, "%s: layer_types must be a list", lb);
+            return -EINVAL;
+        }
+        int n = cJSON_GetArraySize(lt);
+        if (n != o->num_hidden_layers) {
+            err_setf(err, "%s: layer_types has %d entries but num_hidden_layers is %d", lb, n,
+                     o->num_hidden_layers);
+            return -EINVAL;
+        }
+        int i = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, lt)
+        {
+            if (cJSON_IsString(e) && strcmp(e->valuestring, "full_attention") == 0)
+                o->layer_types[i] = CONFIG_LAYER_FULL;
+            else if (cJSON_IsString(e) && strcmp(e->valuestring, "sliding_attention") == 0)
+                o->layer_types[i] = CONFIG_LAYER_SLIDING;
+            else {
+                err_setf(err,
+                         "%s: layer_types[%d] must be \"full_attention\" or "
+                         "\"sliding_attention\"",
+                         lb, i);
+                return -EINVAL;
+            }
+            i++;
+        }
+        o->layer_types_explicit = 1;
+    } else {
+        if (pattern_is_string && o->sliding_window > 0) {
+            err_setf(err,
+                     "%s: layer_types is missing and sliding_window_pattern is a string; "
+                     "transformers cannot derive layer_types from it, list them explicitly",
+                     lb);
+            return -EINVAL;
+        }
+        if (o->sliding_window_pattern == 0) {
+            err_setf(err,
+                     "%s: layer_types is missing and sliding_window_pattern is %s (sliding_"
+                     "window is %s): the default rule (i+1) %% pattern divides by zero, list "
+                     "layer_types explicitly",
+                     lb, o->sliding_window == 0 ? "0" : "null or 0",
+                     o->sliding_window == 0 ? "null" : "set");
+            return -EINVAL;
+        }
+        for (int i = 0; i < o->num_hidden_layers; i++)
+            o->layer_types[i] =
+                (i + 1) % o->sliding_window_pattern != 0 ? CONFIG_LAYER_SLIDING : CONFIG_LAYER_FULL;
+        o->layer_types_explicit = 0;
+    }
+    return 0;
+}
+
+/* layer_types as written (every entry full_attention or sliding_attention). */
+static int parse_layer_types(struct config *o, const cJSON *lt, const char *lb, char **err)
+{
+    if (!cJSON_IsArray(lt) || cJSON_GetArraySize(lt) != o->num_hidden_layers) {
+        err_setf(err, "%s: layer_types must be a list of %d entries (num_hidden_layers)", lb,
+                 o->num_hidden_layers);
+        return -EINVAL;
+    }
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, lt)
+    {
+        if (cJSON_IsString(e) && strcmp(e->valuestring, "full_attention") == 0)
+            o->layer_types[i] = CONFIG_LAYER_FULL;
+        else if (cJSON_IsString(e) && strcmp(e->valuestring, "sliding_attention") == 0)
+            o->layer_types[i] = CONFIG_LAYER_SLIDING;
+        else {
+            err_setf(err, "%s: layer_types[%d] must be \"full_attention\" or \"sliding_attention\"",
+                     lb, i);
+            return -EINVAL;
+        }
+        i++;
+    }
+    o->layer_types_explicit = 1;
+    return 0;
+}
+
+/* The pre-norm families: no window (llama, minicpm), one window on every layer (mistral), or
+ * Qwen's use_sliding_window with max_window_layers (or an explicit layer_types). */
+static int derive_layers_other(struct config *o, const cJSON *root, const char *lb, char **err)
+{
+    const struct family *f = o->fam;
+    o->sliding_window = 0;
+    o->sliding_window_pattern = 0;
+    free(o->layer_types);
+    o->layer_types = xcalloc((size_t)o->num_hidden_layers + 1, sizeof(*o->layer_types));
+    o->layer_types_explicit = 0;
+    if (f->window == FAMILY_WINDOW_NONE)
+        return 0;
+    const cJSON *sw = field(root, "sliding_window");
+    if (!sw)
+        o->sliding_window = f->sliding_default;
+    else if (!cJSON_IsNull(sw) &&
+             get_int(root, "", "sliding_window", 1, 0, 1, &o->sliding_window, lb, err))
+        return -EINVAL;
+    if (f->window == FAMILY_WINDOW_ALL) {
+        for (int i = 0; i < o->num_hidden_layers; i++)
+            o->layer_types[i] = o->sliding_window > 0 ? CONFIG_LAYER_SLIDING : CONFIG_LAYER_FULL;
+        return 0;
+    }
+    const cJSON *use = field(root, "use_sliding_window");
+    if (use && !cJSON_IsBool(use) && !cJSON_IsNull(use)) {
+        err_setf(err, "%s: use_sliding_window must be true or false", lb);
+        return -EINVAL;
+    }
+    if (!cJSON_IsTrue(use))
+        o->sliding_window = 0; /* as transformers' Qwen2Config / Qwen3Config */
+    const cJSON *lt = field(root, "layer_types");
+    if (lt && !cJSON_IsNull(lt))
+        return parse_layer_types(o, lt, lb, err);
+    int mwl;
+    if (get_int(root, "", "max_window_layers", 0, 28, 0, &mwl, lb, err))
+        return -EINVAL;
+    for (int i = 0; i < o->num_hidden_layers; i++)
+        o->layer_types[i] =
+            o->sliding_window > 0 && i >= mwl ? CONFIG_LAYER_SLIDING : CONFIG_LAYER_FULL;
+    return 0;
+}
+
 /* Derives every struct field from root into o (o->raw and o->label untouched). */
 static int derive(struct config *o, const cJSON *root, const char *lb, char **err)
 {
@@ -511,11 +664,17 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
         err_setf(err, "%s: not a JSON object", lb);
         return -EINVAL;
     }
+    int rc;
     const cJSON *mt = field(root, "model_type");
-    if (mt && !(cJSON_IsString(mt) && strcmp(mt->valuestring, "exaone4") == 0)) {
-        err_setf(err, "%s: model_type is '%s', expected 'exaone4'", lb,
-                 cJSON_IsString(mt) ? mt->valuestring : "(not a string)");
-        return -EINVAL;
+    /* Without model_type: EXAONE-4, the engine's first family (older test configs). */
+    o->fam = family_get(FAMILY_EXAONE4);
+    if (mt) {
+        o->fam = cJSON_IsString(mt) ? family_find(mt->valuestring) : NULL;
+        if (!o->fam) {
+            err_setf(err, "%s: model_type is '%s'; the engine loads %s", lb,
+                     cJSON_IsString(mt) ? mt->valuestring : "(not a string)", family_list());
+            return -EINVAL;
+        }
     }
     const cJSON *act = field(root, "hidden_act");
     if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0)) {
@@ -530,8 +689,10 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
         return -EINVAL;
     if (get_int(root, "", "num_key_value_heads", 0, o->num_attention_heads, 1,
                 &o->num_key_value_heads, lb, err) ||
-        get_int(root, "", "head_dim", 0, o->hidden_size / o->num_attention_heads, 2, &o->head_dim,
-                lb, err) ||
+        get_int(root, "", "head_dim", 0,
+                o->fam->head_dim_default ? o->fam->head_dim_default
+                                         : o->hidden_size / o->num_attention_heads,
+                2, &o->head_dim, lb, err) ||
         get_int(root, "", "max_position_embeddings", 0, 2048, 1, &o->max_position_embeddings, lb,
                 err) ||
         get_num(root, "", "rms_norm_eps", 0, 1e-5, &o->rms_norm_eps, lb, err))
@@ -554,7 +715,39 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
         err_setf(err, "%s: tie_word_embeddings must be true or false", lb);
         return -EINVAL;
     }
-    o->tie_word_embeddings = tie ? cJSON_IsTrue(tie) : 0;
+    o->tie_word_embeddings = tie ? cJSON_IsTrue(tie) : o->fam->tie_default;
+    const cJSON *mb = field(root, "mlp_bias");
+    if (mb && !cJSON_IsNull(mb) && !cJSON_IsFalse(mb)) {
+        err_setf(err, "%s: mlp_bias must be false (MLP biases are not supported)", lb);
+        return -EINVAL;
+    }
+    const cJSON *ab = field(root, "attention_bias");
+    if (ab && !cJSON_IsNull(ab) && !cJSON_IsBool(ab)) {
+        err_setf(err, "%s: attention_bias must be true or false", lb);
+        return -EINVAL;
+    }
+    o->bias_mask = o->fam->bias_always;
+    if (cJSON_IsTrue(ab)) {
+        if (!o->fam->attention_bias) {
+            err_setf(err, "%s: attention_bias is not supported for model_type %s", lb,
+                     o->fam->model_type);
+            return -EINVAL;
+        }
+        o->bias_mask |= 0xfu; /* q, k, v and o (enum model_lin order) */
+    }
+    o->scale_emb = 1.0;
+    o->scale_depth = sqrt((double)o->num_hidden_layers);
+    o->dim_model_base = o->hidden_size;
+    if (o->fam->mup_scales) {
+        if (get_num(root, "", "scale_emb", 0, 1.0, &o->scale_emb, lb, err) ||
+            get_num(root, "", "scale_depth", 0, o->scale_depth, &o->scale_depth, lb, err) ||
+            get_num(root, "", "dim_model_base", 0, o->dim_model_base, &o->dim_model_base, lb, err))
+            return -EINVAL;
+        if (!(o->scale_emb > 0) || !(o->scale_depth > 0) || !(o->dim_model_base > 0)) {
+            err_setf(err, "%s: scale_emb, scale_depth and dim_model_base must be positive", lb);
+            return -EINVAL;
+        }
+    }
 
     /* dtype: v5 "dtype", v4 "torch_dtype". */
     const cJSON *dt = field(root, "dtype");
@@ -640,83 +833,12 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
         }
     }
 
-    /* Sliding window and layer types (transformers defaults: window 4096, pattern 4). */
-    const cJSON *sw = field(root, "sliding_window");
-    if (!sw)
-        o->sliding_window = 4096;
-    else if (cJSON_IsNull(sw))
-        o->sliding_window = 0;
-    else if (get_int(root, "", "sliding_window", 1, 0, 1, &o->sliding_window, lb, err))
-        return -EINVAL;
-    const cJSON *sp = field(root, "sliding_window_pattern");
-    int pattern_is_string = 0;
-    if (!sp)
-        o->sliding_window_pattern = 4;
-    else if (cJSON_IsNull(sp))
-        o->sliding_window_pattern = 0;
-    else if (cJSON_IsString(sp)) {
-        o->sliding_window_pattern = 0;
-        pattern_is_string = 1;
-    } else if (get_int(root, "", "sliding_window_pattern", 1, 0, 0, &o->sliding_window_pattern, lb,
-                       err))
-        return -EINVAL;
-    if (o->sliding_window == 0)
-        o->sliding_window_pattern = 0; /* as transformers' __post_init__ */
-
-    free(o->layer_types);
-    o->layer_types = xcalloc((size_t)o->num_hidden_layers, sizeof(*o->layer_types));
-    const cJSON *lt = field(root, "layer_types");
-    if (lt && !cJSON_IsNull(lt)) {
-        if (!cJSON_IsArray(lt)) {
-            err_setf(err, "%s: layer_types must be a list", lb);
-            return -EINVAL;
-        }
-        int n = cJSON_GetArraySize(lt);
-        if (n != o->num_hidden_layers) {
-            err_setf(err, "%s: layer_types has %d entries but num_hidden_layers is %d", lb, n,
-                     o->num_hidden_layers);
-            return -EINVAL;
-        }
-        int i = 0;
-        const cJSON *e;
-        cJSON_ArrayForEach(e, lt)
-        {
-            if (cJSON_IsString(e) && strcmp(e->valuestring, "full_attention") == 0)
-                o->layer_types[i] = CONFIG_LAYER_FULL;
-            else if (cJSON_IsString(e) && strcmp(e->valuestring, "sliding_attention") == 0)
-                o->layer_types[i] = CONFIG_LAYER_SLIDING;
-            else {
-                err_setf(err,
-                         "%s: layer_types[%d] must be \"full_attention\" or "
-                         "\"sliding_attention\"",
-                         lb, i);
-                return -EINVAL;
-            }
-            i++;
-        }
-        o->layer_types_explicit = 1;
-    } else {
-        if (pattern_is_string && o->sliding_window > 0) {
-            err_setf(err,
-                     "%s: layer_types is missing and sliding_window_pattern is a string; "
-                     "transformers cannot derive layer_types from it, list them explicitly",
-                     lb);
-            return -EINVAL;
-        }
-        if (o->sliding_window_pattern == 0) {
-            err_setf(err,
-                     "%s: layer_types is missing and sliding_window_pattern is %s (sliding_"
-                     "window is %s): the default rule (i+1) %% pattern divides by zero, list "
-                     "layer_types explicitly",
-                     lb, o->sliding_window == 0 ? "0" : "null or 0",
-                     o->sliding_window == 0 ? "null" : "set");
-            return -EINVAL;
-        }
-        for (int i = 0; i < o->num_hidden_layers; i++)
-            o->layer_types[i] =
-                (i + 1) % o->sliding_window_pattern != 0 ? CONFIG_LAYER_SLIDING : CONFIG_LAYER_FULL;
-        o->layer_types_explicit = 0;
-    }
+    if (o->fam->window == FAMILY_WINDOW_EXAONE4)
+        rc = derive_layers_exaone4(o, root, lb, err);
+    else
+        rc = derive_layers_other(o, root, lb, err);
+    if (rc)
+        return rc;
     o->bos_token_id = token_id(root, "bos_token_id");
     o->eos_token_id = token_id(root, "eos_token_id");
     o->pad_token_id = token_id(root, "pad_token_id");
@@ -724,6 +846,8 @@ static int derive(struct config *o, const cJSON *root, const char *lb, char **er
     int nsliding = 0;
     for (int i = 0; i < o->num_hidden_layers; i++)
         nsliding += o->layer_types[i] == CONFIG_LAYER_SLIDING;
+    if (o->fam->window != FAMILY_WINDOW_EXAONE4)
+        return 0;
     if (o->sliding_window == 0 && nsliding > 0)
         log_warn("%s: %d sliding_attention layers but sliding_window is null: transformers "
                  "applies RoPE on every layer and no window; vLLM disagrees (spec 6.7)",
@@ -978,7 +1102,13 @@ int config_keep_layers(struct config *c, const int *keep, int n, char **err)
         }
         cJSON_AddItemToArray(arr, cJSON_CreateString(layer_type_name(c->layer_types[keep[i]])));
     }
-    set_item(c, "layer_types", arr);
+    if (c->fam->layer_types_key)
+        set_item(c, "layer_types", arr);
+    else
+        cJSON_Delete(arr);
+    if (c->fam->mup_scales)
+        config_set_float(c, "scale_depth",
+                         c->scale_depth * sqrt((double)n / (double)c->num_hidden_layers));
     config_set_int(c, "num_hidden_layers", n);
     return config_reparse(c, err);
 }
@@ -1045,7 +1175,7 @@ int config_convert_style(struct config *c, enum config_style style, char **err)
 
 int config_layer_rope(const struct config *c, int l)
 {
-    if (c->sliding_window == 0)
+    if (c->fam->window != FAMILY_WINDOW_EXAONE4 || c->sliding_window == 0)
         return 1;
     return c->layer_types[l] == CONFIG_LAYER_SLIDING;
 }

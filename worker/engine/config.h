@@ -1,5 +1,6 @@
 /*
- * config: EXAONE-4 config.json, parsed from either transformers style into one struct, plus the
+ * config: a decoder's config.json (model_type exaone4, llama, mistral, qwen2, qwen3 or minicpm;
+ * worker/engine/family.h), parsed from either transformers style into one struct, plus the
  * raw JSON document so later stages can edit fields and write config.json back.
  *
  * Styles (spec sections 1.5 and 4):
@@ -25,6 +26,7 @@
 #include <stddef.h>
 
 struct cJSON;
+struct family;
 
 enum config_style {
     CONFIG_STYLE_V4 = 0,
@@ -68,6 +70,11 @@ struct config {
     char dtype[32]; /* "bfloat16", "float16", "float32", or "" when absent */
     int bos_token_id, eos_token_id, pad_token_id; /* -1 when null, absent or a list */
     enum config_style style;
+    const struct family *fam; /* the model_type's row of worker/engine/family.h */
+    unsigned bias_mask;       /* (1u << model_lin) linears with a bias tensor */
+    /* MiniCPM (family mup_scales); 1, sqrt(num_hidden_layers) and hidden_size elsewhere, which
+     * makes all three scalings the identity: */
+    double scale_emb, scale_depth, dim_model_base;
     struct cJSON *raw; /* the document; owned */
     char *label;       /* file name used in error messages */
 };
@@ -95,8 +102,10 @@ int config_delete(struct config *c, const char *key);
 
 /* Rewrites the raw document in the given style (rope fields and dtype keys), then reparses. */
 int config_convert_style(struct config *c, enum config_style style, char **err);
-/* Keeps layers keep[0..n-1] (original indices, in order): num_hidden_layers and an explicit
- * layer_types of the kept entries (spec section 5), then reparses. */
+/* Keeps layers keep[0..n-1] (original indices, in order): num_hidden_layers and, where the
+ * family has the key, an explicit layer_types of the kept entries (spec section 5); MiniCPM's
+ * scale_depth is rescaled so that scale_depth / sqrt(num_hidden_layers) stays the same. Then
+ * reparses. */
 int config_keep_layers(struct config *c, const int *keep, int n, char **err);
 
 /* JSON text as transformers writes it; new string (free()). */

@@ -1,6 +1,7 @@
 /*
- * model: loading an EXAONE-4 checkpoint into the engine, the KV cache, weight access and
- * replacement, layer removal and saving. The forward pass lives in model_fwd.c.
+ * model: loading a checkpoint of one of the decoder families (worker/engine/family.h) into the
+ * engine, the KV cache, weight access and replacement, layer removal and saving. The forward pass
+ * lives in model_fwd.c.
  *
  * Dense linears borrow their BF16/F16/F32 data straight from the mmapped safetensors (no copy,
  * no conversion: the kernels widen BF16 on the fly); replaced weights are owned by the linear.
@@ -22,6 +23,7 @@
 #include "common/util.h"
 #include "kernels/par.h"
 #include "worker/engine/ctensors.h"
+#include "worker/engine/family.h"
 #include "worker/engine/model_internal.h"
 
 static const char *lin_names[MODEL_LIN_COUNT] = {
@@ -29,12 +31,24 @@ static const char *lin_names[MODEL_LIN_COUNT] = {
     "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",
 };
 
-static const char *norm_names[MODEL_NORM_POST_FFN + 1] = {
-    "self_attn.q_norm",
-    "self_attn.k_norm",
-    "post_attention_layernorm",
-    "post_feedforward_layernorm",
+static const char *norm_names[MODEL_NORM_LAYER_COUNT] = {
+    "self_attn.q_norm",           "self_attn.k_norm", "post_attention_layernorm",
+    "post_feedforward_layernorm", "input_layernorm",
 };
+
+/* Whether the family has per-layer norm slot k. */
+static int has_norm(const struct family *f, int k)
+{
+    if (k == MODEL_NORM_Q || k == MODEL_NORM_K)
+        return f->qk_norm;
+    return k == f->norm_pre_attn || k == f->norm_post_attn || k == f->norm_pre_mlp ||
+           k == f->norm_post_mlp;
+}
+
+static int norm_len(const struct config *c, int k)
+{
+    return k <= MODEL_NORM_K ? c->head_dim : c->hidden_size;
+}
 
 const char *model_lin_name(enum model_lin w)
 {
@@ -163,8 +177,10 @@ static void layer_release(struct model_layer *L)
         linear_release(&L->lin[i]);
         drop_quant(L, i);
     }
-    for (int i = 0; i <= MODEL_NORM_POST_FFN; i++)
+    for (int i = 0; i < MODEL_NORM_LAYER_COUNT; i++)
         free(L->norm[i]);
+    for (int i = 0; i < MODEL_LIN_COUNT; i++)
+        free(L->bias[i]);
     memset(L, 0, sizeof(*L));
 }
 
@@ -202,6 +218,11 @@ static void apply_config(struct model *m)
     m->eps = (float)c->rms_norm_eps;
     /* transformers: scaling = head_dim ** -0.5 (a Python double), used on fp32 scores. */
     m->attn_scale = (float)pow((double)c->head_dim, -0.5);
+    /* MiniCPM, as its modeling code: embeddings * scale_emb, each branch * (scale_depth /
+     * sqrt(num_hidden_layers)), hidden / (hidden_size / dim_model_base) before the head. */
+    m->embed_scale = (float)c->scale_emb;
+    m->res_scale = (float)(c->scale_depth / sqrt((double)c->num_hidden_layers));
+    m->head_div = (float)((double)c->hidden_size / c->dim_model_base);
 }
 
 int model_load(struct model **out, const char *dir, const struct model_opts *opts, char **err)
@@ -272,12 +293,24 @@ int model_load(struct model **out, const char *dir, const struct model_opts *opt
             if (r)
                 goto fail;
         }
-        for (int k = 0; k <= MODEL_NORM_POST_FFN; k++) {
-            int n = k <= MODEL_NORM_K ? c->head_dim : c->hidden_size;
+        for (int k = 0; k < MODEL_NORM_LAYER_COUNT; k++) {
+            if (!has_norm(c->fam, k))
+                continue;
             char *name = xasprintf("model.layers.%d.%s.weight", l, norm_names[k]);
-            L->norm[k] = load_vec(m, name, n, err);
+            L->norm[k] = load_vec(m, name, norm_len(c, k), err);
             free(name);
             if (!L->norm[k])
+                goto fail;
+        }
+        for (int w = 0; w < MODEL_LIN_COUNT; w++) {
+            int o, i;
+            if (!(c->bias_mask & (1u << w)))
+                continue;
+            lin_shape(c, (enum model_lin)w, &o, &i);
+            char *name = xasprintf("model.layers.%d.%s.bias", l, lin_names[w]);
+            L->bias[w] = load_vec(m, name, o, err);
+            free(name);
+            if (!L->bias[w])
                 goto fail;
         }
     }
@@ -489,11 +522,21 @@ float *model_norm(struct model *m, int l, enum model_norm which, int *n)
             *n = m->cfg.hidden_size;
         return m->final_norm;
     }
-    if (l < 0 || l >= m->n_layers || (int)which < 0 || which > MODEL_NORM_POST_FFN)
+    if (l < 0 || l >= m->n_layers || (int)which < 0 || which >= MODEL_NORM_LAYER_COUNT)
         return NULL;
     if (n)
-        *n = which <= MODEL_NORM_K ? m->cfg.head_dim : m->cfg.hidden_size;
+        *n = norm_len(&m->cfg, which);
     return m->layers[l].norm[which];
+}
+
+float *model_bias(struct model *m, int l, enum model_lin w, int *n)
+{
+    if (check_lw(m, l, w, NULL) || !m->layers[l].bias[w])
+        return NULL;
+    model__gpu_drop(m); /* the caller may edit it */
+    if (n)
+        *n = m->layers[l].lin[w].out;
+    return m->layers[l].bias[w];
 }
 
 int model_keep_layers(struct model *m, const int *keep, int n, char **err)
@@ -690,7 +733,7 @@ int model_save(const struct model *m, const char *dir, const struct model_save_o
     }
     const struct config *c = &m->cfg;
     struct config qc;
-    int per = MODEL_LIN_COUNT * CTENSORS_MAX_TENSORS + MODEL_NORM_POST_FFN + 1;
+    int per = MODEL_LIN_COUNT * (CTENSORS_MAX_TENSORS + 1) + MODEL_NORM_LAYER_COUNT;
     int cap = 3 + m->n_layers * per;
     struct st_wtensor *ts = xcalloc((size_t)cap, sizeof(*ts));
     struct save_item *items = xcalloc((size_t)cap, sizeof(*items));
@@ -740,9 +783,14 @@ int model_save(const struct model *m, const char *dir, const struct model_save_o
                 ADD_LIN(xasprintf("model.layers.%d.%s.weight", l, lin_names[w]), &L->lin[w]);
             }
         }
-        for (int k = 0; k <= MODEL_NORM_POST_FFN; k++)
-            ADD_VEC(xasprintf("model.layers.%d.%s.weight", l, norm_names[k]), L->norm[k],
-                    k <= MODEL_NORM_K ? c->head_dim : c->hidden_size);
+        for (int w = 0; w < MODEL_LIN_COUNT; w++)
+            if (L->bias[w])
+                ADD_VEC(xasprintf("model.layers.%d.%s.bias", l, lin_names[w]), L->bias[w],
+                        L->lin[w].out);
+        for (int k = 0; k < MODEL_NORM_LAYER_COUNT; k++)
+            if (L->norm[k])
+                ADD_VEC(xasprintf("model.layers.%d.%s.weight", l, norm_names[k]), L->norm[k],
+                        norm_len(c, k));
     }
     ADD_VEC(xstrdup("model.norm.weight"), m->final_norm, c->hidden_size);
     if (!m->tied)

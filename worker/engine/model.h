@@ -1,15 +1,20 @@
 /*
- * model: the EXAONE-4 CPU engine: weights (mmapped BF16/F16/F32, or replaced in memory), the KV
+ * model: the CPU engine of the decoder families (worker/engine/family.h: EXAONE-4, Llama,
+ * Mistral, Qwen2, Qwen3, MiniCPM): weights (mmapped BF16/F16/F32, or replaced in memory), the KV
  * cache, the forward pass of spec sections 1.3-1.5 in fp32, and the layer-level API the
  * calibration, pruning and healing stages build on.
  *
- * Forward pass per layer (x is the residual stream, [T][hidden], updated in place):
- *   q,k,v = x.Wq^T, x.Wk^T, x.Wv^T; per-head RMSNorm on q and k (q_norm, k_norm) BEFORE RoPE;
- *   NeoX RoPE with the config's rope (llama3 scaling) on every layer when sliding_window is
- *   null, else only on sliding layers; k,v appended to the cache; causal (+ sliding window)
- *   GQA attention, scale head_dim^-0.5; o = attn.Wo^T; x += RMSNorm(o, post_attention_layernorm);
- *   x += RMSNorm(down(silu(x.Wg^T) * x.Wu^T), post_feedforward_layernorm).
- * Then final norm and the tied (or separate lm_head.weight) head. No input_layernorm exists.
+ * Forward pass per layer (x is the residual stream, [T][hidden], updated in place), with the
+ * family row deciding each bracketed step:
+ *   a = [pre_attn norm](x); q,k,v = a.Wq^T [+ bq], ...; [per-head RMSNorm on q and k (q_norm,
+ *   k_norm)] BEFORE RoPE; NeoX RoPE with the config's rope (llama3 scaling) on every layer
+ *   (EXAONE-4 with a sliding window: only on sliding layers); k,v appended to the cache; causal
+ *   (+ sliding window) GQA attention, scale head_dim^-0.5; o = attn.Wo^T [+ bo];
+ *   x += res_scale * [post_attn norm](o); m = [pre_mlp norm](x);
+ *   x += res_scale * [post_mlp norm](down(silu(m.Wg^T) * m.Wu^T)).
+ * Embeddings are multiplied by embed_scale; then final norm, division by head_div and the tied
+ * (or separate lm_head.weight) head. EXAONE-4 has no input_layernorm (post-norm); the pre-norm
+ * families have no post_feedforward_layernorm.
  *
  * Consumers:
  *   eval:        model_load, model_forward (all or last logits, KV cache), model_nll,
@@ -19,7 +24,7 @@
  *                one), model_linear_get_f32 / model_linear_set_f32 / model_linear_replace to
  *                swap weights, and a re-run of the layer for the next layer's inputs.
  *   pruning:     MODEL_HOOK_LAYER_OUT (hidden after each layer, before the final norm),
- *                MODEL_HOOK_MLP_OUT (down_proj output before post_feedforward_layernorm),
+ *                MODEL_HOOK_MLP_OUT (down_proj output before a post-norm and res_scale),
  *                model_keep_layers, model_norm (editable fp32 norm weights), model_save.
  *
  * Ownership and threads: a model is not reentrant (it owns scratch buffers); use one per thread
@@ -51,17 +56,22 @@ enum model_lin {
 enum model_norm {
     MODEL_NORM_Q = 0,     /* self_attn.q_norm, [head_dim] */
     MODEL_NORM_K,         /* self_attn.k_norm, [head_dim] */
-    MODEL_NORM_POST_ATTN, /* post_attention_layernorm, [hidden] */
-    MODEL_NORM_POST_FFN,  /* post_feedforward_layernorm, [hidden] */
+    MODEL_NORM_POST_ATTN, /* post_attention_layernorm, [hidden]: EXAONE-4's post-norm of the
+                             attention branch, the MLP's input norm in pre-norm families */
+    MODEL_NORM_POST_FFN,  /* post_feedforward_layernorm, [hidden] (EXAONE-4 only) */
+    MODEL_NORM_INPUT,     /* input_layernorm, [hidden] (pre-norm families only) */
     MODEL_NORM_FINAL,     /* model.norm, [hidden]; the layer index is ignored */
     MODEL_NORM_COUNT,
 };
+#define MODEL_NORM_LAYER_COUNT MODEL_NORM_FINAL /* per-layer slots; absent ones are NULL */
 
 enum model_hook_point {
-    MODEL_HOOK_QKV_IN = 0, /* [T][hidden]: the input of q_proj, k_proj and v_proj */
+    MODEL_HOOK_QKV_IN = 0, /* [T][hidden]: the input of q_proj, k_proj and v_proj (after
+                              the pre-norm in pre-norm families) */
     MODEL_HOOK_O_IN,       /* [T][heads*head_dim]: attention output, the input of o_proj */
     MODEL_HOOK_ATTN_OUT,   /* [T][hidden]: o_proj output before post_attention_layernorm */
-    MODEL_HOOK_GATEUP_IN,  /* [T][hidden]: residual after attention, input of gate/up_proj */
+    MODEL_HOOK_GATEUP_IN,  /* [T][hidden]: input of gate/up_proj (EXAONE-4: the residual after
+                              attention; pre-norm: post_attention_layernorm of it) */
     MODEL_HOOK_DOWN_IN,    /* [T][intermediate]: silu(gate) * up, the input of down_proj */
     MODEL_HOOK_MLP_OUT,    /* [T][hidden]: down_proj output before post_feedforward_layernorm */
     MODEL_HOOK_LAYER_OUT,  /* [T][hidden]: the residual stream after the layer */
@@ -81,10 +91,11 @@ struct model_layer {
     /* The quantized form of each linear (owned), or NULL when it is dense. lin[] then holds its
      * exact fp32 dequantization, and activations are quantized as quant->act says. */
     struct qweight *quant[MODEL_LIN_COUNT];
-    float *norm[MODEL_NORM_POST_FFN + 1]; /* fp32, owned */
-    int rope;                             /* applies RoPE (config_layer_rope) */
-    int window;                           /* sliding window, 0 = full causal */
-    int src_index;                        /* index of this layer in the loaded checkpoint */
+    float *norm[MODEL_NORM_LAYER_COUNT]; /* fp32, owned; NULL where the family has none */
+    float *bias[MODEL_LIN_COUNT];        /* fp32 [out], owned; NULL without a bias */
+    int rope;                            /* applies RoPE (config_layer_rope) */
+    int window;                          /* sliding window, 0 = full causal */
+    int src_index;                       /* index of this layer in the loaded checkpoint */
 };
 
 struct model_opts {
@@ -110,6 +121,9 @@ struct model {
     float *final_norm; /* [hidden], owned */
     float *inv_freq;   /* [head_dim / 2] RoPE inverse frequencies */
     float eps, attn_scale;
+    /* MiniCPM's scalings (1 elsewhere): embeddings times embed_scale, each branch times
+     * res_scale before its residual add, final hidden states divided by head_div. */
+    float embed_scale, res_scale, head_div;
     struct model_ws *ws;
     /* KERN_IMPL_CUDA: the device-resident copy model_nll uses (worker/engine/model_gpu.c), built on
      * first use and dropped by every edit of the weights; gpu_off: this model cannot use it. */
@@ -139,7 +153,8 @@ void model_kv_reset(struct model_kv *kv);
 
 /* ---- forward ----------------------------------------------------------------------------- */
 
-/* x[T][hidden] = embed_tokens[ids] (no scaling). -EINVAL for an id outside [0, vocab). */
+/* x[T][hidden] = embed_tokens[ids] (times MiniCPM's scale_emb). -EINVAL for an id outside [0,
+ * vocab). */
 int model_embed(const struct model *m, const int32_t *ids, int T, float *x, char **err);
 
 /*
@@ -152,7 +167,7 @@ int model_layer_forward(struct model *m, int l, float *x, int T, int pos0, struc
                         const struct model_hooks *hooks, char **err);
 /* model.norm on x[T][hidden] in place. */
 int model_final_norm(struct model *m, float *x, int T, char **err);
-/* logits[T][vocab] = xn . lm_head^T (xn already final-normed). */
+/* logits[T][vocab] = (xn / head_div) . lm_head^T (xn already final-normed). */
 int model_lm_head(struct model *m, const float *xn, int T, float *logits, char **err);
 
 enum model_logits {
@@ -207,7 +222,11 @@ int model_quantized_count(const struct model *m);
 /* "model.layers.<l>.self_attn.q_proj" etc. into buf. */
 void model_module_name(int l, enum model_lin w, char *buf, size_t n);
 
-/* Editable fp32 norm weights and their length (*n); l is ignored for MODEL_NORM_FINAL. */
+/* The linear's editable fp32 bias and its length (*n), or NULL when it has none. */
+float *model_bias(struct model *m, int l, enum model_lin w, int *n);
+
+/* Editable fp32 norm weights and their length (*n); l is ignored for MODEL_NORM_FINAL. NULL
+ * for a slot the family does not have (worker/engine/family.h). */
 float *model_norm(struct model *m, int l, enum model_norm which, int *n);
 
 /* Keeps layers keep[0..n-1] (current indices, increasing) and drops the rest, updating the

@@ -1,7 +1,8 @@
 /*
- * model_fwd: the EXAONE-4 forward pass (spec sections 1.3-1.5): embedding, the per-layer
- * block with hooks, final norm and head, next-token NLLs and greedy decoding. Every heavy step
- * is a kernel dispatch (the kernels/ headers) on m->impl; this file only moves rows around.
+ * model_fwd: the forward pass of every family (worker/engine/family.h) (spec sections 1.3-1.5):
+ * embedding, the per-layer block with hooks, final norm and head, next-token NLLs and greedy
+ * decoding. Every heavy step is a kernel dispatch (the kernels/ headers) on m->impl; this file only
+ * moves rows around.
  *
  * With m->emulate_bf16 the activations are rounded to bf16 where transformers' bf16 forward
  * rounds them (projection outputs, q/k norms (normalised value, then the weight product), RoPE
@@ -22,6 +23,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
+#include "worker/engine/family.h"
 #include "worker/engine/model_internal.h"
 
 #define NLL_CHUNK 64 /* head rows per chunk in model_nll */
@@ -40,6 +42,7 @@ void model__ws_free(struct model *m)
     free(w->u);
     free(w->kl);
     free(w->vl);
+    free(w->xn);
     free(w->x);
     free(w->logits);
     free(w->xq);
@@ -72,6 +75,7 @@ void model__ws_reserve(struct model *m, int rows)
     w->kl = xmalloc(sizeof(float) * r * kd);
     w->vl = xmalloc(sizeof(float) * r * kd);
     w->x = xmalloc(sizeof(float) * r * (size_t)c->hidden_size);
+    w->xn = xmalloc(sizeof(float) * r * (size_t)c->hidden_size);
     w->logits = logits;
     w->logits_cap = logits_cap;
     m->ws = w;
@@ -134,9 +138,12 @@ static int call_hook(const struct model_hooks *h, int l, enum model_hook_point p
 
 /* y = x . W^T for one linear; a quantized linear with an activation scheme (W8A8, FP8) sees
  * its input quantized and dequantized first, as the serving kernels compute. */
-static int lin(struct model *m, float *y, const float *x, int T, const struct linear *L,
-               const struct qweight *q, char **err)
+static int lin(struct model *m, float *y, const float *x, int T, const struct model_layer *ML,
+               enum model_lin wi, char **err)
 {
+    const struct linear *L = &ML->lin[wi];
+    const struct qweight *q = ML->quant[wi];
+    const float *b = ML->bias[wi];
     int rc;
     if (q && q->act != QACT_NONE) {
         size_t need = (size_t)T * L->in;
@@ -153,8 +160,37 @@ static int lin(struct model *m, float *y, const float *x, int T, const struct li
     rc = matmul(m->impl, y, x, T, L, 0);
     if (rc)
         return kcheck(rc, "matmul", err);
+    if (b)
+        for (size_t t = 0; t < (size_t)T; t++)
+            for (int o = 0; o < L->out; o++)
+                y[t * L->out + o] += b[o];
     rnd(m, y, (size_t)T * L->out);
     return 0;
+}
+
+/* A norm slot of the family row: y = RMSNorm(x) when the family has it (slot >= 0); else
+ * *out = x unchanged. */
+static int opt_norm(struct model *m, const struct model_layer *L, int slot, float *y,
+                    const float *x, int rows, int n, const float **out, char **err)
+{
+    *out = x;
+    if (slot < 0)
+        return 0;
+    *out = y;
+    return norm_rows(m, y, x, L->norm[slot], rows, n, err);
+}
+
+/* x += res_scale * b, the residual add of one branch. */
+static void residual_add(struct model *m, float *x, const float *b, size_t n)
+{
+    float s = m->res_scale;
+    if (s == 1.0f)
+        for (size_t i = 0; i < n; i++)
+            x[i] += b[i];
+    else
+        for (size_t i = 0; i < n; i++)
+            x[i] += b[i] * s;
+    rnd(m, x, n);
 }
 
 int model_embed(const struct model *m, const int32_t *ids, int T, float *x, char **err)
@@ -172,6 +208,9 @@ int model_embed(const struct model *m, const int32_t *ids, int T, float *x, char
         kern_row_to_f32(m->embed.dtype,
                         (const char *)m->embed.w + (size_t)ids[t] * c->hidden_size * esz,
                         x + (size_t)t * c->hidden_size, (size_t)c->hidden_size);
+    if (m->embed_scale != 1.0f)
+        for (size_t i = 0; i < (size_t)T * c->hidden_size; i++)
+            x[i] *= m->embed_scale;
     return 0;
 }
 
@@ -204,14 +243,18 @@ int model_layer_forward(struct model *m, int l, float *x, int T, int pos0, struc
     }
     model__ws_reserve(m, T);
     struct model_ws *w = m->ws;
+    const struct family *f = c->fam;
+    const float *in;
 
     /* Attention block. */
-    if ((rc = call_hook(hooks, l, MODEL_HOOK_QKV_IN, x, T, H, err)) ||
-        (rc = lin(m, w->q, x, T, &L->lin[MODEL_LIN_Q], L->quant[MODEL_LIN_Q], err)) ||
-        (rc = lin(m, w->k, x, T, &L->lin[MODEL_LIN_K], L->quant[MODEL_LIN_K], err)) ||
-        (rc = lin(m, w->v, x, T, &L->lin[MODEL_LIN_V], L->quant[MODEL_LIN_V], err)) ||
-        (rc = norm_rows(m, w->q, w->q, L->norm[MODEL_NORM_Q], T * nh, hd, err)) ||
-        (rc = norm_rows(m, w->k, w->k, L->norm[MODEL_NORM_K], T * nkv, hd, err)))
+    if ((rc = opt_norm(m, L, f->norm_pre_attn, w->xn, x, T, H, &in, err)) ||
+        (rc = call_hook(hooks, l, MODEL_HOOK_QKV_IN, in, T, H, err)) ||
+        (rc = lin(m, w->q, in, T, L, MODEL_LIN_Q, err)) ||
+        (rc = lin(m, w->k, in, T, L, MODEL_LIN_K, err)) ||
+        (rc = lin(m, w->v, in, T, L, MODEL_LIN_V, err)))
+        return rc;
+    if (f->qk_norm && ((rc = norm_rows(m, w->q, w->q, L->norm[MODEL_NORM_Q], T * nh, hd, err)) ||
+                       (rc = norm_rows(m, w->k, w->k, L->norm[MODEL_NORM_K], T * nkv, hd, err))))
         return rc;
     if (L->rope) {
         if ((rc = kcheck(rope(m->impl, w->q, T, nh, hd, pos0, m->inv_freq, m->emulate_bf16), "rope",
@@ -257,20 +300,20 @@ int model_layer_forward(struct model *m, int l, float *x, int T, int pos0, struc
     if ((rc = kcheck(attention(m->impl, &a), "attention", err)))
         return rc;
     rnd(m, w->att, (size_t)T * nh * hd);
+    const float *br;
     if ((rc = call_hook(hooks, l, MODEL_HOOK_O_IN, w->att, T, nh * hd, err)) ||
-        (rc = lin(m, w->o, w->att, T, &L->lin[MODEL_LIN_O], L->quant[MODEL_LIN_O], err)) ||
+        (rc = lin(m, w->o, w->att, T, L, MODEL_LIN_O, err)) ||
         (rc = call_hook(hooks, l, MODEL_HOOK_ATTN_OUT, w->o, T, H, err)) ||
-        (rc = norm_rows(m, w->o, w->o, L->norm[MODEL_NORM_POST_ATTN], T, H, err)))
+        (rc = opt_norm(m, L, f->norm_post_attn, w->o, w->o, T, H, &br, err)))
         return rc;
     size_t nx = (size_t)T * H;
-    for (size_t i = 0; i < nx; i++)
-        x[i] += w->o[i];
-    rnd(m, x, nx);
+    residual_add(m, x, br, nx);
 
     /* MLP block. */
-    if ((rc = call_hook(hooks, l, MODEL_HOOK_GATEUP_IN, x, T, H, err)) ||
-        (rc = lin(m, w->g, x, T, &L->lin[MODEL_LIN_GATE], L->quant[MODEL_LIN_GATE], err)) ||
-        (rc = lin(m, w->u, x, T, &L->lin[MODEL_LIN_UP], L->quant[MODEL_LIN_UP], err)))
+    if ((rc = opt_norm(m, L, f->norm_pre_mlp, w->xn, x, T, H, &in, err)) ||
+        (rc = call_hook(hooks, l, MODEL_HOOK_GATEUP_IN, in, T, H, err)) ||
+        (rc = lin(m, w->g, in, T, L, MODEL_LIN_GATE, err)) ||
+        (rc = lin(m, w->u, in, T, L, MODEL_LIN_UP, err)))
         return rc;
     size_t ni = (size_t)T * I;
     if (m->emulate_bf16) {
@@ -283,13 +326,11 @@ int model_layer_forward(struct model *m, int l, float *x, int T, int pos0, struc
         return rc;
     }
     if ((rc = call_hook(hooks, l, MODEL_HOOK_DOWN_IN, w->g, T, I, err)) ||
-        (rc = lin(m, w->o, w->g, T, &L->lin[MODEL_LIN_DOWN], L->quant[MODEL_LIN_DOWN], err)) ||
+        (rc = lin(m, w->o, w->g, T, L, MODEL_LIN_DOWN, err)) ||
         (rc = call_hook(hooks, l, MODEL_HOOK_MLP_OUT, w->o, T, H, err)) ||
-        (rc = norm_rows(m, w->o, w->o, L->norm[MODEL_NORM_POST_FFN], T, H, err)))
+        (rc = opt_norm(m, L, f->norm_post_mlp, w->o, w->o, T, H, &br, err)))
         return rc;
-    for (size_t i = 0; i < nx; i++)
-        x[i] += w->o[i];
-    rnd(m, x, nx);
+    residual_add(m, x, br, nx);
     return call_hook(hooks, l, MODEL_HOOK_LAYER_OUT, x, T, H, err);
 }
 
@@ -300,6 +341,23 @@ int model_final_norm(struct model *m, float *x, int T, char **err)
 
 int model_lm_head(struct model *m, const float *xn, int T, float *logits, char **err)
 {
+    if (m->head_div != 1.0f) {
+        /* MiniCPM: hidden / (hidden_size / dim_model_base), in row blocks of the scratch. */
+        int H = m->cfg.hidden_size;
+        model__ws_reserve(m, 1);
+        int rows = m->ws->rows;
+        for (int t0 = 0; t0 < T; t0 += rows) {
+            int nr = T - t0 < rows ? T - t0 : rows;
+            for (size_t i = 0; i < (size_t)nr * H; i++)
+                m->ws->xn[i] = xn[(size_t)t0 * H + i] / m->head_div;
+            int rc = matmul(m->impl, logits + (size_t)t0 * m->cfg.vocab_size, m->ws->xn, nr,
+                            &m->lm_head, 0);
+            if (rc)
+                return kcheck(rc, "matmul", err);
+        }
+        rnd(m, logits, (size_t)T * m->cfg.vocab_size);
+        return 0;
+    }
     int rc = matmul(m->impl, logits, xn, T, &m->lm_head, 0);
     if (rc)
         return kcheck(rc, "matmul", err);

@@ -26,6 +26,7 @@
 #include "common/util.h"
 #include "kernels/cuda.h"
 #include "kernels/matmul.h"
+#include "worker/engine/family.h"
 #include "worker/engine/model_internal.h"
 #include "worker/engine/quant.h"
 
@@ -42,11 +43,11 @@ struct model_gpu {
     char *blk;        /* weights, norms and inv_freq */
     struct glin *lin; /* [n_layers][MODEL_LIN_COUNT] */
     struct glin head;
-    float **norm; /* [n_layers][MODEL_NORM_POST_FFN + 1] */
+    float **norm; /* [n_layers][MODEL_NORM_LAYER_COUNT], NULL where the family has none */
     float *final_norm, *inv_freq;
     char *act; /* activations for act_T tokens */
     int act_T;
-    float *x, *q, *k, *v, *att, *o, *g, *u, *lg, *lse;
+    float *x, *xn, *q, *k, *v, *att, *o, *g, *u, *lg, *lse;
 };
 
 #define GPU_ALIGN 256
@@ -152,12 +153,20 @@ static int gpu_build(struct model *m, char **err)
         return -ENOSYS;
     if (m->emulate_bf16)
         return -ENOSYS;
+    /* The device table has no bias add and no scaling op: biased linears (qwen2) and
+     * MiniCPM's scalings take the op-by-op path. */
+    if (m->embed_scale != 1.0f || m->res_scale != 1.0f || m->head_div != 1.0f)
+        return -ENOSYS;
+    for (int l = 0; l < m->n_layers; l++)
+        for (int w = 0; w < MODEL_LIN_COUNT; w++)
+            if (m->layers[l].bias[w])
+                return -ENOSYS;
     for (int l = 0; l < m->n_layers; l++)
         for (int w = 0; w < MODEL_LIN_COUNT; w++)
             if (m->layers[l].quant[w] && m->layers[l].quant[w]->act != QACT_NONE)
                 return -ENOSYS;
     const struct config *c = &m->cfg;
-    const int NN = MODEL_NORM_POST_FFN + 1;
+    const int NN = MODEL_NORM_LAYER_COUNT;
     struct model_gpu *g = xcalloc(1, sizeof(*g));
     g->a = a;
     g->lin = xcalloc((size_t)m->n_layers * MODEL_LIN_COUNT + 1, sizeof(*g->lin));
@@ -208,14 +217,13 @@ static int gpu_reserve(struct model_gpu *g, const struct config *c, int T, char 
     size_t t = (size_t)T, H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
     size_t qd = (size_t)c->num_attention_heads * c->head_dim;
     size_t kd = (size_t)c->num_key_value_heads * c->head_dim;
-    size_t sizes[10] = {
-        t * H, t * qd, t * kd, t * kd, t * qd, t * H, t * I, t * I, t * (size_t)c->vocab_size, t
-    };
-    float **ptrs[10] = {
-        &g->x, &g->q, &g->k, &g->v, &g->att, &g->o, &g->g, &g->u, &g->lg, &g->lse
-    };
+    size_t sizes[11] = { t * H,  t * H, t * qd, t * kd, t * kd,
+                         t * qd, t * H, t * I,  t * I,  t * (size_t)c->vocab_size,
+                         t };
+    float **ptrs[11] = { &g->x, &g->xn, &g->q, &g->k,  &g->v,  &g->att,
+                         &g->o, &g->g,  &g->u, &g->lg, &g->lse };
     size_t total = 0;
-    for (int i = 0; i < 10; i++)
+    for (int i = 0; i < 11; i++)
         total += (sizeof(float) * sizes[i] + GPU_ALIGN - 1) & ~(size_t)(GPU_ALIGN - 1);
     g->a->mem_free(g->act);
     g->act = NULL;
@@ -230,7 +238,7 @@ static int gpu_reserve(struct model_gpu *g, const struct config *c, int T, char 
     g->act = p;
     g->act_T = T;
     size_t off = 0;
-    for (int i = 0; i < 10; i++) {
+    for (int i = 0; i < 11; i++) {
         *ptrs[i] = (float *)(g->act + off);
         off += (sizeof(float) * sizes[i] + GPU_ALIGN - 1) & ~(size_t)(GPU_ALIGN - 1);
     }
@@ -253,20 +261,29 @@ static int gpu_layer(struct model *m, int l, int T, char **err)
     const struct config *c = &m->cfg;
     const struct model_layer *L = &m->layers[l];
     const struct glin *gl = &g->lin[(size_t)l * MODEL_LIN_COUNT];
-    float *const *nw = &g->norm[(size_t)l * (MODEL_NORM_POST_FFN + 1)];
+    float *const *nw = &g->norm[(size_t)l * MODEL_NORM_LAYER_COUNT];
+    const struct family *f = c->fam;
     int H = c->hidden_size, I = c->intermediate_size, nh = c->num_attention_heads;
     int nkv = c->num_key_value_heads, hd = c->head_dim, rc;
     size_t kvh = (size_t)T * hd; /* one KV head's block */
 
-    GPU_TRY(glin_fwd(a, g->q, g->x, T, &gl[MODEL_LIN_Q]), "q_proj");
+    /* The family row's norm slots, as in model_fwd.c. */
+    const float *in = g->x;
+    if (f->norm_pre_attn >= 0) {
+        GPU_TRY(a->rmsnorm(g->xn, g->x, nw[f->norm_pre_attn], T, H, m->eps), "input_layernorm");
+        in = g->xn;
+    }
+    GPU_TRY(glin_fwd(a, g->q, in, T, &gl[MODEL_LIN_Q]), "q_proj");
     for (int h = 0; h < nkv; h++) {
         struct glin ks = glin_rows(&gl[MODEL_LIN_K], h * hd, hd);
         struct glin vs = glin_rows(&gl[MODEL_LIN_V], h * hd, hd);
-        GPU_TRY(glin_fwd(a, g->k + h * kvh, g->x, T, &ks), "k_proj");
-        GPU_TRY(glin_fwd(a, g->v + h * kvh, g->x, T, &vs), "v_proj");
+        GPU_TRY(glin_fwd(a, g->k + h * kvh, in, T, &ks), "k_proj");
+        GPU_TRY(glin_fwd(a, g->v + h * kvh, in, T, &vs), "v_proj");
     }
-    GPU_TRY(a->rmsnorm(g->q, g->q, nw[MODEL_NORM_Q], T * nh, hd, m->eps), "q_norm");
-    GPU_TRY(a->rmsnorm(g->k, g->k, nw[MODEL_NORM_K], T * nkv, hd, m->eps), "k_norm");
+    if (f->qk_norm) {
+        GPU_TRY(a->rmsnorm(g->q, g->q, nw[MODEL_NORM_Q], T * nh, hd, m->eps), "q_norm");
+        GPU_TRY(a->rmsnorm(g->k, g->k, nw[MODEL_NORM_K], T * nkv, hd, m->eps), "k_norm");
+    }
     if (L->rope) {
         GPU_TRY(a->rope(g->q, T, nh, hd, 0, g->inv_freq, 0), "rope");
         for (int h = 0; h < nkv; h++)
@@ -288,13 +305,22 @@ static int gpu_layer(struct model *m, int l, int T, char **err)
     };
     GPU_TRY(a->attention(&at), "attention");
     GPU_TRY(glin_fwd(a, g->o, g->att, T, &gl[MODEL_LIN_O]), "o_proj");
-    GPU_TRY(a->rmsnorm(g->o, g->o, nw[MODEL_NORM_POST_ATTN], T, H, m->eps), "post_attention_norm");
+    if (f->norm_post_attn >= 0)
+        GPU_TRY(a->rmsnorm(g->o, g->o, nw[f->norm_post_attn], T, H, m->eps), "post_attention_norm");
     GPU_TRY(a->add(g->x, g->o, (size_t)T * H), "residual add");
-    GPU_TRY(glin_fwd(a, g->g, g->x, T, &gl[MODEL_LIN_GATE]), "gate_proj");
-    GPU_TRY(glin_fwd(a, g->u, g->x, T, &gl[MODEL_LIN_UP]), "up_proj");
+    in = g->x;
+    if (f->norm_pre_mlp >= 0) {
+        GPU_TRY(a->rmsnorm(g->xn, g->x, nw[f->norm_pre_mlp], T, H, m->eps),
+                "post_attention_layernorm");
+        in = g->xn;
+    }
+    GPU_TRY(glin_fwd(a, g->g, in, T, &gl[MODEL_LIN_GATE]), "gate_proj");
+    GPU_TRY(glin_fwd(a, g->u, in, T, &gl[MODEL_LIN_UP]), "up_proj");
     GPU_TRY(a->swiglu(g->g, g->g, g->u, (size_t)T * I), "swiglu");
     GPU_TRY(glin_fwd(a, g->o, g->g, T, &gl[MODEL_LIN_DOWN]), "down_proj");
-    GPU_TRY(a->rmsnorm(g->o, g->o, nw[MODEL_NORM_POST_FFN], T, H, m->eps), "post_feedforward_norm");
+    if (f->norm_post_mlp >= 0)
+        GPU_TRY(a->rmsnorm(g->o, g->o, nw[f->norm_post_mlp], T, H, m->eps),
+                "post_feedforward_norm");
     GPU_TRY(a->add(g->x, g->o, (size_t)T * H), "residual add");
     return 0;
 }

@@ -11,6 +11,7 @@
 struct model_ws {
     int rows;
     float *q, *k, *v, *att, *o, *g, *u, *kl, *vl;
+    float *xn;     /* a pre-norm's output / the scaled head input, [rows][hidden] */
     float *x;      /* residual stream for model_forward / model_nll */
     float *logits; /* head output chunk */
     size_t logits_cap;

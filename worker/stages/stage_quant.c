@@ -30,6 +30,7 @@
 
 #include "common/util.h"
 #include "worker/compress/awq.h"
+#include "worker/engine/family.h"
 #include "worker/engine/calib.h"
 #include "worker/engine/ctensors.h"
 #include "worker/compress/gptq.h"
@@ -455,11 +456,85 @@ static int rtn_new(struct stage_ctx *ctx, const struct qspec *q, int l, enum mod
     return rc;
 }
 
-/* The two exact folds of EXAONE-4 (worker/compress/awq.h), in the order they are searched. */
-static const struct {
-    enum model_lin prev, next;
+/* One smoothing fold: a scale on the shared input of next[0..nnext-1], divided out of prev (a
+ * linear's rows, or a pre-norm's weight). */
+struct fold_group {
+    enum awq_prev prev;
+    int prev_lin; /* prev as a model_lin, or -1 for a norm */
+    enum model_lin next[3];
+    int nnext;
     const char *tag;
-} folds[2] = { { MODEL_LIN_V, MODEL_LIN_O, "v_o" }, { MODEL_LIN_UP, MODEL_LIN_DOWN, "up_down" } };
+};
+
+#define MAX_FOLDS 4
+
+/* The legal folds of the model's family (worker/engine/family.h, resolved by awq.c), in the
+ * order AWQ searches them: input_layernorm -> q/k/v, v -> o, post_attention_layernorm ->
+ * gate/up, up -> down; EXAONE-4 (post-norm) has only v -> o and up -> down. */
+static int fold_groups(const struct model *m, struct fold_group *g)
+{
+    static const struct fold_group all[MAX_FOLDS] = {
+        { AWQ_PREV_INPUT_NORM, -1, { MODEL_LIN_Q, MODEL_LIN_K, MODEL_LIN_V }, 3, "in_qkv" },
+        { AWQ_PREV_V_PROJ, MODEL_LIN_V, { MODEL_LIN_O }, 1, "v_o" },
+        { AWQ_PREV_POST_ATTN_NORM, -1, { MODEL_LIN_GATE, MODEL_LIN_UP }, 2, "post_gateup" },
+        { AWQ_PREV_UP_PROJ, MODEL_LIN_UP, { MODEL_LIN_DOWN }, 1, "up_down" },
+    };
+    int n = 0;
+    for (int i = 0; i < MAX_FOLDS; i++) {
+        struct awq_fold f;
+        if (awq_fold_resolve(&m->cfg, all[i].prev, all[i].next[0], &f, NULL) == 0)
+            g[n++] = all[i];
+    }
+    return n;
+}
+
+static bool group_ignored(const struct fold_group *g, const bool *ign)
+{
+    for (int i = 0; i < g->nnext; i++)
+        if (ign[g->next[i]])
+            return true;
+    return false;
+}
+
+/* The targets' rows stacked ([sum out][in]): one search over the linears sharing the input. */
+static float *group_rows(struct model *m, int l, const struct fold_group *g, float *const *W,
+                         int *out)
+{
+    int in = model_linear(m, l, g->next[0])->in, tot = 0;
+    for (int i = 0; i < g->nnext; i++)
+        tot += model_linear(m, l, g->next[i])->out;
+    float *cat = xmalloc((size_t)tot * in * sizeof(float));
+    size_t off = 0;
+    for (int i = 0; i < g->nnext; i++) {
+        size_t n = (size_t)model_linear(m, l, g->next[i])->out * in;
+        memcpy(cat + off, W[g->next[i]], n * sizeof(float));
+        off += n;
+    }
+    *out = tot;
+    return cat;
+}
+
+/* Applies a resolved fold with scales s to the fp32 copies W (targets' columns, a linear prev's
+ * rows) and to the model's own norm weight or prev bias. */
+static void group_apply(struct model *m, int l, const struct fold_group *g,
+                        const struct awq_fold *f, float **W, const float *s)
+{
+    for (int i = 0; i < g->nnext; i++) {
+        const struct linear *Ln = model_linear(m, l, g->next[i]);
+        float *Wp = i == 0 && g->prev_lin >= 0 ? W[g->prev_lin] : NULL;
+        int pin = g->prev_lin >= 0 ? model_linear(m, l, (enum model_lin)g->prev_lin)->in : 0;
+        awq_fold_weights(f, Wp, pin, W[g->next[i]], Ln->out, s);
+    }
+    if (g->prev_lin >= 0) {
+        awq_fold_bias(m, l, f, s);
+        return;
+    }
+    int n = 0;
+    float *nw = model_norm(
+        m, l, g->prev == AWQ_PREV_INPUT_NORM ? MODEL_NORM_INPUT : MODEL_NORM_POST_ATTN, &n);
+    for (int j = 0; nw && j < n; j++)
+        nw[j] /= s[j];
+}
 
 /* ---- AWQ ---- */
 
@@ -473,8 +548,10 @@ static const struct {
 static int awq_layer(struct stage_ctx *ctx, struct model *m, const struct qspec *q, int l,
                      const bool *ign, struct layer_stats *s, double *loss, double *loss_rtn)
 {
-    float *W[MODEL_LIN_COUNT] = { 0 }, *W0[MODEL_LIN_COUNT] = { 0 }, *sc[2] = { 0 };
-    struct awq_fold f[2];
+    float *W[MODEL_LIN_COUNT] = { 0 }, *W0[MODEL_LIN_COUNT] = { 0 }, *sc[MAX_FOLDS] = { 0 };
+    struct awq_fold f[MAX_FOLDS];
+    struct fold_group folds[MAX_FOLDS];
+    int nf = fold_groups(m, folds);
     char *err = NULL, name[64];
     int rc = 0;
 
@@ -487,14 +564,13 @@ static int awq_layer(struct stage_ctx *ctx, struct model *m, const struct qspec 
         W0[w] = xmalloc((size_t)Lw->out * Lw->in * sizeof(float));
         memcpy(W0[w], W[w], (size_t)Lw->out * Lw->in * sizeof(float));
     }
-    for (int fi = 0; fi < 2 && rc == 0; fi++) {
-        enum model_lin pv = folds[fi].prev, nx = folds[fi].next;
+    for (int fi = 0; fi < nf && rc == 0; fi++) {
+        enum model_lin nx = folds[fi].next[0];
         enum qinput k = input_of(nx);
-        const struct linear *Lp = model_linear(m, l, pv), *Ln = model_linear(m, l, nx);
         struct awq_search_stats st;
-        if (ign[nx])
+        if (group_ignored(&folds[fi], ign))
             continue; /* nothing to protect: the target stays dense */
-        if (awq_fold_resolve(&m->cfg, AWQ_PREV_LIN(pv), nx, &f[fi], &err) < 0) {
+        if (awq_fold_resolve(&m->cfg, folds[fi].prev, nx, &f[fi], &err) < 0) {
             rc = stage_fail(ctx, STAGE_ERR_ERROR, "layer %d: %s", l, err);
             break;
         }
@@ -503,14 +579,18 @@ static int awq_layer(struct stage_ctx *ctx, struct model *m, const struct qspec 
             xmean[j] =
                 s->chan_rows[k] ? (float)(s->chan_sum[k][j] / (double)s->chan_rows[k]) : 0.0f;
         sc[fi] = xmalloc((size_t)f[fi].n * sizeof(float));
-        if (awq_search_scale(&f[fi], W[nx], Ln->out, s->h[k].H, xmean, &q->awq, sc[fi], &st, &err) <
+        int cat_out;
+        float *cat = group_rows(m, l, &folds[fi], W, &cat_out);
+        if (awq_search_scale(&f[fi], cat, cat_out, s->h[k].H, xmean, &q->awq, sc[fi], &st, &err) <
             0) {
             rc = stage_fail(ctx, STAGE_ERR_ERROR, "layer %d %s: %s", l, folds[fi].tag, err);
+            free(cat);
             free(xmean);
             break;
         }
+        free(cat);
         free(xmean);
-        awq_fold_weights(&f[fi], W[pv], Lp->in, W[nx], Ln->out, sc[fi]);
+        group_apply(m, l, &folds[fi], &f[fi], W, sc[fi]);
         snprintf(name, sizeof(name), "awq_ratio_layer%d_%s", l, folds[fi].tag);
         stage_metric(ctx, name, st.ratio);
         if (st.best == 0)
@@ -525,10 +605,11 @@ static int awq_layer(struct stage_ctx *ctx, struct model *m, const struct qspec 
         int out = Lw->out, in = Lw->in, fn = -1, fp = -1;
         size_t n = (size_t)out * in;
         struct qweight qw;
-        for (int fi = 0; fi < 2; fi++) {
-            if (sc[fi] && w == (int)folds[fi].next)
-                fn = fi;
-            if (sc[fi] && w == (int)folds[fi].prev)
+        for (int fi = 0; fi < nf; fi++) {
+            for (int t = 0; t < folds[fi].nnext; t++)
+                if (sc[fi] && w == (int)folds[fi].next[t])
+                    fn = fi;
+            if (sc[fi] && w == folds[fi].prev_lin)
                 fp = fi;
         }
         if (ign[w]) {
@@ -590,8 +671,8 @@ static int awq_layer(struct stage_ctx *ctx, struct model *m, const struct qspec 
         free(W[w]);
         free(W0[w]);
     }
-    free(sc[0]);
-    free(sc[1]);
+    for (int fi = 0; fi < MAX_FOLDS; fi++)
+        free(sc[fi]);
     free(err);
     return rc;
 }
@@ -639,6 +720,8 @@ static int sq_layer(struct stage_ctx *ctx, struct model *m, const struct qspec *
 {
     float *W[MODEL_LIN_COUNT] = { 0 };
     bool folded[MODEL_LIN_COUNT] = { 0 };
+    struct fold_group folds[MAX_FOLDS];
+    int nf = fold_groups(m, folds);
     char *err = NULL;
     int rc = 0;
 
@@ -656,19 +739,21 @@ static int sq_layer(struct stage_ctx *ctx, struct model *m, const struct qspec *
     }
     if (rc == 0 && nw > 0)
         rc = layer_out_mse(ctx, m, l, Xin, Xfp, nw, L, loss_base);
-    for (int fi = 0; fi < 2 && rc == 0; fi++) {
-        enum model_lin pv = folds[fi].prev, nx = folds[fi].next;
+    for (int fi = 0; fi < nf && rc == 0; fi++) {
+        enum model_lin nx = folds[fi].next[0];
         enum qinput k = input_of(nx);
-        const struct linear *Lp = model_linear(m, l, pv), *Ln = model_linear(m, l, nx);
         struct awq_fold f;
-        if (ign[nx])
+        if (group_ignored(&folds[fi], ign))
             continue;
-        if (awq_fold_resolve(&m->cfg, AWQ_PREV_LIN(pv), nx, &f, &err) < 0) {
+        if (awq_fold_resolve(&m->cfg, folds[fi].prev, nx, &f, &err) < 0) {
             rc = stage_fail(ctx, STAGE_ERR_ERROR, "layer %d: %s", l, err);
             break;
         }
         float *sc = xmalloc((size_t)f.n * sizeof(float));
-        int forced = smoothquant_scales(&f, s->chan_max[k], W[nx], Ln->out, q->alpha, sc, &err);
+        int cat_out;
+        float *cat = group_rows(m, l, &folds[fi], W, &cat_out);
+        int forced = smoothquant_scales(&f, s->chan_max[k], cat, cat_out, q->alpha, sc, &err);
+        free(cat);
         if (forced < 0) {
             rc = stage_fail(ctx, STAGE_ERR_ERROR, "layer %d %s: %s", l, folds[fi].tag, err);
             free(sc);
@@ -681,8 +766,11 @@ static int sq_layer(struct stage_ctx *ctx, struct model *m, const struct qspec *
         }
         stage_log(ctx, "layer %d %s: smoothing scales in [%.4g, %.4g]%s", l, folds[fi].tag,
                   (double)smin, (double)smax, forced ? " (some channels left at 1)" : "");
-        awq_fold_weights(&f, W[pv], Lp->in, W[nx], Ln->out, sc);
-        folded[pv] = folded[nx] = true;
+        group_apply(m, l, &folds[fi], &f, W, sc);
+        if (folds[fi].prev_lin >= 0)
+            folded[folds[fi].prev_lin] = true;
+        for (int t = 0; t < folds[fi].nnext; t++)
+            folded[folds[fi].next[t]] = true;
         free(sc);
     }
     for (int w = 0; w < MODEL_LIN_COUNT && rc == 0; w++) {
@@ -833,7 +921,10 @@ static int quantize_model(struct stage_ctx *ctx, struct model *m, const struct q
     s.seq_len = L;
     s.clip_stride = EXAQ_MAX((int64_t)1, (int64_t)cal.n * L / 512);
     for (int k = 0; k < QIN__COUNT && s.want_chan; k++)
-        if (k == QIN_O || k == QIN_DOWN) {
+        if (k == QIN_O || k == QIN_DOWN ||
+            (k == QIN_QKV && m->cfg.fam->fold_qkv.src != FAMILY_FOLD_NONE) ||
+            (k == QIN_GATEUP && m->cfg.fam->fold_gateup.src != FAMILY_FOLD_NONE)) {
+            /* The inputs some fold of the family's table targets. */
             s.chan_sum[k] = xcalloc((size_t)input_dim(m, (enum qinput)k), sizeof(double));
             s.chan_max[k] = xcalloc((size_t)input_dim(m, (enum qinput)k), sizeof(float));
         }

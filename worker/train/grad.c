@@ -27,6 +27,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
+#include "worker/engine/family.h"
 #include "worker/engine/model.h"
 
 #define HEAD_CHUNK 64 /* rows of logits computed at once */
@@ -198,6 +199,13 @@ struct tnet *tnet_load(const char *model_dir, char **err)
     struct model_opts o = { 0, KERN_IMPL_CPU, 0 };
     if (model_load(&m, model_dir, &o, err))
         return NULL;
+    if (m->cfg.fam->id != FAMILY_EXAONE4) {
+        /* The trainable network is EXAONE-4's post-norm block (worker/engine/family.h). */
+        err_setf(err, "%s: training supports model_type exaone4 only, not %s", model_dir,
+                 m->cfg.fam->model_type);
+        model_free(m);
+        return NULL;
+    }
     struct tnet *t = xcalloc(1, sizeof(*t));
     const struct config *c = &m->cfg;
     config_copy(&t->cfg, c);

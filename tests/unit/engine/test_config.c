@@ -273,7 +273,8 @@ static void test_errors(void **state)
     expect_error("{\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":1,"
                  "\"num_attention_heads\":4,\"num_key_value_heads\":3,\"vocab_size\":50}",
                  "not a multiple of num_key_value_heads");
-    expect_error("{\"model_type\":\"llama\",\"hidden_size\":64}", "model_type is 'llama'");
+    expect_error("{\"model_type\":\"gpt2\",\"hidden_size\":64}",
+                 "model_type is 'gpt2'; the engine loads");
     expect_error("{\"hidden_size\":64,", "not valid JSON");
     expect_error("[1]", "not a JSON object");
     expect_error("{\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":2,"
