@@ -147,9 +147,13 @@ int cmd_generate(int argc, char **argv)
     struct gen_result res = { 0 };
     struct buf pb;
     buf_init(&pb);
-    if (!(t = tokdata_tok_load(input, msg, sizeof(msg)))) {
-        fprintf(stderr, CMD ": %s\n", msg);
-        goto done;
+    {
+        char *e = NULL;
+        if (!(t = tokdata_tok_load(input, &e))) {
+            fprintf(stderr, CMD ": %s\n", e);
+            free(e);
+            goto done;
+        }
     }
     if (idsf) {
         if (read_ids(idsf, &ids, &n_ids) != 0)

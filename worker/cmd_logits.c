@@ -38,7 +38,7 @@ int cmd_logits(int argc, char **argv)
     int32_t *ids = NULL;
     struct model *m = NULL;
     struct model_opts mo = { 0, KERN_IMPL_CPU, 0 };
-    char err[512], *merr = NULL;
+    char *merr = NULL;
     float *logits = NULL;
     int c, rc = 1, weights_only = 0;
 
@@ -96,9 +96,13 @@ int cmd_logits(int argc, char **argv)
             return 1;
         }
     }
-    if (calib_read_ids(idsf, &ids, &nids, err, sizeof(err)) < 0) {
-        fprintf(stderr, "exaq-worker logits: %s\n", err);
-        return 1;
+    {
+        char *e = NULL;
+        if (calib_read_ids(idsf, &ids, &nids, &e) < 0) {
+            fprintf(stderr, "exaq-worker logits: %s\n", e);
+            free(e);
+            return 1;
+        }
     }
     if (nids < n) {
         fprintf(stderr, "exaq-worker logits: '%s' has %lld ids, fewer than --n %lld\n", idsf,

@@ -51,24 +51,24 @@ void job_release(struct job *j)
     memset(j, 0, sizeof(*j));
 }
 
-int job_parse_metrics(const char *text, struct job_metric **out, int *n, char *err, size_t errlen)
+int job_parse_metrics(const char *text, struct job_metric **out, int *n, char **err)
 {
     cJSON *root = cJSON_Parse(text), *c;
     *out = NULL;
     *n = 0;
     if (!root || !cJSON_IsObject(root)) {
-        snprintf(err, errlen, "metrics must be a JSON object of numbers, e.g. {\"acc\": 0.5}");
+        err_setf(err, "metrics must be a JSON object of numbers, e.g. {\"acc\": 0.5}");
         cJSON_Delete(root);
         return -1;
     }
     cJSON_ArrayForEach(c, root)
     {
         if (!cJSON_IsNumber(c) || !isfinite(c->valuedouble)) {
-            snprintf(err, errlen, "metric '%.60s' is not a finite number", c->string);
+            err_setf(err, "metric '%.60s' is not a finite number", c->string);
             goto fail;
         }
         if (!vocab_metric_name_ok(c->string)) {
-            snprintf(err, errlen, VOCAB_METRIC_NAME_RULE " ('%.60s')", c->string);
+            err_setf(err, VOCAB_METRIC_NAME_RULE " ('%.60s')", c->string);
             goto fail;
         }
         *out = xrealloc(*out, (size_t)(*n + 1) * sizeof(**out));
@@ -512,8 +512,8 @@ static bool adopt_existing(struct jctx *x)
         goto out;
     }
     {
-        char *mt = cJSON_PrintUnformatted(met), err[256];
-        int prc = job_parse_metrics(mt, &m, &n, err, sizeof(err));
+        char *mt = cJSON_PrintUnformatted(met);
+        int prc = job_parse_metrics(mt, &m, &n, NULL);
         cJSON_free(mt);
         if (prc < 0)
             goto out;
@@ -582,14 +582,15 @@ void job_run(const struct job *j, const struct job_sink *sink, int *cancel)
     if (!strcmp(j->kind, "exec")) {
         rc = run_exec(&x, model_out, metrics_path, &cls, msg, sizeof(msg));
         if (rc == 0 && is_file(metrics_path)) {
-            char err[512];
+            char *err = NULL;
             if (file_read_all(metrics_path, &text, NULL) < 0 ||
-                job_parse_metrics(text, &m, &n, err, sizeof(err)) < 0) {
+                job_parse_metrics(text, &m, &n, &err) < 0) {
                 snprintf(msg, sizeof(msg), "the command's metrics file '%s' is invalid: %s",
                          metrics_path, text ? err : "unreadable");
                 cls = fail_class_name(FAIL_ERROR);
                 rc = -1;
             }
+            free(err);
         }
     } else {
         const struct stage_def *def = stage_find(j->kind);

@@ -51,8 +51,9 @@ void job_run(const struct job *j, const struct job_sink *sink, int *cancel);
 /* Kills the process group of the exec command currently running, if any (daemon gone). */
 void job_kill_running(void);
 
-/* Parses a metrics JSON document (an object of finite numbers). 0, or -1 with err set. */
-int job_parse_metrics(const char *text, struct job_metric **out, int *n, char *err, size_t errlen);
+/* Parses a metrics JSON document (an object of finite numbers). 0, or -1 with *err set to a new
+ * message (the caller frees it and names the file). */
+int job_parse_metrics(const char *text, struct job_metric **out, int *n, char **err);
 
 void job_release(struct job *j);
 

@@ -11,16 +11,15 @@
 #include "common/util.h"
 #include "worker/engine/tokdata.h"
 
-int calib_read_ids(const char *path, int32_t **ids, int64_t *n, char *err, size_t errlen)
+int calib_read_ids(const char *path, int32_t **ids, int64_t *n, char **err)
 {
     size_t len = 0;
-    int rc = tokdata_ids_read(path, ids, &len, err, errlen);
+    int rc = tokdata_ids_read(path, ids, &len, err);
     *n = rc < 0 ? 0 : (int64_t)len;
     return rc < 0 ? -1 : 0;
 }
 
-int calib_load(struct calib *c, const char *spec_json, const char *model_dir, int vocab, char *err,
-               size_t errlen)
+int calib_load(struct calib *c, const char *spec_json, const char *model_dir, int vocab, char **err)
 {
     cJSON *spec = cJSON_Parse(spec_json), *cal, *s, *l;
     const cJSON *src;
@@ -30,7 +29,7 @@ int calib_load(struct calib *c, const char *spec_json, const char *model_dir, in
     memset(c, 0, sizeof(*c));
     cal = spec ? cJSON_GetObjectItemCaseSensitive(spec, "calibration") : NULL;
     if (!cJSON_IsObject(cal)) {
-        snprintf(err, errlen, "the stage spec has no 'calibration' block");
+        err_setf(err, "the stage spec has no 'calibration' block");
         goto out;
     }
     s = cJSON_GetObjectItemCaseSensitive(cal, "samples");
@@ -38,7 +37,7 @@ int calib_load(struct calib *c, const char *spec_json, const char *model_dir, in
     samples = cJSON_IsNumber(s) ? (int)s->valuedouble : 128;
     L = cJSON_IsNumber(l) ? (int)l->valuedouble : 512;
     if (samples < 1 || L < 2 || samples > 1 << 20 || L > 1 << 20) {
-        snprintf(err, errlen, "calibration needs samples >= 1 and seq_len >= 2");
+        err_setf(err, "calibration needs samples >= 1 and seq_len >= 2");
         goto out;
     }
     {
@@ -47,12 +46,12 @@ int calib_load(struct calib *c, const char *spec_json, const char *model_dir, in
         size_t len = 0;
         src = cJSON_IsString(ids) ? ids : text;
         if (!cJSON_IsString(src)) {
-            snprintf(err, errlen, "calibration needs 'ids' or 'text'");
+            err_setf(err, "calibration needs 'ids' or 'text'");
             goto out;
         }
         if (tokdata_load(cJSON_IsString(ids) ? ids->valuestring : NULL,
                          cJSON_IsString(ids) ? NULL : text->valuestring, model_dir, 0, &all, &len,
-                         err, errlen) < 0)
+                         err) < 0)
             goto out;
         n = (int64_t)len;
     }
@@ -60,13 +59,13 @@ int calib_load(struct calib *c, const char *spec_json, const char *model_dir, in
     c->seq_len = L;
     c->n = (int)EXAQ_MIN((int64_t)samples, n / L);
     if (c->n < 1) {
-        snprintf(err, errlen, "calibration data '%s' has %lld tokens, fewer than one window of %d",
+        err_setf(err, "calibration data '%s' has %lld tokens, fewer than one window of %d",
                  src->valuestring, (long long)n, L);
         goto out;
     }
     for (int64_t i = 0; i < (int64_t)c->n * L; i++) {
         if (all[i] < 0 || (vocab > 0 && all[i] >= vocab)) {
-            snprintf(err, errlen, "calibration token %lld has id %d, outside the vocabulary (%d)",
+            err_setf(err, "calibration token %lld has id %d, outside the vocabulary (%d)",
                      (long long)i, all[i], vocab);
             goto out;
         }

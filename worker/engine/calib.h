@@ -23,13 +23,14 @@ struct calib {
 
 /*
  * Reads the "calibration" member of the stage's spec JSON. model_dir is where a text source
- * finds tokenizer.json; vocab (> 0) bounds the ids. Returns 0, or -1 with a message in err.
+ * finds tokenizer.json; vocab (> 0) bounds the ids. Returns 0, or -1 with *err set to a new message
+ * (the caller frees it).
  */
-int calib_load(struct calib *c, const char *spec_json, const char *model_dir, int vocab, char *err,
-               size_t errlen);
+int calib_load(struct calib *c, const char *spec_json, const char *model_dir, int vocab,
+               char **err);
 void calib_release(struct calib *c);
 
-/* Reads a little-endian uint32 id file; *n ids. 0, or -1 with err set. */
-int calib_read_ids(const char *path, int32_t **ids, int64_t *n, char *err, size_t errlen);
+/* Reads a little-endian uint32 id file; *n ids. 0, or -1 with *err set to a new message. */
+int calib_read_ids(const char *path, int32_t **ids, int64_t *n, char **err);
 
 #endif

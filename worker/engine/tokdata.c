@@ -12,22 +12,9 @@
 
 #include "common/util.h"
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err || !errlen)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- token data -------------------------------------------------------------------------- */
 
-int tokdata_ids_read(const char *path, int32_t **ids, size_t *n, char *err, size_t errlen)
+int tokdata_ids_read(const char *path, int32_t **ids, size_t *n, char **err)
 {
     char *data = NULL;
     size_t len = 0;
@@ -36,14 +23,14 @@ int tokdata_ids_read(const char *path, int32_t **ids, size_t *n, char *err, size
     *n = 0;
     rc = file_read_all(path, &data, &len);
     if (rc < 0) {
-        seterr(err, errlen, "cannot read ids file '%s': %s", path, strerror(-rc));
+        err_setf(err, "cannot read ids file '%s': %s", path, strerror(-rc));
         return rc;
     }
     if (len % 4 != 0) {
-        seterr(err, errlen,
-               "ids file '%s' has %zu bytes, not a multiple of 4 (expected little-endian uint32 "
-               "token ids)",
-               path, len);
+        err_setf(err,
+                 "ids file '%s' has %zu bytes, not a multiple of 4 (expected little-endian uint32 "
+                 "token ids)",
+                 path, len);
         free(data);
         return -EINVAL;
     }
@@ -55,8 +42,7 @@ int tokdata_ids_read(const char *path, int32_t **ids, size_t *n, char *err, size
         uint32_t v =
             (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
         if (v > INT32_MAX) {
-            seterr(err, errlen, "ids file '%s': id %u at position %zu is not a token id", path, v,
-                   i);
+            err_setf(err, "ids file '%s': id %u at position %zu is not a token id", path, v, i);
             free(*ids);
             *ids = NULL;
             *n = 0;
@@ -69,27 +55,25 @@ int tokdata_ids_read(const char *path, int32_t **ids, size_t *n, char *err, size
     return 0;
 }
 
-struct tok *tokdata_tok_load(const char *model_dir, char *err, size_t errlen)
+struct tok *tokdata_tok_load(const char *model_dir, char **err)
 {
     char *path = path_join(model_dir, "tokenizer.json");
     struct tok *t = NULL;
     char *msg = NULL;
     if (!is_file(path)) {
-        seterr(err, errlen, "model dir '%s' has no tokenizer.json (needed to tokenize text)",
-               model_dir);
+        err_setf(err, "model dir '%s' has no tokenizer.json (needed to tokenize text)", model_dir);
         goto out;
     }
     t = tok_load(path, &msg);
     if (!t)
-        seterr(err, errlen, "cannot load tokenizer '%s': %s", path, msg);
+        err_setf(err, "cannot load tokenizer '%s': %s", path, msg);
     free(msg);
 out:
     free(path);
     return t;
 }
 
-int tokdata_text_read(const char *path, const struct tok *t, int32_t **ids, size_t *n, char *err,
-                      size_t errlen)
+int tokdata_text_read(const char *path, const struct tok *t, int32_t **ids, size_t *n, char **err)
 {
     char *data = NULL, msg[512] = "";
     size_t len = 0;
@@ -97,13 +81,13 @@ int tokdata_text_read(const char *path, const struct tok *t, int32_t **ids, size
     *ids = NULL;
     *n = 0;
     if (rc < 0) {
-        seterr(err, errlen, "cannot read text file '%s': %s", path, strerror(-rc));
+        err_setf(err, "cannot read text file '%s': %s", path, strerror(-rc));
         return rc;
     }
     cnt = tok_encode(t, data, len, ids, msg, sizeof(msg));
     free(data);
     if (cnt < 0) {
-        seterr(err, errlen, "cannot tokenize '%s': %s", path, msg);
+        err_setf(err, "cannot tokenize '%s': %s", path, msg);
         *ids = NULL;
         return -EINVAL;
     }
@@ -120,22 +104,22 @@ int64_t tokdata_ids_check(const int32_t *ids, size_t n, int vocab)
 }
 
 int tokdata_load(const char *ids_path, const char *text_path, const char *model_dir, int vocab,
-                 int32_t **ids, size_t *n, char *err, size_t errlen)
+                 int32_t **ids, size_t *n, char **err)
 {
     int rc;
     *ids = NULL;
     *n = 0;
     if (!ids_path == !text_path) {
-        seterr(err, errlen, "give exactly one of 'ids' and 'text'");
+        err_setf(err, "give exactly one of 'ids' and 'text'");
         return -EINVAL;
     }
     if (ids_path) {
-        rc = tokdata_ids_read(ids_path, ids, n, err, errlen);
+        rc = tokdata_ids_read(ids_path, ids, n, err);
     } else {
-        struct tok *t = tokdata_tok_load(model_dir, err, errlen);
+        struct tok *t = tokdata_tok_load(model_dir, err);
         if (!t)
             return -ENOENT;
-        rc = tokdata_text_read(text_path, t, ids, n, err, errlen);
+        rc = tokdata_text_read(text_path, t, ids, n, err);
         tok_free(t);
     }
     if (rc < 0)
@@ -143,10 +127,10 @@ int tokdata_load(const char *ids_path, const char *text_path, const char *model_
     if (vocab > 0) {
         int64_t bad = tokdata_ids_check(*ids, *n, vocab);
         if (bad >= 0) {
-            seterr(err, errlen,
-                   "'%s': token id %d at position %lld is outside the model's vocabulary (size "
-                   "%d)",
-                   ids_path ? ids_path : text_path, (*ids)[bad], (long long)bad, vocab);
+            err_setf(err,
+                     "'%s': token id %d at position %lld is outside the model's vocabulary (size "
+                     "%d)",
+                     ids_path ? ids_path : text_path, (*ids)[bad], (long long)bad, vocab);
             free(*ids);
             *ids = NULL;
             *n = 0;

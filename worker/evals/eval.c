@@ -173,14 +173,14 @@ fail:
     return -1;
 }
 
-int eval_mcqa_load(const char *path, int limit, struct eval_mcqa_set *set, char *err, size_t errlen)
+int eval_mcqa_load(const char *path, int limit, struct eval_mcqa_set *set, char **err)
 {
     char *data = NULL, msg[512];
     size_t len = 0, pos = 0;
     int rc = file_read_all(path, &data, &len), line = 0, cap = 0;
     memset(set, 0, sizeof(*set));
     if (rc < 0) {
-        seterr(err, errlen, "cannot read items file '%s': %s", path, strerror(-rc));
+        err_setf(err, "cannot read items file '%s': %s", path, strerror(-rc));
         return rc;
     }
     while (pos < len && (limit <= 0 || set->n < limit)) {
@@ -197,7 +197,7 @@ int eval_mcqa_load(const char *path, int limit, struct eval_mcqa_set *set, char 
             set->items = xrealloc(set->items, (size_t)cap * sizeof(*set->items));
         }
         if (item_parse(s, l, &set->items[set->n], msg, sizeof(msg)) < 0) {
-            seterr(err, errlen, "%s:%d: %s", path, line, msg);
+            err_setf(err, "%s:%d: %s", path, line, msg);
             free(data);
             return -EINVAL;
         }
@@ -205,7 +205,7 @@ int eval_mcqa_load(const char *path, int limit, struct eval_mcqa_set *set, char 
     }
     free(data);
     if (set->n == 0) {
-        seterr(err, errlen, "items file '%s' holds no items", path);
+        err_setf(err, "items file '%s' holds no items", path);
         return -EINVAL;
     }
     return 0;

@@ -6,9 +6,8 @@
  * KV cache and every choice scored from the cached state).
  *
  * Nothing here talks to the worker or the daemon: functions return 0 or a negative errno-style
- * code with a lowercase message in err (a caller buffer of errlen bytes, or a new string in
- * *err for the functions that run the model, as worker/engine/model.h does). Never a crash on bad
- * input.
+ * code with a new lowercase message in *err that the caller frees (docs/design.md, "Errors");
+ * the message names the file and line where there is one. Never a crash on bad input.
  */
 #ifndef EXAQ_EVAL_H
 #define EXAQ_EVAL_H
@@ -77,8 +76,7 @@ struct eval_mcqa_set {
  * names the file and line: bad JSON, not an object, a missing or mistyped field, fewer than two
  * choices, an answer that is not an integer index into choices. An empty file is an error.
  */
-int eval_mcqa_load(const char *path, int limit, struct eval_mcqa_set *set, char *err,
-                   size_t errlen);
+int eval_mcqa_load(const char *path, int limit, struct eval_mcqa_set *set, char **err);
 void eval_mcqa_release(struct eval_mcqa_set *set);
 
 /* Bytes of trailing whitespace of s[0..len-1], where whitespace is what Python's str.isspace()

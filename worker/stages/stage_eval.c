@@ -143,7 +143,7 @@ int stage_ppl_run(struct stage_ctx *ctx)
     size_t n = 0;
     int64_t seq_len, max_windows, W;
     const char *ids_path, *text_path;
-    char msg[1024], *err = NULL;
+    char *err = NULL;
     struct eval_ppl_result res;
     double t0;
     int rc = 0;
@@ -168,10 +168,14 @@ int stage_ppl_run(struct stage_ctx *ctx)
         goto out;
     }
     t0 = now_mono();
-    if (tokdata_load(ids_path, text_path, ctx->input_dir, m->cfg.vocab_size, &ids, &n, msg,
-                     sizeof(msg)) < 0) {
-        rc = stage_fail(ctx, STAGE_ERR_ERROR, "ppl stage: %s", msg);
-        goto out;
+    {
+        char *e = NULL;
+        if (tokdata_load(ids_path, text_path, ctx->input_dir, m->cfg.vocab_size, &ids, &n, &e) <
+            0) {
+            rc = stage_fail(ctx, STAGE_ERR_ERROR, "ppl stage: %s", e);
+            free(e);
+            goto out;
+        }
     }
     if (text_path)
         stage_log(ctx, "ppl: tokenized '%s' into %zu tokens in %.2f s", text_path, n,
@@ -230,7 +234,7 @@ int stage_mcqa_run(struct stage_ctx *ctx)
     struct eval_mcqa_set set = { NULL, 0 };
     const char *items;
     int64_t limit;
-    char msg[1024], *err = NULL;
+    char *err = NULL;
     double *sums = NULL, t0;
     int rc = 0, hits = 0, hits_norm = 0, maxc = 0;
 
@@ -243,14 +247,18 @@ int stage_mcqa_run(struct stage_ctx *ctx)
         rc = stage_fail(ctx, STAGE_ERR_ERROR, "mcqa stage: 'items' (a JSONL file) is required");
         goto out;
     }
-    if (eval_mcqa_load(items, (int)limit, &set, msg, sizeof(msg)) < 0) {
-        rc = stage_fail(ctx, STAGE_ERR_ERROR, "mcqa stage: %s", msg);
+    if (eval_mcqa_load(items, (int)limit, &set, &err) < 0) {
+        rc = stage_fail(ctx, STAGE_ERR_ERROR, "mcqa stage: %s", err);
+        free(err);
+        err = NULL;
         goto out;
     }
     if ((rc = load_model(ctx, &m, 1)))
         goto out;
-    if (!(t = tokdata_tok_load(ctx->input_dir, msg, sizeof(msg)))) {
-        rc = stage_fail(ctx, STAGE_ERR_ERROR, "mcqa stage: %s", msg);
+    if (!(t = tokdata_tok_load(ctx->input_dir, &err))) {
+        rc = stage_fail(ctx, STAGE_ERR_ERROR, "mcqa stage: %s", err);
+        free(err);
+        err = NULL;
         goto out;
     }
     for (int i = 0; i < set.n; i++)

@@ -77,7 +77,7 @@ static int spec_str(struct gctx *g, const char *name, const char **out)
 /* The fields both kinds take, then the model, tokenizer, chat template and EOS ids. */
 static int g_open(struct gctx *g, struct stage_ctx *ctx, const char *def_tmpl)
 {
-    char msg[1024], *err = NULL;
+    char *err = NULL;
     int rc = 0;
     memset(g, 0, sizeof(*g));
     g->ctx = ctx;
@@ -111,8 +111,11 @@ static int g_open(struct gctx *g, struct stage_ctx *ctx, const char *def_tmpl)
         free(err);
         return rc;
     }
-    if (!(g->t = tokdata_tok_load(ctx->input_dir, msg, sizeof(msg))))
-        return stage_fail(ctx, STAGE_ERR_ERROR, "%s stage: %s", ctx->kind, msg);
+    if (!(g->t = tokdata_tok_load(ctx->input_dir, &err))) {
+        rc = stage_fail(ctx, STAGE_ERR_ERROR, "%s stage: %s", ctx->kind, err);
+        free(err);
+        return rc;
+    }
     if (g->chat) {
         if (chat_template_load(ctx->input_dir, &g->ct, &err) != 0) {
             rc = stage_fail(ctx, STAGE_ERR_ERROR,

@@ -84,9 +84,12 @@ static int save_model(struct stage_ctx *ctx, const struct model *m)
 static int load_calib(struct stage_ctx *ctx, const struct model *m, struct calib *c,
                       const char *why)
 {
-    char msg[1024];
-    if (calib_load(c, ctx->spec_json, ctx->input_dir, m->cfg.vocab_size, msg, sizeof(msg)) < 0)
-        return stage_fail(ctx, STAGE_ERR_ERROR, "%s needs calibration data: %s", why, msg);
+    char *e = NULL;
+    if (calib_load(c, ctx->spec_json, ctx->input_dir, m->cfg.vocab_size, &e) < 0) {
+        int rc = stage_fail(ctx, STAGE_ERR_ERROR, "%s needs calibration data: %s", why, e);
+        free(e);
+        return rc;
+    }
     if (c->n < c->requested)
         stage_log(ctx, "%s: calibration has %d windows of %d tokens (asked for %d)", ctx->kind,
                   c->n, c->seq_len, c->requested);

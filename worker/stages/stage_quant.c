@@ -879,7 +879,7 @@ static int quantize_model(struct stage_ctx *ctx, struct model *m, const struct q
                                      (1u << MODEL_HOOK_GATEUP_IN) | (1u << MODEL_HOOK_DOWN_IN) };
     const struct config *c = &m->cfg;
     float *X = NULL, *tmp = NULL, *Xsub = NULL;
-    char msg[512], *err = NULL;
+    char *err = NULL;
     double total = 0, total_rtn = 0;
     int64_t zeros = 0, weights = 0;
     int rc = 0, H = c->hidden_size, L = 0, nq = 0, nsub = 0;
@@ -889,8 +889,12 @@ static int quantize_model(struct stage_ctx *ctx, struct model *m, const struct q
     memset(&cal, 0, sizeof(cal));
     memset(&s, 0, sizeof(s));
     if (q->calibrated) {
-        if (calib_load(&cal, ctx->spec_json, ctx->input_dir, c->vocab_size, msg, sizeof(msg)) < 0)
-            return stage_fail(ctx, STAGE_ERR_ERROR, "%s", msg);
+        char *e = NULL;
+        if (calib_load(&cal, ctx->spec_json, ctx->input_dir, c->vocab_size, &e) < 0) {
+            int frc = stage_fail(ctx, STAGE_ERR_ERROR, "%s", e);
+            free(e);
+            return frc;
+        }
         L = cal.seq_len;
         if (cal.n < cal.requested)
             stage_log(ctx, "calibration: only %d of %d windows of %d tokens available", cal.n,

@@ -38,10 +38,10 @@ static char **gen_texts(int32_t **prompts, int *lens, int n, int max_new)
 {
     struct model *m;
     struct model_opts mo = { 2, KERN_IMPL_CPU, 0 };
-    char *err = NULL, msg[256];
+    char *err = NULL;
     int32_t *eos;
     int n_eos;
-    struct tok *t = tokdata_tok_load(TINY, msg, sizeof(msg));
+    struct tok *t = tokdata_tok_load(TINY, NULL);
     assert_non_null(t);
     assert_int_equal(model_load(&m, TINY, &mo, &err), 0);
     assert_int_equal(gen_eos_load(TINY, &eos, &n_eos, &err), 0);
@@ -72,7 +72,7 @@ static void test_mcqa_gen_stage(void **state)
     (void)state;
     assert_int_equal(mcqa_gen_load(EV "/mcqa_gen.jsonl", 0, &set, err, sizeof(err)), 0);
     assert_int_equal(mcqa_gen_load(EV "/mcqa_gen_fewshot.jsonl", 2, &shots, err, sizeof(err)), 0);
-    struct tok *t = tokdata_tok_load(TINY, err, sizeof(err));
+    struct tok *t = tokdata_tok_load(TINY, NULL);
     int32_t *prompts[8];
     int lens[8];
     for (int i = 0; i < set.n; i++) {
@@ -123,7 +123,7 @@ static void test_qa_stage(void **state)
     char err[256];
     (void)state;
     assert_int_equal(qa_load(EV "/qa.jsonl", 0, &set, err, sizeof(err)), 0);
-    struct tok *t = tokdata_tok_load(TINY, err, sizeof(err));
+    struct tok *t = tokdata_tok_load(TINY, NULL);
     int32_t *prompts[6];
     int lens[6], cut, ncut = 0;
     for (int i = 0; i < set.n; i++) {
