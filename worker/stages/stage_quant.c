@@ -1091,6 +1091,13 @@ int stage_quantize_run(struct stage_ctx *ctx)
         stage_log(ctx, "warning: actorder 'group' writes weight_g_idx, which compressed-tensors "
                        "0.19 and newer reject (\"actorder='group' has been removed\"); "
                        "actorder 'static' loads everywhere");
+    if (!q.dense && (q.scheme == QSCHEME_W8A16_ASYM || q.group_size > 128))
+        stage_log(ctx,
+                  "warning: vLLM's Marlin kernel takes zero points only for 4 bits and "
+                  "groups of at most 128; this checkpoint (%s, group size %d) loads in "
+                  "transformers, in vLLM only where another kernel takes it "
+                  "(docs/quantization.md)",
+                  qscheme_name(q.scheme), q.group_size);
     if ((rc = quantize_model(ctx, m, &q, ignored)))
         goto out;
     stage_progress(ctx, m->n_layers, m->n_layers, "saving");
