@@ -501,8 +501,10 @@ struct fval {
 };
 
 static const char *const e_methods[] = { "rtn", "gptq", "awq", "smoothquant", "sparsegpt", NULL };
-static const char *const e_schemes[] = { "W4A16", "W4A16_ASYM",  "W8A16", "W8A8",
+static const char *const e_schemes[] = { "W4A16", "W4A16_ASYM",  "W8A16", "W8A16_ASYM", "W8A8",
                                          "FP8",   "FP8_DYNAMIC", "none",  NULL };
+static const char *const e_salience[] = { "l1", "l2", NULL };
+static const char *const e_rounding[] = { "nearest", "greedy", NULL };
 static const char *const e_actorder[] = { "none", "static", "group", NULL };
 static const char *const e_pattern[] = { "unstructured", "2:4", NULL };
 static const char *const e_prune_metric[] = { "block_influence", "explicit", NULL };
@@ -560,6 +562,9 @@ static const struct fdef f_quantize[] = {
     F_INT("n_grid", 1),
     F_BOOL("clip"),
     F_NUM("alpha", 0, 0, 1, 0),
+    F_ENUM("salience", e_salience),
+    F_ENUM("rounding", e_rounding),
+    F_NUM("outlier_percent", 0, 0, 100, 1),
     F_CALIB,
     F_END,
 };
@@ -661,6 +666,9 @@ static const struct method_field quant_method_fields[] = {
     { "n_grid", { "awq", NULL, NULL } },
     { "clip", { "awq", NULL, NULL } },
     { "alpha", { "smoothquant", NULL, NULL } },
+    { "salience", { "awq", NULL, NULL } },
+    { "rounding", { "rtn", "awq", NULL } },
+    { "outlier_percent", { "rtn", "awq", NULL } },
 };
 
 /* State of one stage being built. */
@@ -907,10 +915,12 @@ static const char *str_or(struct sb *b, const char *name, const char *d)
 static void build_quantize(struct sb *b)
 {
     struct fval *m = fv(b, "method"), *sch = fv(b, "scheme"), *gs = fv(b, "group_size");
+    struct fval *sal = fv(b, "salience"), *rnd = fv(b, "rounding"),
+                *outl = fv(b, "outlier_percent");
     const char *method = str_or(b, "method", "gptq");
     int method_known = !m->node || m->ok;
     const char *scheme;
-    int w4, gsize;
+    int w4, grouped, greedy, gsize;
     struct jv *ign;
 
     if (m->node && !m->ok)
@@ -954,28 +964,39 @@ static void build_quantize(struct sb *b)
                    method, scheme);
         if (strcmp(method, "awq") == 0 && strcmp(scheme, "W4A16") != 0 &&
             strcmp(scheme, "W4A16_ASYM") != 0 && strcmp(scheme, "W8A16") != 0 &&
-            strcmp(scheme, "none") != 0)
+            strcmp(scheme, "W8A16_ASYM") != 0 && strcmp(scheme, "none") != 0)
             sb_err(b, sch->node ? sch->node : b->at,
-                   "quantize method 'awq' is weight-only (W4A16, W4A16_ASYM or W8A16), not '%s' "
-                   "(use smoothquant for W8A8, rtn for FP8)",
+                   "quantize method 'awq' is weight-only (W4A16, W4A16_ASYM, W8A16 or "
+                   "W8A16_ASYM), not '%s' (use smoothquant for W8A8, rtn for FP8)",
                    scheme);
     }
     /* Group size. */
     w4 = strcmp(scheme, "W4A16") == 0 || strcmp(scheme, "W4A16_ASYM") == 0;
-    /* Schemes other than W4 are not grouped (-1); the scheme fixes the strategy (FP8 static:
-     * one scale per tensor, see worker/engine/quant.h). */
+    /* W4 schemes and W8A16_ASYM (per-group zero points) take groups; the other schemes are not
+     * grouped (-1) and the scheme fixes the strategy (FP8 static: one scale per tensor, see
+     * worker/engine/quant.h). */
+    grouped = w4 || strcmp(scheme, "W8A16_ASYM") == 0;
     gsize = w4 ? 128 : -1;
     if (gs->ok) {
-        if (gs->i != 32 && gs->i != 64 && gs->i != 128 && gs->i != -1)
-            sb_err(b, gs->node, "'group_size' must be 32, 64, 128 or -1 (per channel), got %s",
+        if (gs->i != 32 && gs->i != 64 && gs->i != 128 && gs->i != 256 && gs->i != -1)
+            sb_err(b, gs->node, "'group_size' must be 32, 64, 128, 256 or -1 (per channel), got %s",
                    gs->node->text);
-        else if (!w4 && gs->i != -1 && (!sch->node || sch->ok))
+        else if (!grouped && gs->i != -1 && (!sch->node || sch->ok))
             sb_err(b, gs->node, "scheme '%s' only allows group_size -1 (per channel), got %s",
                    scheme, gs->node->text);
         gsize = (int)gs->i;
     } else if (gs->node) {
         b->ok = 0;
     }
+    /* AWQ salience and greedy rounding: written to the spec only when not the default, so the
+     * keys of the stages written before these fields existed do not change. */
+    if (sal->node && !sal->ok)
+        b->ok = 0;
+    if (rnd->node && !rnd->ok)
+        b->ok = 0;
+    greedy = strcmp(str_or(b, "rounding", "nearest"), "greedy") == 0;
+    if (outl->node && outl->ok && !greedy && method_known)
+        sb_err(b, outl->key, "'outlier_percent' only applies with 'rounding: greedy'");
 
     lanes__jv_set(b->spec, "method", lanes__jv_str(method));
     lanes__jv_set(b->spec, "scheme", lanes__jv_str(scheme));
@@ -997,10 +1018,21 @@ static void build_quantize(struct sb *b)
         lanes__jv_set(b->spec, "duo_scaling", lanes__jv_bool(bool_or(b, "duo_scaling", 1)));
         lanes__jv_set(b->spec, "n_grid", lanes__jv_int(int_or(b, "n_grid", 20)));
         lanes__jv_set(b->spec, "clip", lanes__jv_bool(bool_or(b, "clip", 1)));
+        if (strcmp(str_or(b, "salience", "l1"), "l2") == 0)
+            lanes__jv_set(b->spec, "salience", lanes__jv_str("l2"));
     } else if (strcmp(method, "smoothquant") == 0) {
         lanes__jv_set(b->spec, "alpha", lanes__jv_num(num_or(b, "alpha", 0.5)));
     }
-    if (method_known && strcmp(method, "rtn") != 0) {
+    if (greedy && (strcmp(method, "rtn") == 0 || strcmp(method, "awq") == 0)) {
+        lanes__jv_set(b->spec, "rounding", lanes__jv_str("greedy"));
+        lanes__jv_set(b->spec, "outlier_percent", lanes__jv_num(num_or(b, "outlier_percent", 1.0)));
+        if (strcmp(scheme, "FP8") == 0 || strcmp(scheme, "FP8_DYNAMIC") == 0 ||
+            strcmp(scheme, "none") == 0)
+            sb_err(b, rnd->node, "'rounding: greedy' needs an integer scheme, not '%s'", scheme);
+    }
+    if (method_known && strcmp(method, "rtn") == 0 && greedy) {
+        want_calibration(b, "'rounding: greedy' (the output error on calibration data)");
+    } else if (method_known && strcmp(method, "rtn") != 0) {
         char why[64];
         snprintf(why, sizeof(why), "quantize method '%s'", method);
         want_calibration(b, why);

@@ -115,8 +115,9 @@ static const struct {
 } QMAT_FMTS[] = {
     { LINEAR_FMT_INT, 8 }, { LINEAR_FMT_INT, 4 }, { LINEAR_FMT_INT4, 4 }, { LINEAR_FMT_FP8, 8 }
 };
-/* 40 is 8 mod 16 (half an INT4 block), 7 is odd (the generic path), -1 channel, 0 tensor. */
-static const int QMAT_GROUPS[] = { 32, 64, 128, 40, 7, -1, 0 };
+/* 40 is 8 mod 16 (half an INT4 block), 7 is odd (the generic path), -1 channel, 0 tensor; 256 is
+ * the largest group the quantize stage writes. */
+static const int QMAT_GROUPS[] = { 32, 64, 128, 256, 40, 7, -1, 0 };
 static const int QMAT_OUTS[5] = { 1, 5, 17, 33, 100 };
 static const int QMAT_INS[5] = { 7, 33, 136, 300, 515 };
 

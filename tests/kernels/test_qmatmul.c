@@ -4,7 +4,7 @@
  *
  * Kernel level, on fresh random inputs (seed printed; EXAQ_TEST_SEED replays):
  *   - linear_to_f32 returns exactly W = (q - zp) * scale (FP8: e4m3(q) * scale), computed here
- *     independently of the library, for every format, group size (32, 64, 128, 40 (8 mod 16),
+ *     independently of the library, for every format, group size (32, 64, 128, 256, 40 (8 mod 16),
  *     7 (odd: generic path), channel, tensor), with and without zero points and g_idx;
  *   - matmul_ref on the quantized linear equals matmul_ref on that dense fp32 W bit for bit;
  *   - matmul_cpu against matmul_ref for T = 1, 2, 3 (GEMV) and 4, 17, 64 (GEMM), odd out/in,
@@ -23,20 +23,21 @@
  * rounding the reference (as test_matmul does), and NMSE <= 1e-9.
  *
  * Engine level (tests/data/tiny-exaone4): every linear of tiny-a quantized with quant_rtn (RTN
- * W4A16 g128, W8A8, FP8_DYNAMIC) and installed with model_linear_set_quant computes the same
- * logits as the same model holding the exact fp32 dequantization as a dense F32 linear: for
- * W4A16 that model is built with model_linear_set_f32; W8A8 and FP8_DYNAMIC also quantize
- * activations (keyed on the layer's qweight), so there the dense F32 linear replaces the
- * linear handle under the kept qweight, which is what the engine did before the quantized
- * formats existed. Prefill (T = 16, GEMM path) must match bit for bit, and so must KV-cache
- * decode with the reference kernels (m->impl = KERN_IMPL_REF). KV-cache decode with the fast
- * GEMV (T = 1) differs by fp32 summation noise: within 1e-4 of max|logit| for W4A16 (the bound
- * test_model uses for KV decode vs full sequence; observed ~4e-7). With W8A8 / FP8_DYNAMIC that
- * noise can flip the rounding of one quantized activation (a step of absmax/127, or one E4M3
- * mantissa step), after which the two runs legitimately differ by up to ~1% of max|logit|
- * (observed 1.1% once a flip happened; 2e-7 before); those get 5e-2, which still catches a
- * wrong scale, zero point or group (tens of percent). Observed values are printed.
- * model_linear_get_f32 must return the dequantization exactly (memcmp). About 2-4 s in all.
+ * W4A16 g128, the zero-point schemes W4A16_ASYM g256 and W8A16_ASYM g64, W8A8, FP8_DYNAMIC) and
+ * installed with model_linear_set_quant computes the same logits as the same model holding the
+ * exact fp32 dequantization as a dense F32 linear: for the weight-only schemes that model is
+ * built with model_linear_set_f32; W8A8 and FP8_DYNAMIC also quantize activations (keyed on the
+ * layer's qweight), so there the dense F32 linear replaces the linear handle under the kept
+ * qweight, which is what the engine did before the quantized formats existed. Prefill (T = 16, GEMM
+ * path) must match bit for bit, and so must KV-cache decode with the reference kernels (m->impl =
+ * KERN_IMPL_REF). KV-cache decode with the fast GEMV (T = 1) differs by fp32 summation noise:
+ * within 1e-4 of max|logit| for W4A16 (the bound test_model uses for KV decode vs full sequence;
+ * observed ~4e-7). With W8A8 / FP8_DYNAMIC that noise can flip the rounding of one quantized
+ * activation (a step of absmax/127, or one E4M3 mantissa step), after which the two runs
+ * legitimately differ by up to ~1% of max|logit| (observed 1.1% once a flip happened; 2e-7 before);
+ * those get 5e-2, which still catches a wrong scale, zero point or group (tens of percent).
+ * Observed values are printed. model_linear_get_f32 must return the dequantization exactly
+ * (memcmp). About 2-4 s in all.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -308,6 +309,7 @@ static void test_qmatmul_fp8_codes(void **state)
 static void quantize_pair(struct model *mq, struct model *md, enum qscheme s, int gs)
 {
     char *err = NULL;
+    bool weight_only = s != QSCHEME_W8A8 && s != QSCHEME_FP8_DYNAMIC && s != QSCHEME_FP8;
     for (int l = 0; l < mq->n_layers; l++)
         for (int w = 0; w < MODEL_LIN_COUNT; w++) {
             const struct linear *L = model_linear(mq, l, (enum model_lin)w);
@@ -327,16 +329,18 @@ static void quantize_pair(struct model *mq, struct model *md, enum qscheme s, in
             quant_rtn(&qb, W, QGRID_ABSMAX_HALF);
             assert_int_equal(model_linear_set_quant(mq, l, (enum model_lin)w, &qa, &err), 0);
             const struct linear *Lq = model_linear(mq, l, (enum model_lin)w);
-            assert_int_equal(Lq->fmt, s == QSCHEME_W4A16  ? LINEAR_FMT_INT4
-                                      : s == QSCHEME_W8A8 ? LINEAR_FMT_INT
-                                                          : LINEAR_FMT_FP8);
+            assert_int_equal(Lq->fmt, qscheme_bits(s) == 4 ? LINEAR_FMT_INT4
+                                      : s == QSCHEME_FP8_DYNAMIC || s == QSCHEME_FP8
+                                          ? LINEAR_FMT_FP8
+                                          : LINEAR_FMT_INT);
+            assert_true((Lq->zp != NULL) == !qscheme_symmetric(s));
             assert_false(Lq->qflags & LINEAR_QF_GENERIC);
             assert_true(linear_weight_bytes(Lq) < n * 2); /* fewer bytes than BF16 */
             assert_int_equal(model_linear_get_f32(mq, l, (enum model_lin)w, got, &err), 0);
             if (memcmp(got, deq, n * sizeof(float)))
                 fail_msg("%s layer %d lin %d: model_linear_get_f32 is not the dequantization",
                          qscheme_name(s), l, w);
-            if (s == QSCHEME_W4A16) {
+            if (weight_only) {
                 qweight_release(&qb);
                 assert_int_equal(
                     model_linear_set_f32(md, l, (enum model_lin)w, deq, KERN_F32, &err), 0);
@@ -395,6 +399,7 @@ static void engine_case(enum qscheme s, int gs)
     assert_int_equal(model_load(&mq, TINY, NULL, &err), 0);
     assert_int_equal(model_load(&md, TINY, NULL, &err), 0);
     quantize_pair(mq, md, s, gs);
+    bool weight_only = s != QSCHEME_W8A8 && s != QSCHEME_FP8_DYNAMIC && s != QSCHEME_FP8;
     int V = mq->cfg.vocab_size;
     for (int i = 0; i < P + G; i++)
         ids[i] = (int32_t)((10 + 37 * i) % V);
@@ -422,7 +427,7 @@ static void engine_case(enum qscheme s, int gs)
     if (dr != 0.0)
         fail_msg("%s: reference decode differs from the dense F32 model (%.3g)", qscheme_name(s),
                  dr);
-    double bound = s == QSCHEME_W4A16 ? 1e-4 : 5e-2;
+    double bound = weight_only ? 1e-4 : 5e-2;
     if (!(dd <= bound * mx))
         fail_msg("%s: decode logits differ by %.3g, more than %g of max|logit| %.3g",
                  qscheme_name(s), dd, bound, mx);
@@ -439,6 +444,8 @@ static void test_engine_quantized(void **state)
         skip();
     }
     engine_case(QSCHEME_W4A16, 128);
+    engine_case(QSCHEME_W4A16_ASYM, 256);
+    engine_case(QSCHEME_W8A16_ASYM, 64);
     engine_case(QSCHEME_W8A8, -1);
     engine_case(QSCHEME_FP8_DYNAMIC, -1);
 }

@@ -41,12 +41,17 @@ quant w4a16-g64-actorder-group "{\"method\":\"gptq\",\"scheme\":\"W4A16\",\"grou
 quant w4a16-g64-actorder-static "{\"method\":\"gptq\",\"scheme\":\"W4A16\",\"group_size\":64,\"actorder\":\"static\",$CAL}"
 quant w4a16-asym-g128 '{"method":"rtn","scheme":"W4A16_ASYM","group_size":128}'
 quant w8a16 '{"method":"rtn","scheme":"W8A16","group_size":-1}'
+# The AWQ study's zero-point checkpoints: AWQ l2 with greedy rounding, GPTQ g256, 8-bit groups.
+quant w4a16-asym-g128-awq-l2-greedy "{\"method\":\"awq\",\"scheme\":\"W4A16_ASYM\",\"group_size\":128,\"salience\":\"l2\",\"rounding\":\"greedy\",$CAL}"
+quant w4a16-asym-g256-gptq "{\"method\":\"gptq\",\"scheme\":\"W4A16_ASYM\",\"group_size\":256,$CAL}"
+quant w8a16-asym-g64 '{"method":"rtn","scheme":"W8A16_ASYM","group_size":64}'
 quant w8a8 "{\"method\":\"gptq\",\"scheme\":\"W8A8\",\"group_size\":-1,$CAL}"
 quant fp8-dynamic '{"method":"rtn","scheme":"FP8_DYNAMIC"}'
 quant fp8-static "{\"method\":\"rtn\",\"scheme\":\"FP8\",$CAL}"
 
 ARGS=
-for m in bf16 w4a16-g128 w4a16-g64-actorder-group w4a16-g64-actorder-static w4a16-asym-g128 w8a16; do
+for m in bf16 w4a16-g128 w4a16-g64-actorder-group w4a16-g64-actorder-static w4a16-asym-g128 w8a16 \
+    w4a16-asym-g128-awq-l2-greedy w4a16-asym-g256-gptq w8a16-asym-g64; do
     ARGS="$ARGS $OUT/$m:$OUT/$m.f32"
 done
 for m in w8a8 fp8-dynamic fp8-static; do

@@ -340,6 +340,18 @@ void awq_opts_default(struct awq_opts *o)
     o->scheme = QSCHEME_W4A16;
     o->group_size = 128;
     o->grid = QGRID_ABSMAX_QMAX;
+    o->salience = AWQ_SALIENCE_L1;
+}
+
+void awq_salience_stat(enum awq_salience how, int n, const double *sum_abs, int64_t rows,
+                       const float *H, float *out)
+{
+    for (int j = 0; j < n; j++) {
+        if (how == AWQ_SALIENCE_L2)
+            out[j] = H ? 0.5f * H[(size_t)j * n + j] : 0.0f;
+        else
+            out[j] = sum_abs && rows > 0 ? (float)(sum_abs[j] / (double)rows) : 0.0f;
+    }
 }
 
 int awq_qdq(const float *W, int out, int in, enum qscheme scheme, int group_size, enum qgrid grid,
@@ -391,7 +403,8 @@ void awq_weight_mean(const float *W, int out, int in, int group_size, float *wme
 static int check_scheme(const struct awq_opts *o, char **err)
 {
     if (o->scheme != QSCHEME_W4A16 && o->scheme != QSCHEME_W4A16_ASYM &&
-        o->scheme != QSCHEME_W8A16 && o->scheme != QSCHEME_W8A8) {
+        o->scheme != QSCHEME_W8A16 && o->scheme != QSCHEME_W8A16_ASYM &&
+        o->scheme != QSCHEME_W8A8) {
         err_setf(err, "awq: scheme %s is not an integer weight scheme", qscheme_name(o->scheme));
         return -EINVAL;
     }
@@ -520,8 +533,8 @@ int awq_clip_search(float *W, int out, int in, const float *G, const struct awq_
     if ((rc = check_scheme(o, err)))
         goto out;
     rc = -EINVAL;
-    bits = o->scheme == QSCHEME_W4A16 || o->scheme == QSCHEME_W4A16_ASYM ? 4 : 8;
-    sym = o->scheme != QSCHEME_W4A16_ASYM;
+    bits = qscheme_bits(o->scheme);
+    sym = qscheme_symmetric(o->scheme);
     gs = o->group_size > 0 ? EXAQ_MIN(o->group_size, in) : in;
     nshrink = EXAQ_MAX(1, (int)(o->max_shrink * o->clip_grid));
     Gg = xmalloc((size_t)gs * gs * sizeof(float));

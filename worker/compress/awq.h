@@ -108,18 +108,31 @@ void awq_fold_reduce(const struct awq_fold *f, const float *col, enum awq_reduce
 
 /* ---- AWQ --------------------------------------------------------------------------------- */
 
+/* The activation salience the scale search reads per input column. */
+enum awq_salience {
+    AWQ_SALIENCE_L1 = 0, /* E[|x|] (AutoAWQ, llm-compressor) */
+    AWQ_SALIENCE_L2,     /* E[x^2] */
+};
+
+/* The salience of n input columns into out[n]: L1 is sum_abs[j] / rows (0 when rows is 0); L2
+ * is H[j][j] / 2, the diagonal of the Hessian from hess_finish (2/n sum x^T x), i.e. E[x^2]
+ * over the same tokens. sum_abs may be NULL for L2, H may be NULL for L1. */
+void awq_salience_stat(enum awq_salience how, int n, const double *sum_abs, int64_t rows,
+                       const float *H, float *out);
+
 struct awq_opts {
-    bool duo_scaling;    /* s from activations and weights (true) or activations only */
-    int n_grid;          /* scale candidates, identity included (20) */
-    bool clip;           /* clip search after scaling (true) */
-    double max_shrink;   /* clip: largest shrink of a group's max (0.5) */
-    int clip_grid;       /* clip: shrink step 1/clip_grid (20) */
-    enum qscheme scheme; /* integer scheme the result is quantized to */
-    int group_size;      /* > 0 or -1 (per output channel) */
-    enum qgrid grid;     /* symmetric integer grid convention */
+    bool duo_scaling;           /* s from activations and weights (true) or activations only */
+    int n_grid;                 /* scale candidates, identity included (20) */
+    bool clip;                  /* clip search after scaling (true) */
+    double max_shrink;          /* clip: largest shrink of a group's max (0.5) */
+    int clip_grid;              /* clip: shrink step 1/clip_grid (20) */
+    enum qscheme scheme;        /* integer scheme the result is quantized to */
+    int group_size;             /* > 0 or -1 (per output channel) */
+    enum qgrid grid;            /* symmetric integer grid convention */
+    enum awq_salience salience; /* which x statistic the caller passes as x_mean */
 };
 /* duo_scaling, n_grid 20, clip, max_shrink 0.5, clip_grid 20, W4A16, group 128,
- * QGRID_ABSMAX_QMAX. */
+ * QGRID_ABSMAX_QMAX, salience L1. */
 void awq_opts_default(struct awq_opts *o);
 
 /* Quantize-dequantize of W [out][in] with RTN on the scheme's grid into dst (may equal W).

@@ -163,8 +163,8 @@ int ctensors_cfg_parse(const cJSON *qc, struct ctensors_cfg *out, char **err)
     if (!strcmp(fmt, "pack-quantized") && !strcmp(type, "int") && !cJSON_IsObject(ia)) {
         if (bits == 4)
             out->scheme = sym ? QSCHEME_W4A16 : QSCHEME_W4A16_ASYM;
-        else if (bits == 8 && sym)
-            out->scheme = QSCHEME_W8A16;
+        else if (bits == 8)
+            out->scheme = sym ? QSCHEME_W8A16 : QSCHEME_W8A16_ASYM;
         else
             goto unsupported;
     } else if ((!strcmp(fmt, "int-quantized") || !strcmp(fmt, "naive-quantized")) &&
@@ -197,7 +197,8 @@ int ctensors_cfg_parse(const cJSON *qc, struct ctensors_cfg *out, char **err)
 unsupported:
     err_setf(err,
              "unsupported compressed-tensors scheme (format %s, %s %d-bit %s, strategy %s, "
-             "activations %s); supported: W4A16, W4A16_ASYM, W8A16, W8A8, FP8, FP8_DYNAMIC",
+             "activations %s); supported: W4A16, W4A16_ASYM, W8A16, W8A16_ASYM, W8A8, FP8, "
+             "FP8_DYNAMIC",
              fmt, type, bits, sym ? "symmetric" : "asymmetric", strategy,
              cJSON_IsObject(ia) ? "quantized" : "none");
     return -EINVAL;
@@ -412,7 +413,8 @@ int ctensors_read(const struct st_dir *st, const char *prefix, const struct cten
     switch (c->scheme) {
     case QSCHEME_W4A16:
     case QSCHEME_W4A16_ASYM:
-    case QSCHEME_W8A16: {
+    case QSCHEME_W8A16:
+    case QSCHEME_W8A16_ASYM: {
         int bits = qw->bits;
         shp[0] = out;
         shp[1] = words(in, bits);
@@ -530,6 +532,7 @@ int ctensors_tensors(const struct qweight *qw, const char *prefix, struct st_wte
     case QSCHEME_W4A16:
     case QSCHEME_W4A16_ASYM:
     case QSCHEME_W8A16:
+    case QSCHEME_W8A16_ASYM:
         add(&ts[n++], prefix, "weight_packed", ST_I32, 2, qw->out, words(qw->in, qw->bits), qw);
         add(&ts[n++], prefix, "weight_scale", ST_BF16, 2, qw->out, qw->ngroups, qw);
         add(&ts[n++], prefix, "weight_shape", ST_I64, 1, 2, 0, qw);

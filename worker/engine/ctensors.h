@@ -1,7 +1,8 @@
 /*
- * ctensors: the compressed-tensors on-disk formats (pack-quantized W4A16/W4A16_ASYM/W8A16,
- * int-quantized W8A8, float-quantized FP8/FP8_DYNAMIC) as vLLM ~0.14 and transformers +
- * compressed-tensors load them (exaone4-and-formats spec, sections 3 and 4).
+ * ctensors: the compressed-tensors on-disk formats (pack-quantized
+ * W4A16/W4A16_ASYM/W8A16/W8A16_ASYM, int-quantized W8A8, float-quantized FP8/FP8_DYNAMIC) as vLLM
+ * ~0.14 and transformers + compressed-tensors load them (exaone4-and-formats spec, sections 3 and
+ * 4).
  *
  * Reading turns a Linear's tensors into a `struct qweight`; writing lists the tensors of a
  * qweight (names, dtypes, shapes, packed bytes) for the safetensors writer, and builds the

@@ -35,8 +35,13 @@
 /* ---- names -------------------------------------------------------------------------------- */
 
 static const char *const scheme_names[QSCHEME__COUNT] = {
-    [QSCHEME_W4A16] = "W4A16", [QSCHEME_W4A16_ASYM] = "W4A16_ASYM",   [QSCHEME_W8A16] = "W8A16",
-    [QSCHEME_W8A8] = "W8A8",   [QSCHEME_FP8_DYNAMIC] = "FP8_DYNAMIC", [QSCHEME_FP8] = "FP8",
+    [QSCHEME_W4A16] = "W4A16",
+    [QSCHEME_W4A16_ASYM] = "W4A16_ASYM",
+    [QSCHEME_W8A16] = "W8A16",
+    [QSCHEME_W8A8] = "W8A8",
+    [QSCHEME_FP8_DYNAMIC] = "FP8_DYNAMIC",
+    [QSCHEME_FP8] = "FP8",
+    [QSCHEME_W8A16_ASYM] = "W8A16_ASYM",
 };
 
 const char *qscheme_name(enum qscheme s)
@@ -57,6 +62,16 @@ int qscheme_parse(const char *name, enum qscheme *out)
             return 0;
         }
     return -1;
+}
+
+int qscheme_bits(enum qscheme s)
+{
+    return s == QSCHEME_W4A16 || s == QSCHEME_W4A16_ASYM ? 4 : 8;
+}
+
+bool qscheme_symmetric(enum qscheme s)
+{
+    return s != QSCHEME_W4A16_ASYM && s != QSCHEME_W8A16_ASYM;
 }
 
 /* ---- BF16 and FP8 ------------------------------------------------------------------------- */
@@ -195,13 +210,14 @@ int qweight_init(struct qweight *w, enum qscheme s, int out, int in, int group_s
     w->scheme = s;
     w->out = out;
     w->in = in;
-    w->symmetric = s != QSCHEME_W4A16_ASYM;
-    w->bits = (s == QSCHEME_W4A16 || s == QSCHEME_W4A16_ASYM) ? 4 : 8;
+    w->symmetric = qscheme_symmetric(s);
+    w->bits = qscheme_bits(s);
     w->is_fp8 = s == QSCHEME_FP8 || s == QSCHEME_FP8_DYNAMIC;
     switch (s) {
     case QSCHEME_W4A16:
     case QSCHEME_W4A16_ASYM:
     case QSCHEME_W8A16:
+    case QSCHEME_W8A16_ASYM:
         /* pack-quantized: groups or channel. */
         if (group_size == 0 || group_size < -1)
             return -EINVAL;

@@ -25,12 +25,16 @@ enum qscheme {
     QSCHEME_W8A8,        /* int8 per channel weights + dynamic per-token int8 activations */
     QSCHEME_FP8_DYNAMIC, /* E4M3 per channel + dynamic per-token E4M3 activations */
     QSCHEME_FP8,         /* E4M3 per tensor + static per-tensor input_scale */
+    QSCHEME_W8A16_ASYM,  /* int8 with int8 zero points, group or channel; pack-quantized */
     QSCHEME__COUNT
 };
 
 /* "W4A16" ... "FP8"; parse returns -1 for an unknown name. */
 const char *qscheme_name(enum qscheme s);
 int qscheme_parse(const char *name, enum qscheme *out);
+/* Code bits of a scheme (4 or 8), and whether its integer grid is symmetric (no zero points). */
+int qscheme_bits(enum qscheme s);
+bool qscheme_symmetric(enum qscheme s);
 
 enum qact {
     QACT_NONE = 0,   /* weight-only */
@@ -64,8 +68,8 @@ struct qweight {
 
 /* Allocates the arrays for the given shape and scheme (codes zeroed). 0 or -ENOMEM/-EINVAL. */
 int qweight_init(struct qweight *w, enum qscheme s, int out, int in, int group_size);
-/* (Added) Group sizes each scheme accepts: W4A16, W4A16_ASYM, W8A16: > 0 or -1; W8A8: -1 or 0;
- * FP8_DYNAMIC: -1 or 0, stored as -1 (channel); FP8: -1 or 0, stored as 0 (tensor). The
+/* (Added) Group sizes each scheme accepts: W4A16, W4A16_ASYM, W8A16, W8A16_ASYM: > 0 or -1; W8A8:
+ * -1 or 0; FP8_DYNAMIC: -1 or 0, stored as -1 (channel); FP8: -1 or 0, stored as 0 (tensor). The
  * activation scheme (act) follows from the scheme; input_scale starts at 0 (unset). */
 void qweight_release(struct qweight *w);
 

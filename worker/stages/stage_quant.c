@@ -34,6 +34,7 @@
 #include "worker/engine/calib.h"
 #include "worker/engine/ctensors.h"
 #include "worker/compress/gptq.h"
+#include "worker/compress/greedy.h"
 #include "worker/engine/model.h"
 #include "worker/compress/smoothquant.h"
 #include "worker/compress/sparsegpt.h"
@@ -56,6 +57,8 @@ struct qspec {
     struct awq_opts awq;
     double alpha; /* smoothquant */
     struct sparsegpt_opts sgpt;
+    bool greedy; /* rounding: greedy (RTN and AWQ) */
+    struct greedy_opts gr;
     bool calibrated;
 };
 
@@ -153,9 +156,11 @@ static int parse_spec(struct stage_ctx *ctx, const cJSON *spec, struct qspec *q)
                           "%s quantizes to integer grids; use method rtn for scheme %s", method,
                           scheme);
     if (q->method == QM_AWQ && !q->dense && q->scheme != QSCHEME_W4A16 &&
-        q->scheme != QSCHEME_W4A16_ASYM && q->scheme != QSCHEME_W8A16)
+        q->scheme != QSCHEME_W4A16_ASYM && q->scheme != QSCHEME_W8A16 &&
+        q->scheme != QSCHEME_W8A16_ASYM)
         return stage_fail(ctx, STAGE_ERR_ERROR,
-                          "awq is a weight-only method for W4A16, W4A16_ASYM and W8A16, not %s "
+                          "awq is a weight-only method for W4A16, W4A16_ASYM, W8A16 and "
+                          "W8A16_ASYM, not %s "
                           "(use smoothquant for W8A8, rtn for FP8)",
                           scheme);
     if (q->method == QM_SMOOTHQUANT && q->scheme != QSCHEME_W8A8)
@@ -190,6 +195,27 @@ static int parse_spec(struct stage_ctx *ctx, const cJSON *spec, struct qspec *q)
         q->awq.duo_scaling = jbool(spec, "duo_scaling", &missing);
         q->awq.n_grid = (int)jnum(spec, "n_grid", &missing);
         q->awq.clip = jbool(spec, "clip", &missing);
+        /* Written only when not the default l1 (keys of older stages stay the same). */
+        const cJSON *sal = cJSON_GetObjectItemCaseSensitive(spec, "salience");
+        if (sal && !(cJSON_IsString(sal) &&
+                     (!strcmp(sal->valuestring, "l1") || !strcmp(sal->valuestring, "l2"))))
+            return stage_fail(ctx, STAGE_ERR_ERROR, "unknown AWQ salience (l1, l2)");
+        q->awq.salience =
+            sal && !strcmp(sal->valuestring, "l2") ? AWQ_SALIENCE_L2 : AWQ_SALIENCE_L1;
+    }
+    greedy_opts_default(&q->gr);
+    {
+        /* rounding: written only when greedy, with its outlier_percent. */
+        const cJSON *rnd = cJSON_GetObjectItemCaseSensitive(spec, "rounding");
+        if (rnd && !(cJSON_IsString(rnd) &&
+                     (!strcmp(rnd->valuestring, "nearest") || !strcmp(rnd->valuestring, "greedy"))))
+            return stage_fail(ctx, STAGE_ERR_ERROR, "unknown rounding (nearest, greedy)");
+        q->greedy = rnd && !strcmp(rnd->valuestring, "greedy");
+        if (q->greedy && q->method != QM_RTN && q->method != QM_AWQ)
+            return stage_fail(ctx, STAGE_ERR_ERROR,
+                              "rounding 'greedy' is for methods rtn and awq, not '%s'", method);
+        if (q->greedy)
+            q->gr.outlier_percent = jnum(spec, "outlier_percent", &missing);
     }
     q->awq.scheme = q->scheme;
     q->awq.group_size = q->group_size;
@@ -218,7 +244,7 @@ static int parse_spec(struct stage_ctx *ctx, const cJSON *spec, struct qspec *q)
                           "spec: missing field '%s' for quantize (method '%s'); the lanes parser "
                           "writes complete specs",
                           missing, method);
-    q->calibrated = q->method != QM_RTN || q->scheme == QSCHEME_FP8;
+    q->calibrated = q->method != QM_RTN || q->scheme == QSCHEME_FP8 || q->greedy;
     return 0;
 }
 
@@ -264,6 +290,9 @@ struct layer_stats {
      * is a multiple of clip_stride, about 512 of them (AutoAWQ `n_sample_token`). */
     bool want_clip;
     struct hessian hc[QIN__COUNT];
+    /* rounding: greedy, summed over the quantized linears (greedy.h's errors) */
+    double g_nearest, g_greedy;
+    long g_flips, g_cands;
     int window, seq_len;
     int64_t clip_stride;
     float *rows;
@@ -339,6 +368,28 @@ static int input_dim(const struct model *m, enum qinput k)
     }
 }
 
+/* rounding: greedy on a nearest-rounded qw (greedy.h); adds its errors to s's totals. */
+static int greedy_linear(struct stage_ctx *ctx, const struct qspec *q, int l, enum model_lin w,
+                         struct qweight *qw, const float *Wround, const float *Wref, const float *H,
+                         struct layer_stats *s)
+{
+    struct greedy_stats gs;
+    char *err = NULL;
+    if (greedy_round(qw, Wround, Wref, H, NULL, &q->gr, &gs, &err) < 0) {
+        int rc = stage_fail(ctx, STAGE_ERR_ERROR, "layer %d %s: %s", l, model_lin_name(w),
+                            err ? err : "greedy rounding failed");
+        free(err);
+        return rc;
+    }
+    s->g_nearest += gs.err_nearest;
+    s->g_greedy += gs.err_greedy;
+    s->g_flips += gs.flips;
+    s->g_cands += gs.candidates;
+    stage_log(ctx, "layer %d %s: greedy rounding error %.6g, nearest %.6g (%ld flips)", l,
+              model_lin_name(w), gs.err_greedy, gs.err_nearest, gs.flips);
+    return 0;
+}
+
 /* Quantizes one linear (W in fp32) and installs it. */
 static int quantize_linear(struct stage_ctx *ctx, struct model *m, const struct qspec *q, int l,
                            enum model_lin w, struct layer_stats *s, double *loss, double *loss_rtn)
@@ -370,6 +421,8 @@ static int quantize_linear(struct stage_ctx *ctx, struct model *m, const struct 
         }
     } else if (rc == 0) {
         quant_rtn(&qw, W, q->gptq.grid);
+        if (q->greedy)
+            rc = greedy_linear(ctx, q, l, w, &qw, W, W, s->h[input_of(w)].H, s);
     }
     if (rc == 0 && q->scheme == QSCHEME_FP8) {
         float a = s->absmax[input_of(w)];
@@ -575,9 +628,8 @@ static int awq_layer(struct stage_ctx *ctx, struct model *m, const struct qspec 
             break;
         }
         float *xmean = xmalloc((size_t)f[fi].next_in * sizeof(float));
-        for (int j = 0; j < f[fi].next_in; j++)
-            xmean[j] =
-                s->chan_rows[k] ? (float)(s->chan_sum[k][j] / (double)s->chan_rows[k]) : 0.0f;
+        awq_salience_stat(q->awq.salience, f[fi].next_in, s->chan_sum[k], s->chan_rows[k],
+                          s->h[k].H, xmean);
         sc[fi] = xmalloc((size_t)f[fi].n * sizeof(float));
         int cat_out;
         float *cat = group_rows(m, l, &folds[fi], W, &cat_out);
@@ -618,6 +670,12 @@ static int awq_layer(struct stage_ctx *ctx, struct model *m, const struct qspec 
                 rc = install_dense(ctx, m, l, (enum model_lin)w, W[w], KERN_F32);
             continue;
         }
+        float *Wt = NULL, *Hg = NULL;
+        if (q->greedy) {
+            /* The error is measured against the folded weights before the clip. */
+            Wt = xmalloc(n * sizeof(float));
+            memcpy(Wt, W[w], n * sizeof(float));
+        }
         if (q->awq.clip && w != MODEL_LIN_Q && w != MODEL_LIN_K) {
             /* The Gram matrix of the input this linear reads: scaled by 1/s for a fold target. */
             const struct hessian *hc = &s->hc[input_of((enum model_lin)w)];
@@ -637,10 +695,34 @@ static int awq_layer(struct stage_ctx *ctx, struct model *m, const struct qspec 
                 rc = stage_fail(ctx, STAGE_ERR_ERROR, "layer %d %s: %s", l,
                                 model_lin_name((enum model_lin)w), err);
             free(Gs);
-            if (rc)
+            if (rc) {
+                free(Wt);
                 break;
+            }
         }
-        if ((rc = rtn_new(ctx, q, l, (enum model_lin)w, W[w], out, in, &qw)))
+        rc = rtn_new(ctx, q, l, (enum model_lin)w, W[w], out, in, &qw);
+        if (rc == 0 && q->greedy) {
+            /* The Hessian of the input this (folded) weight reads: H / (s_a s_b) for a fold
+             * target; a previous op's rows are only scaled, which does not move a row's
+             * optimum. */
+            const float *Hk = s->h[input_of((enum model_lin)w)].H;
+            if (fn >= 0) {
+                Hg = xmalloc((size_t)in * in * sizeof(float));
+                for (int a = 0; a < in; a++) {
+                    float sa = sc[fn][awq_fold_src(&f[fn], a)];
+                    for (int b = 0; b < in; b++)
+                        Hg[(size_t)a * in + b] =
+                            Hk[(size_t)a * in + b] / (sa * sc[fn][awq_fold_src(&f[fn], b)]);
+                }
+                Hk = Hg;
+            }
+            rc = greedy_linear(ctx, q, l, (enum model_lin)w, &qw, W[w], Wt, Hk, s);
+            if (rc)
+                qweight_release(&qw);
+        }
+        free(Wt);
+        free(Hg);
+        if (rc)
             break;
         {
             /* Output error in the original basis: Q(W s)/s for a fold target, s * Q(W/s) for
@@ -918,7 +1000,8 @@ static int quantize_model(struct stage_ctx *ctx, struct model *m, const struct q
         if (rc)
             goto out;
     }
-    s.want_h = q->method == QM_GPTQ || q->method == QM_SPARSEGPT || q->method == QM_AWQ;
+    s.want_h =
+        q->method == QM_GPTQ || q->method == QM_SPARSEGPT || q->method == QM_AWQ || q->greedy;
     s.want_absmax = q->scheme == QSCHEME_FP8;
     s.want_chan = fp_chain;
     s.want_clip = q->method == QM_AWQ && q->awq.clip;
@@ -1033,6 +1116,13 @@ static int quantize_model(struct stage_ctx *ctx, struct model *m, const struct q
             snprintf(name, sizeof(name), "%s_vs_%s", pre[q->method], vs[q->method]);
             stage_metric(ctx, name, total_rtn > 0 ? total / total_rtn : 0);
         }
+        if (q->greedy) {
+            stage_metric(ctx, "greedy_err_total", s.g_greedy);
+            stage_metric(ctx, "nearest_err_total", s.g_nearest);
+            stage_metric(ctx, "greedy_vs_nearest", s.g_nearest > 0 ? s.g_greedy / s.g_nearest : 0);
+            stage_metric(ctx, "greedy_flip_share",
+                         s.g_cands > 0 ? (double)s.g_flips / (double)s.g_cands : 0);
+        }
         if (q->method == QM_SPARSEGPT) {
             stage_metric(ctx, "pruned_linears", nq);
             stage_metric(ctx, "sparsity_actual", weights ? (double)zeros / (double)weights : 0);
@@ -1096,6 +1186,13 @@ int stage_quantize_run(struct stage_ctx *ctx)
         stage_log(ctx, "warning: actorder 'group' writes weight_g_idx, which compressed-tensors "
                        "0.19 and newer reject (\"actorder='group' has been removed\"); "
                        "actorder 'static' loads everywhere");
+    if (!q.dense && (q.scheme == QSCHEME_W8A16_ASYM || q.group_size > 128))
+        stage_log(ctx,
+                  "warning: vLLM's Marlin kernel takes zero points only for 4 bits and "
+                  "groups of at most 128; this checkpoint (%s, group size %d) loads in "
+                  "transformers, in vLLM only where another kernel takes it "
+                  "(docs/quantization.md)",
+                  qscheme_name(q.scheme), q.group_size);
     if ((rc = quantize_model(ctx, m, &q, ignored)))
         goto out;
     stage_progress(ctx, m->n_layers, m->n_layers, "saving");

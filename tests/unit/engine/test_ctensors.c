@@ -98,6 +98,17 @@ static void test_pack_bytes(void **state)
         ctensors_unpack_dim0(zw, 9, 2, 4, zb);
         assert_memory_equal(zb, zp, sizeof(zp));
     }
+    /* 8-bit zero points (W8A16_ASYM): 4 rows per word, u = zp + 128 in bits [8j, 8j+8) of word
+     * [r4][g] (compressed-tensors pack_to_int32(zp, 8, packed_dim=0)). */
+    {
+        int8_t zp[5] = { -128, -1, 0, 127, 5 }, zb[5];
+        uint32_t zw[2];
+        ctensors_pack_dim0(zp, 5, 1, 8, zw);
+        assert_int_equal(zw[0], 0xFF807F00u);
+        assert_int_equal(zw[1], 0x00000085u);
+        ctensors_unpack_dim0(zw, 5, 1, 8, zb);
+        assert_memory_equal(zb, zp, sizeof(zp));
+    }
 }
 
 /* ---- every scheme round-trips through a safetensors file ---- */
@@ -116,7 +127,7 @@ static void random_qweight(struct qweight *w, enum qscheme s, int out, int in, i
     }
     if (!w->symmetric)
         for (int64_t i = 0; i < (int64_t)out * w->ngroups; i++)
-            w->zp[i] = (int8_t)((int)(rnd() % 16) - 8);
+            w->zp[i] = (int8_t)((int)(rnd() % (1u << w->bits)) - (1 << (w->bits - 1)));
     if (gidx) {
         w->g_idx = malloc((size_t)in * sizeof(int32_t));
         for (int c = 0; c < in; c++)
@@ -180,6 +191,9 @@ static void test_roundtrip_schemes(void **state)
     roundtrip(QSCHEME_W4A16, 32, true);
     roundtrip(QSCHEME_W4A16, -1, false);
     roundtrip(QSCHEME_W4A16_ASYM, 64, false);
+    roundtrip(QSCHEME_W4A16_ASYM, 256, false);
+    roundtrip(QSCHEME_W8A16_ASYM, 32, false);
+    roundtrip(QSCHEME_W8A16_ASYM, -1, false);
     roundtrip(QSCHEME_W8A16, -1, false);
     roundtrip(QSCHEME_W8A8, -1, false);
     roundtrip(QSCHEME_FP8_DYNAMIC, -1, false);
@@ -278,7 +292,7 @@ static void model_roundtrip(enum qscheme s, int gs, bool ignore_layer0)
         else if (s == QSCHEME_FP8)
             assert_true(!strcmp(suf, "weight") || !strcmp(suf, "weight_scale") ||
                         !strcmp(suf, "input_scale"));
-        else if (s == QSCHEME_W4A16_ASYM)
+        else if (s == QSCHEME_W4A16_ASYM || s == QSCHEME_W8A16_ASYM)
             assert_true(!strcmp(suf, "weight_packed") || !strcmp(suf, "weight_scale") ||
                         !strcmp(suf, "weight_shape") || !strcmp(suf, "weight_zero_point"));
         else
@@ -321,6 +335,7 @@ static void test_model_roundtrip(void **state)
     model_roundtrip(QSCHEME_W4A16, 128, false);
     model_roundtrip(QSCHEME_W4A16, 64, true);
     model_roundtrip(QSCHEME_W4A16_ASYM, 128, false);
+    model_roundtrip(QSCHEME_W8A16_ASYM, 64, false);
     model_roundtrip(QSCHEME_W8A16, -1, false);
     model_roundtrip(QSCHEME_W8A8, -1, false);
     model_roundtrip(QSCHEME_FP8_DYNAMIC, -1, false);

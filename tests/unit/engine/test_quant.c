@@ -394,6 +394,9 @@ static void test_rtn_large(void **state)
         enum qgrid grid;
     } cases[] = { { QSCHEME_W4A16, 128, QGRID_ABSMAX_HALF },
                   { QSCHEME_W4A16_ASYM, 64, 0 },
+                  { QSCHEME_W4A16_ASYM, 256, 0 },
+                  { QSCHEME_W8A16_ASYM, 32, 0 },
+                  { QSCHEME_W8A16_ASYM, -1, 0 },
                   { QSCHEME_W8A16, -1, QGRID_ABSMAX_QMAX },
                   { QSCHEME_W8A8, 0, 0 },
                   { QSCHEME_FP8_DYNAMIC, -1, 0 },

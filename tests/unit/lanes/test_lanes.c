@@ -476,6 +476,35 @@ static void test_canonical_specs(void **state)
     assert_non_null(strstr(a, "\"pattern\":\"2:4\""));
     free(a);
     free(b);
+    /* The AWQ study's keys: l1 salience and nearest rounding are the defaults and stay out of
+     * the spec (the keys of stages written before them do not change); l2 and greedy (with its
+     * outlier_percent) go in; group_size 256 and W8A16_ASYM groups are accepted. */
+    a = spec_of(HEAD "lanes: [{id: a, stages: [{quantize: {method: awq, salience: l1, "
+                     "rounding: nearest}}]}]\n");
+    b = spec_of(HEAD "lanes: [{id: a, stages: [{quantize: {method: awq}}]}]\n");
+    assert_string_equal(a, b);
+    assert_null(strstr(a, "salience"));
+    assert_null(strstr(a, "rounding"));
+    free(a);
+    free(b);
+    a = spec_of(HEAD "lanes: [{id: a, stages: [{quantize: {method: awq, salience: l2, "
+                     "rounding: greedy, scheme: W4A16_ASYM, group_size: 256}}]}]\n");
+    assert_non_null(strstr(a, "\"salience\":\"l2\""));
+    assert_non_null(strstr(a, "\"rounding\":\"greedy\""));
+    assert_non_null(strstr(a, "\"outlier_percent\":1,"));
+    assert_non_null(strstr(a, "\"group_size\":256"));
+    free(a);
+    /* rtn with greedy rounding needs calibration (the Hessian); plain rtn does not. */
+    a = spec_of(HEAD "lanes: [{id: a, stages: [{quantize: {method: rtn, rounding: greedy, "
+                     "outlier_percent: 0.5, scheme: W8A16_ASYM, group_size: 64}}]}]\n");
+    assert_non_null(strstr(a, "\"calibration\":"));
+    assert_non_null(strstr(a, "\"outlier_percent\":0.5"));
+    assert_non_null(strstr(a, "\"scheme\":\"W8A16_ASYM\""));
+    free(a);
+    a = spec_of(HEAD "lanes: [{id: a, stages: [{quantize: {method: rtn, scheme: W8A16_ASYM}}]}]\n");
+    assert_string_equal(a, "{\"group_size\":-1,\"ignore\":[\"lm_head\"],\"method\":\"rtn\","
+                           "\"scheme\":\"W8A16_ASYM\"}");
+    free(a);
     /* Layers are sorted. */
     a = spec_of(HEAD "lanes: [{id: a, stages: [{prune: {layers: [3, 1, 2]}}]}]\n");
     assert_string_equal(a, "{\"layers\":[1,2,3],\"metric\":\"explicit\"}");
@@ -1060,11 +1089,32 @@ static void test_err_quantize_rules(void **state)
                 "lanes: [{id: a, stages: [{quantize: {method: smoothquant, scheme: W4A16}}]}]\n",
                 5, "W4A16", "quantize method 'smoothquant' needs scheme W8A8, got 'W4A16'");
     expect_errs(HEAD "lanes: [{id: a, stages: [{quantize: {group_size: 16}}]}]\n", 5, "16",
-                "'group_size' must be 32, 64, 128 or -1 (per channel), got 16");
+                "'group_size' must be 32, 64, 128, 256 or -1 (per channel), got 16");
     expect_errs(HEAD "lanes: [{id: a, stages: [{quantize: {scheme: W8A16, group_size: 64}}]}]\n", 5,
                 "64", "scheme 'W8A16' only allows group_size -1 (per channel), got 64");
     expect_errs(HEAD "lanes: [{id: a, stages: [{quantize: {group_size: -2}}]}]\n", 5, "-2",
                 "'group_size' must be >= -1, got -2");
+    /* The AWQ study's keys. */
+    expect_errs(HEAD "lanes: [{id: a, stages: [{quantize: {method: awq, salience: l3}}]}]\n", 5,
+                "l3", "unknown salience 'l3' in quantize stage");
+    expect_errs(HEAD
+                "lanes: [{id: a, stages: [{quantize: {method: rtn, rounding: stochastic}}]}]\n",
+                5, "stochastic", "unknown rounding 'stochastic' in quantize stage");
+    expect_errs(HEAD "lanes: [{id: a, stages: [{quantize: {salience: l2}}]}]\n", 5, "salience",
+                "'salience' does not apply to quantize method 'gptq' (it is a field of awq)");
+    expect_errs(HEAD "lanes: [{id: a, stages: [{quantize: {rounding: greedy}}]}]\n", 5, "rounding",
+                "'rounding' does not apply to quantize method 'gptq' (it is a field of rtn and "
+                "awq)");
+    expect_errs(HEAD "lanes: [{id: a, stages: [{quantize: {method: awq, outlier_percent: 2}}]}]\n",
+                5, "outlier_percent", "'outlier_percent' only applies with 'rounding: greedy'");
+    expect_errs(HEAD "lanes: [{id: a, stages: [{quantize: {method: rtn, rounding: greedy, "
+                     "outlier_percent: 100}}]}]\n",
+                5, "100", "outlier_percent");
+    expect_errs(HEAD "lanes: [{id: a, stages: [{quantize: {method: rtn, rounding: greedy, "
+                     "scheme: FP8_DYNAMIC}}]}]\n",
+                5, "greedy", "'rounding: greedy' needs an integer scheme, not 'FP8_DYNAMIC'");
+    expect_errs(HEAD "lanes: [{id: a, stages: [{quantize: {scheme: W8A16, group_size: 256}}]}]\n",
+                5, "256", "scheme 'W8A16' only allows group_size -1 (per channel), got 256");
 }
 
 static void test_err_prune_rules(void **state)
