@@ -66,7 +66,7 @@ KCFLAGS := $(BASE_CFLAGS) $(KOPT)
 # ---- sources -------------------------------------------------------------------------------
 # libexaq.a: common/ (helpers, the safetensors reader), lanes/ and proto/: no compute code.
 # exaqctl links only it; exaqd adds libexaqd.a; exaq-worker adds libexaqw.a (engine,
-# algorithms, stages, kernels). docs/design.md has the map of the folders.
+# algorithms, trainer (worker/train/), stages, kernels). docs/design.md has the map of the folders.
 LIB_SRC := $(wildcard common/*.c) $(wildcard lanes/*.c) $(wildcard proto/*.c)
 DAEMON_LIB_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 CTL_SRC := $(wildcard ctl/*.c)

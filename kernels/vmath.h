@@ -1,6 +1,7 @@
 /*
- * vmath: 8-wide fp32 vector helpers for the fast CPU kernels (internal to kernels/): unaligned
- * load/store, horizontal sum and max, and exp.
+ * vmath: the one 8-wide fp32 vector type (v8f) and its helpers for the fast CPU kernels and the
+ * column loops of worker/compress/: unaligned load/store, horizontal sum and max, exp, and
+ * (under __AVX2__) the in-register 8x8 transpose.
  *
  * v8_exp is the Cephes expf scheme: n = round(x / ln 2), r = x - n ln 2 (in two parts), a
  * degree-5 polynomial for e^r on [-ln2/2, ln2/2], then scaling by 2^n through the exponent
@@ -99,5 +100,31 @@ static inline v8f v8_exp(v8f x)
     r = v8_select(x0 > hi, v8_set1(__builtin_inff()), r);
     return v8_select(x0 != x0, x0, r);
 }
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+
+/* In-place 8x8 transpose: r[i][k] -> r[k][i] (the B-panel packing of the dense and quantized
+ * GEMMs). */
+static inline void v8_transpose8(__m256 r[8])
+{
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xee);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xee);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xee);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xee);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+#endif
 
 #endif

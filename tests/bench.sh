@@ -18,6 +18,8 @@
 #     g_idx, on three L3-resident shapes and one DRAM-resident one; and the speed stage on tiny-a
 #     quantized by the quantize stage (RTN W4A16 g128, RTN W8A16) beside the BF16 one;
 #   - GPTQ on one tiny-a layer (bench_gptq: gptq_prepare and the column loop per linear);
+#   - training on tiny-a (bench_grad): forward + backward of one 512-token sequence (every
+#     parameter's gradient, cross-entropy) and the fp32 forward alone, in tokens/s;
 #   - GPTQ W4A16 g128 of tiny-a through `exaq-worker run quantize`, 128 calibration windows of
 #     512 tokens included (goal: <= 60 s on 2 cores).
 # The rows are also appended to results/bench.csv. Environment: EXAQ_BENCH_TMP (default /tmp),
@@ -29,10 +31,11 @@ cd "$ROOT"
 BENCH=$BIN/../bench/bench_engine
 QBENCH=$BIN/../bench/bench_qmatmul
 GBENCH=$BIN/../bench/bench_gptq
+TBENCH=$BIN/../bench/bench_grad
 W=$BIN/exaq-worker
 TINY=tests/data/tiny-exaone4
 DATA=tests/data/tiny-a
-for f in "$BENCH" "$QBENCH" "$GBENCH" "$W"; do
+for f in "$BENCH" "$QBENCH" "$GBENCH" "$TBENCH" "$W"; do
     [ -x "$f" ] || { echo "bench: $f is missing (run: make bench)" >&2; exit 1; }
 done
 [ -f "$TINY/model.safetensors" ] || { echo "bench: $TINY is missing" >&2; exit 1; }
@@ -124,6 +127,16 @@ fi
 # ---- tiny-a ---------------------------------------------------------------------------------
 engine tiny-a model "$TINY" 512
 
+# ---- training on tiny-a (worker/train/grad.c) -----------------------------------------------
+say "bench: bench_grad $TINY 512"
+if "$TBENCH" "$TINY" 512 "$DATA/val.ids.u32" >"$TMP/tout" 2>"$TMP/err"; then
+    grep -v '^csv,' "$TMP/tout" | sed 's/^/  /' >&2 || true
+    grep '^csv,' "$TMP/tout" | sed -e 's/^csv,//' >>"$ROWS"
+else
+    say "bench: bench_grad failed:"
+    cat "$TMP/err" >&2
+fi
+
 # ---- the 1.2B shape -------------------------------------------------------------------------
 free_kb=$(df -Pk "$TMP" | awk 'NR == 2 { print $4 }')
 avail_kb=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo 2>/dev/null || echo 0)
@@ -194,6 +207,7 @@ table() {
         if ($1 == "sgemm" && shp($3, a) == 3) d = sprintf("%.1f GFLOP/s", 2 * a[1] * a[2] * a[3] / $5 / 1e3)
         else if ($1 == "syrk" && shp($3, a) == 2) d = sprintf("%.1f GFLOP/s (full product)", 2 * a[1] * a[2] * a[2] / $5 / 1e3)
         else if ($1 == "gemv" || $1 == "qgemv") d = sprintf("%.1f GB/s of weights", $6)
+        else if ($1 == "train_fwd_bwd" || $1 == "train_fwd") { t = substr($3, 2); d = sprintf("%.0f tokens/s", t / ($5 / 1e6)) }
         else if ($1 == "prefill" || $1 == "stage_speed_prefill") { t = substr($3, 2); d = sprintf("%.0f tokens/s", t / ($5 / 1e6)) }
         else if ($1 == "decode" || $1 == "stage_speed_decode") d = sprintf("%.3f ms/token (%.1f tokens/s)", $5 / 1e3, 1e6 / $5)
         else if ($1 == "ppl" || $1 == "stage_ppl") { shp($3, a); d = sprintf("%.2f s wall (%.0f tokens/s)", $5 / 1e6, a[1] * a[2] / ($5 / 1e6)) }

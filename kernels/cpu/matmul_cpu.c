@@ -243,29 +243,6 @@ void matmul__pack_a_x(const void *ctxp, int i0, int mr, int k0, int kc, float *d
     }
 }
 
-#if defined(__AVX2__)
-/* In-place 8x8 transpose: r[i][k] -> r[k][i]. */
-static inline void transpose8(__m256 r[8])
-{
-    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xee);
-    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xee);
-    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xee);
-    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xee);
-    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
-#endif
-
 /* B = W^T: panel[k][j] = W[j0+j][k0+k]. */
 static ALWAYS_INLINE void pack_b_dt(enum kern_dtype dt, const struct linear *L, int j0, int nr,
                                     int k0, int kc, float *dst)
@@ -281,7 +258,7 @@ static ALWAYS_INLINE void pack_b_dt(enum kern_dtype dt, const struct linear *L, 
                 __m256 r[8];
                 for (int i = 0; i < 8; i++)
                     r[i] = (__m256)w8(dt, base + (size_t)(8 * h + i) * rowb, k0 + k);
-                transpose8(r);
+                v8_transpose8(r);
                 for (int i = 0; i < 8; i++)
                     _mm256_store_ps(dst + (size_t)(k + i) * GEMM_NR + 8 * h, r[i]);
             }

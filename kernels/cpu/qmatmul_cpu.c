@@ -460,27 +460,6 @@ static void qgemv(float *y, const float *x, int T, const struct linear *L, int a
 /* ---- GEMM B packing --------------------------------------------------------------------- */
 
 #if defined(__AVX2__)
-/* In-place 8x8 transpose: r[i][k] -> r[k][i] (as in matmul_cpu.c). */
-static inline void transpose8(__m256 r[8])
-{
-    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xee);
-    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xee);
-    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xee);
-    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xee);
-    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
-
 /*
  * Full 16-column panels, stored positions k0..k0+kc-1 in steps of 8. A step whose 8 positions
  * share a group is decoded as vectors: (raw - zp') * scale, or (raw * 256) * scale for FP8, the
@@ -517,7 +496,7 @@ static ALWAYS_INLINE int pack_b_fast(enum linear_fmt f, int zp, const struct lin
                     d = d * s;
                 r[i] = (__m256)d;
             }
-            transpose8(r);
+            v8_transpose8(r);
             for (int i = 0; i < 8; i++)
                 _mm256_store_ps(dst + (size_t)(k + i) * GEMM_NR + 8 * h, r[i]);
         }

@@ -1,8 +1,8 @@
 /*
  * colloop: what the column loops of GPTQ (worker/compress/gptq.c) and SparseGPT
- * (worker/compress/sparsegpt.c) share: the AVX2+FMA clone switch, the 8-wide vector type and the
- * row update of the loop. Internal to those two files; everything is static and always inlined, so
- * no vector crosses a call boundary and each file's generic and AVX2 clones get their own code.
+ * (worker/compress/sparsegpt.c) share: the AVX2+FMA clone switch and the row update of the loop.
+ * Internal to those two files; everything is static and always inlined, so no vector crosses a call
+ * boundary and each file's generic and AVX2 clones get their own code.
  */
 #ifndef EXAQ_WORKER_COLLOOP_H
 #define EXAQ_WORKER_COLLOOP_H
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#pragma GCC diagnostic ignored "-Wpsabi"
+#include "kernels/vmath.h" /* v8f */
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -19,8 +19,6 @@
 #else
 #define TARGET_AVX2
 #endif
-
-typedef float v8f __attribute__((vector_size(32)));
 
 /* True when the AVX2+FMA clones may run (EXAQ_GPTQ_GENERIC=1 forces the generic code, which
  * the tests use to cover both). */

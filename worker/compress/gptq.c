@@ -1,7 +1,7 @@
 /*
  * gptq: the Hessian accumulator, GPTQ (IST-DASLab `fasterquant`, algorithms spec 1.4) into a
- * `struct qweight`, and the double-precision dense linear algebra it needs (blocked Cholesky,
- * triangular inverse, the upper Cholesky factor of an inverse).
+ * `struct qweight`, and the upper Cholesky factor of an inverse it needs (on the Cholesky and
+ * triangular inverse of kernels/linalg.h).
  *
  * DESIGN. The working weight is kept transposed, WT[c][r] (one contiguous row per input column,
  * in the act-order permuted order), for two reasons: the per-block column loop then works on
@@ -14,9 +14,7 @@
  * R is the lower Cholesky factor of the index-reversed matrix, reversed back. By uniqueness of
  * the Cholesky factor this is the same U that cholesky -> cholesky_inverse -> cholesky(upper)
  * gives (tests/unit/compress/test_gptq.c checks it against that literal chain), at half the flops
- * and without forming H^-1. Both factorization steps are blocked (NB = 128) so that nearly all
- * flops go through one packed 6x8 double micro-kernel (AVX2+FMA when the CPU has it, picked at
- * run time, since worker/ is built without -march=native).
+ * and without forming H^-1. The blocked Cholesky and triangular inverse are kernels/linalg.h's.
  *
  * gptq_prepare() holds everything that depends only on H (dead columns, act-order permutation,
  * Hinv with the damping retries); gptq_quantize_prep() runs the column loop for one W with it;
@@ -34,6 +32,7 @@
 
 #include "common/util.h"
 #include "kernels/kern.h"
+#include "kernels/linalg.h"
 #include "kernels/matmul.h"
 #include "kernels/par.h"
 #include "kernels/syrk.h"
@@ -84,359 +83,17 @@ void hess_finish(struct hessian *h)
         h->H[i] = (2.0f * h->H[i]) / n;
 }
 
-/* ---- double micro-kernel and packed GEMM ---------------------------------------------------- */
-
-typedef double v4d __attribute__((vector_size(32)));
-
-#define DMR   6   /* micro-tile rows */
-#define DNR   8   /* micro-tile columns (two 4-double vectors) */
-#define DKC   256 /* K chunk packed at once */
-#define DMB   48  /* rows per task: 8 micro-panels */
-#define LA_NB 128
-
-static ALWAYS_INLINE v4d ld4(const double *p)
-{
-    v4d v;
-    memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-static ALWAYS_INLINE void st4(double *p, v4d v)
-{
-    memcpy(p, &v, sizeof(v));
-}
-
-/* t[6][8] = sum_k a[k][0..6) (x) b[k][0..8) over packed panels. Twelve accumulators plus two B
- * vectors and one broadcast fit the 16 AVX registers. */
-static ALWAYS_INLINE void dk_body(int kc, const double *restrict a, const double *restrict b,
-                                  double *restrict t)
-{
-    v4d c00 = { 0 }, c01 = { 0 }, c10 = { 0 }, c11 = { 0 }, c20 = { 0 }, c21 = { 0 };
-    v4d c30 = { 0 }, c31 = { 0 }, c40 = { 0 }, c41 = { 0 }, c50 = { 0 }, c51 = { 0 };
-    for (int k = 0; k < kc; k++) {
-        v4d b0 = ld4(b), b1 = ld4(b + 4), x;
-        x = (v4d){ a[0], a[0], a[0], a[0] };
-        c00 += x * b0;
-        c01 += x * b1;
-        x = (v4d){ a[1], a[1], a[1], a[1] };
-        c10 += x * b0;
-        c11 += x * b1;
-        x = (v4d){ a[2], a[2], a[2], a[2] };
-        c20 += x * b0;
-        c21 += x * b1;
-        x = (v4d){ a[3], a[3], a[3], a[3] };
-        c30 += x * b0;
-        c31 += x * b1;
-        x = (v4d){ a[4], a[4], a[4], a[4] };
-        c40 += x * b0;
-        c41 += x * b1;
-        x = (v4d){ a[5], a[5], a[5], a[5] };
-        c50 += x * b0;
-        c51 += x * b1;
-        a += DMR;
-        b += DNR;
-    }
-    st4(t + 0, c00);
-    st4(t + 4, c01);
-    st4(t + 8, c10);
-    st4(t + 12, c11);
-    st4(t + 16, c20);
-    st4(t + 20, c21);
-    st4(t + 24, c30);
-    st4(t + 28, c31);
-    st4(t + 32, c40);
-    st4(t + 36, c41);
-    st4(t + 40, c50);
-    st4(t + 44, c51);
-}
-
-typedef void (*dk_fn)(int kc, const double *a, const double *b, double *t);
-
-TARGET_AVX2 static void dk_avx2(int kc, const double *a, const double *b, double *t)
-{
-    dk_body(kc, a, b, t);
-}
-
-static void dk_generic(int kc, const double *a, const double *b, double *t)
-{
-    dk_body(kc, a, b, t);
-}
-
-/* A read-only matrix operand: element (i, k) is p[i * ld + k], or p[k * ld + i] when trans. */
-struct dop {
-    const double *p;
-    size_t ld;
-    int trans;
-};
-
-/* C[M][N] (row stride ldc) += alpha * A(i,k) * B(j,k) summed over k < K. With a_lower, A(i,k)
- * is known to be zero for k > i (work is skipped, the zeros must be stored); with c_lower only
- * the elements j <= i of C are written. C must not overlap A or B. */
-struct dgemm {
-    int M, N, K;
-    double alpha;
-    struct dop A, B;
-    double *C;
-    size_t ldc;
-    int a_lower, c_lower;
-};
-
-/* Packing buffers, grown as needed and reused across the calls of one factorization. */
-struct la_ws {
-    double *ap, *bp, *s, *t;
-    size_t cap_ap, cap_bp, cap_s, cap_t;
-    dk_fn dk;
-};
-
-static double *ws_grow(double **p, size_t *cap, size_t n)
-{
-    if (n > *cap) {
-        free(*p);
-        *p = xmalloc(n * sizeof(double));
-        *cap = n;
-    }
-    return *p;
-}
-
-static void ws_release(struct la_ws *ws)
-{
-    free(ws->ap);
-    free(ws->bp);
-    free(ws->s);
-    free(ws->t);
-    memset(ws, 0, sizeof(*ws));
-}
-
-struct dgemm_job {
-    const struct dgemm *g;
-    const struct la_ws *ws;
-    int k0, kc, npa, npb, nrb;
-};
-
-static void pack_task(void *arg, int task, int tid)
-{
-    const struct dgemm_job *j = arg;
-    const struct dgemm *g = j->g;
-    (void)tid;
-    if (task < j->npa) {
-        int i0 = task * DMR, mr = EXAQ_MIN(DMR, g->M - i0);
-        if (g->a_lower && j->k0 > i0 + mr - 1)
-            return; /* all zero: never read */
-        double *d = j->ws->ap + (size_t)task * j->kc * DMR;
-        for (int r = 0; r < DMR; r++) {
-            if (r >= mr) {
-                for (int k = 0; k < j->kc; k++)
-                    d[(size_t)k * DMR + r] = 0.0;
-            } else if (!g->A.trans) {
-                const double *s = g->A.p + (size_t)(i0 + r) * g->A.ld + j->k0;
-                for (int k = 0; k < j->kc; k++)
-                    d[(size_t)k * DMR + r] = s[k];
-            } else {
-                for (int k = 0; k < j->kc; k++)
-                    d[(size_t)k * DMR + r] = g->A.p[(size_t)(j->k0 + k) * g->A.ld + i0 + r];
-            }
-        }
-    } else {
-        int q = task - j->npa, j0 = q * DNR, nr = EXAQ_MIN(DNR, g->N - j0);
-        double *d = j->ws->bp + (size_t)q * j->kc * DNR;
-        if (g->B.trans) {
-            for (int k = 0; k < j->kc; k++) {
-                const double *s = g->B.p + (size_t)(j->k0 + k) * g->B.ld + j0;
-                double *dk = d + (size_t)k * DNR;
-                int c = 0;
-                for (; c < nr; c++)
-                    dk[c] = s[c];
-                for (; c < DNR; c++)
-                    dk[c] = 0.0;
-            }
-        } else {
-            for (int c = 0; c < DNR; c++) {
-                if (c >= nr) {
-                    for (int k = 0; k < j->kc; k++)
-                        d[(size_t)k * DNR + c] = 0.0;
-                    continue;
-                }
-                const double *s = g->B.p + (size_t)(j0 + c) * g->B.ld + j->k0;
-                for (int k = 0; k < j->kc; k++)
-                    d[(size_t)k * DNR + c] = s[k];
-            }
-        }
-    }
-}
-
-static void tile_task(void *arg, int task, int tid)
-{
-    const struct dgemm_job *j = arg;
-    const struct dgemm *g = j->g;
-    (void)tid;
-    /* With c_lower the last row blocks carry the most work: hand them out first. */
-    int rb = j->nrb - 1 - task;
-    int ib0 = rb * DMB, ib1 = EXAQ_MIN(g->M, ib0 + DMB);
-    int jend = g->c_lower ? EXAQ_MIN(g->N, ib1) : g->N;
-    double t[DMR * DNR];
-    for (int j0 = 0; j0 < jend; j0 += DNR) {
-        int nr = EXAQ_MIN(DNR, g->N - j0);
-        const double *bq = j->ws->bp + (size_t)(j0 / DNR) * j->kc * DNR;
-        for (int i0 = ib0; i0 < ib1; i0 += DMR) {
-            int mr = EXAQ_MIN(DMR, g->M - i0);
-            if (g->c_lower && j0 > i0 + mr - 1)
-                continue;
-            if (g->a_lower && j->k0 > i0 + mr - 1)
-                continue;
-            /* C rows are ldc apart and this loop walks down a column of tiles, which the
-             * hardware prefetcher does not follow: fetch them while the kernel runs. */
-            for (int r = 0; r < mr; r++) {
-                const double *cp = g->C + (size_t)(i0 + r) * g->ldc + j0;
-                __builtin_prefetch(cp, 1, 3);
-                __builtin_prefetch(cp + nr - 1, 1, 3);
-            }
-            j->ws->dk(j->kc, j->ws->ap + (size_t)(i0 / DMR) * j->kc * DMR, bq, t);
-            int mask = g->c_lower && j0 + nr - 1 > i0;
-            for (int r = 0; r < mr; r++) {
-                double *crow = g->C + (size_t)(i0 + r) * g->ldc + j0;
-                const double *tr = t + r * DNR;
-                if (!mask && nr == DNR) {
-                    v4d a = { g->alpha, g->alpha, g->alpha, g->alpha };
-                    st4(crow, ld4(crow) + a * ld4(tr));
-                    st4(crow + 4, ld4(crow + 4) + a * ld4(tr + 4));
-                    continue;
-                }
-                for (int c = 0; c < nr; c++)
-                    if (!mask || j0 + c <= i0 + r)
-                        crow[c] += g->alpha * tr[c];
-            }
-        }
-    }
-}
-
-static void dgemm_run(const struct dgemm *g, struct la_ws *ws)
-{
-    if (g->M <= 0 || g->N <= 0 || g->K <= 0)
-        return;
-    struct dgemm_job j = {
-        g, ws, 0, 0, (g->M + DMR - 1) / DMR, (g->N + DNR - 1) / DNR, (g->M + DMB - 1) / DMB
-    };
-    ws_grow(&ws->ap, &ws->cap_ap, (size_t)j.npa * DMR * DKC);
-    ws_grow(&ws->bp, &ws->cap_bp, (size_t)j.npb * DNR * DKC);
-    for (int k0 = 0; k0 < g->K; k0 += DKC) {
-        j.k0 = k0;
-        j.kc = EXAQ_MIN(DKC, g->K - k0);
-        par_for(j.npa + j.npb, pack_task, &j);
-        par_for(j.nrb, tile_task, &j);
-    }
-}
-
-/* ---- blocked Cholesky and triangular inverse ------------------------------------------------ */
-
-/* Unblocked lower Cholesky of the n x n block at A (row stride lda); reads and writes only the
- * lower triangle. -1 when a pivot is not positive (or NaN). */
-static int chol_unblocked(double *A, int n, size_t lda)
-{
-    for (int j = 0; j < n; j++) {
-        double *aj = A + (size_t)j * lda;
-        double d = aj[j];
-        for (int k = 0; k < j; k++)
-            d -= aj[k] * aj[k];
-        if (!(d > 0.0) || !isfinite(d))
-            return -1;
-        d = sqrt(d);
-        aj[j] = d;
-        for (int i = j + 1; i < n; i++) {
-            double *ai = A + (size_t)i * lda;
-            double s = ai[j];
-            for (int k = 0; k < j; k++)
-                s -= ai[k] * aj[k];
-            ai[j] = s / d;
-        }
-    }
-    return 0;
-}
-
-/* X = L^-1 for the lower-triangular n x n block L (reads only its lower triangle) into the
- * dense n x n buffer X, zeros above the diagonal. */
-static void trinv_unblocked(const double *L, size_t ldl, int n, double *X)
-{
-    memset(X, 0, sizeof(double) * (size_t)n * n);
-    for (int j = 0; j < n; j++) {
-        X[(size_t)j * n + j] = 1.0 / L[(size_t)j * ldl + j];
-        for (int i = j + 1; i < n; i++) {
-            const double *li = L + (size_t)i * ldl;
-            double s = 0.0;
-            for (int k = j; k < i; k++)
-                s += li[k] * X[(size_t)k * n + j];
-            X[(size_t)i * n + j] = -s / li[i];
-        }
-    }
-}
-
-/* Right-looking blocked lower Cholesky: factor the diagonal block, L21 = A21 L11^-T (through
- * the explicit inverse of the small L11, as a GEMM), A22 -= L21 L21^T on the lower triangle.
- * The strict upper triangle of A is never read or written. */
-static int chol_lower_ws(double *A, int n, size_t lda, struct la_ws *ws)
-{
-    for (int k0 = 0; k0 < n; k0 += LA_NB) {
-        int kb = EXAQ_MIN(LA_NB, n - k0), m = n - k0 - kb;
-        double *a11 = A + (size_t)k0 * lda + k0;
-        if (chol_unblocked(a11, kb, lda) < 0)
-            return -1;
-        if (m == 0)
-            break;
-        double *linv = ws_grow(&ws->t, &ws->cap_t, (size_t)kb * kb);
-        trinv_unblocked(a11, lda, kb, linv);
-        double *a21 = A + (size_t)(k0 + kb) * lda + k0;
-        double *s = ws_grow(&ws->s, &ws->cap_s, (size_t)m * kb);
-        memset(s, 0, sizeof(double) * (size_t)m * kb);
-        struct dgemm g1 = { m, kb,         kb, 1.0, { a21, lda, 0 }, { linv, (size_t)kb, 0 },
-                            s, (size_t)kb, 0,  0 };
-        dgemm_run(&g1, ws);
-        for (int i = 0; i < m; i++)
-            memcpy(a21 + (size_t)i * lda, s + (size_t)i * kb, sizeof(double) * kb);
-        double *a22 = A + (size_t)(k0 + kb) * lda + k0 + kb;
-        struct dgemm g2 = { m,   m,   kb, -1.0, { s, (size_t)kb, 0 }, { s, (size_t)kb, 0 },
-                            a22, lda, 0,  1 };
-        dgemm_run(&g2, ws);
-    }
-    return 0;
-}
-
-/* In-place inverse of the lower-triangular A (LAPACK dtrtri, lower, blocked from the bottom):
- * X21 = -X22 L21 X11. The strict upper triangle must hold zeros (it is read as part of X22). */
-static void trtri_lower_ws(double *A, int n, size_t lda, struct la_ws *ws)
-{
-    for (int j0 = ((n - 1) / LA_NB) * LA_NB; j0 >= 0; j0 -= LA_NB) {
-        int jb = EXAQ_MIN(LA_NB, n - j0), m = n - j0 - jb;
-        double *a11 = A + (size_t)j0 * lda + j0;
-        /* ws->t holds L11^-1 and must survive the GEMMs below (they use ap/bp/s only). */
-        double *linv = ws_grow(&ws->t, &ws->cap_t, (size_t)jb * jb);
-        trinv_unblocked(a11, lda, jb, linv);
-        if (m > 0) {
-            double *x22 = A + (size_t)(j0 + jb) * lda + j0 + jb;
-            double *a21 = A + (size_t)(j0 + jb) * lda + j0;
-            double *tm = ws_grow(&ws->s, &ws->cap_s, (size_t)m * jb);
-            memset(tm, 0, sizeof(double) * (size_t)m * jb);
-            struct dgemm g1 = { m,  jb,         m, 1.0, { x22, lda, 0 }, { a21, lda, 1 },
-                                tm, (size_t)jb, 1, 0 };
-            dgemm_run(&g1, ws);
-            for (int i = 0; i < m; i++)
-                memset(a21 + (size_t)i * lda, 0, sizeof(double) * jb);
-            struct dgemm g2 = { m,   jb,  jb, -1.0, { tm, (size_t)jb, 0 }, { linv, (size_t)jb, 1 },
-                                a21, lda, 0,  0 };
-            dgemm_run(&g2, ws);
-        }
-        for (int i = 0; i < jb; i++)
-            memcpy(a11 + (size_t)i * lda, linv + (size_t)i * jb, sizeof(double) * (i + 1));
-    }
-}
+/* ---- the upper Cholesky factor of an inverse ------------------------------------------------ */
 
 /* U holds, in its lower triangle, the index-reversed SPD matrix J A J, and zeros above.
  * Replaces it by the upper Cholesky factor of A^-1: J A J = L' L'^T gives A = R R^T with
  * R = J L' J upper, so A^-1 = R^-T R^-1 and U = R^-1 = J L'^-1 J. 0, or -1 when A is not
  * (numerically) positive definite or the result is not finite. */
-static int upper_inv_factor_inplace(double *U, int n, struct la_ws *ws)
+static int upper_inv_factor_inplace(double *U, int n)
 {
-    if (chol_lower_ws(U, n, (size_t)n, ws) < 0)
+    if (linalg_chol(KERN_IMPL_CPU, U, n, (size_t)n) != 0)
         return -1;
-    trtri_lower_ws(U, n, (size_t)n, ws);
+    linalg_trtri(KERN_IMPL_CPU, U, n, (size_t)n);
     for (size_t i = 0; i < (size_t)n * n; i++)
         if (!isfinite(U[i]))
             return -1;
@@ -463,11 +120,7 @@ int chol_lower(double *A, int n)
 {
     if (!A || n <= 0)
         return -1;
-    struct la_ws ws = { 0 };
-    ws.dk = colloop_use_avx2() ? dk_avx2 : dk_generic;
-    int rc = chol_lower_ws(A, n, (size_t)n, &ws);
-    ws_release(&ws);
-    return rc;
+    return linalg_chol(KERN_IMPL_CPU, A, n, (size_t)n) == 0 ? 0 : -1;
 }
 
 int chol_inverse_upper(const double *A, int n, double *U)
@@ -483,11 +136,7 @@ int chol_inverse_upper(const double *A, int n, double *U)
         for (int j = i + 1; j < n; j++)
             ui[j] = 0.0;
     }
-    struct la_ws ws = { 0 };
-    ws.dk = colloop_use_avx2() ? dk_avx2 : dk_generic;
-    int rc = upper_inv_factor_inplace(U, n, &ws);
-    ws_release(&ws);
-    return rc;
+    return upper_inv_factor_inplace(U, n);
 }
 
 /* ---- GPTQ ------------------------------------------------------------------------------------ */
@@ -679,13 +328,13 @@ static void revh_task(void *arg, int task, int tid)
 
 /* Hinv for the damped, permuted H into U ([c][c] double). 0 or -1. */
 static int hinv_build(const float *H, const int *perm, const uint8_t *dead, double lambda, int c,
-                      double *U, struct la_ws *ws)
+                      double *U)
 {
     memset(U, 0, sizeof(double) * (size_t)c * c);
     int nt = (c + TILE - 1) / TILE;
     struct revh_job j = { H, perm, dead, lambda, c, U };
     par_for(nt * (nt + 1) / 2, revh_task, &j);
-    return upper_inv_factor_inplace(U, c, ws);
+    return upper_inv_factor_inplace(U, c);
 }
 
 static void set_err(char **err, const char *msg)
@@ -784,7 +433,6 @@ int gptq_prepare(const float *H, int n, const struct gptq_opts *o, struct gptq_p
                  char **err)
 {
     struct gptq_opts od;
-    struct la_ws ws = { 0 };
     struct diag_key *keys = NULL;
     if (err)
         *err = NULL;
@@ -847,11 +495,10 @@ int gptq_prepare(const float *H, int n, const struct gptq_opts *o, struct gptq_p
 
     /* Hinv with the damping retry (x10 up to 1.0), else RTN (Hinv = I, as llm-compressor). */
     p->U = xmalloc(sizeof(double) * (size_t)n * n);
-    ws.dk = colloop_use_avx2() ? dk_avx2 : dk_generic;
     double damp = o->dampening;
     for (;;) {
         p->lambda = damp * mean_diag;
-        if (hinv_build(H, p->perm, p->dead, p->lambda, n, p->U, &ws) == 0)
+        if (hinv_build(H, p->perm, p->dead, p->lambda, n, p->U) == 0)
             break;
         if (damp >= 1.0) {
             p->fallback = true;
@@ -859,7 +506,6 @@ int gptq_prepare(const float *H, int n, const struct gptq_opts *o, struct gptq_p
         }
         damp = damp > 0.0 ? EXAQ_MIN(damp * 10.0, 1.0) : 1e-4;
     }
-    ws_release(&ws);
     p->damp_used = damp;
     if (p->fallback) {
         free(p->U);

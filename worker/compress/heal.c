@@ -24,103 +24,19 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "kernels/par.h"
+#include "kernels/linalg.h"
 #include "kernels/syrk.h"
 
 /* ---- linear algebra ------------------------------------------------------------------------ */
 
-struct chol_row_arg {
-    double *A;
-    int n, j, chunk;
-};
-
-/* Rows i in this task's chunk below j: L[i][j] = (A[i][j] - L[i][0..j) . L[j][0..j)) / L[j][j]. */
-static void chol_rows(void *arg, int task, int tid)
-{
-    struct chol_row_arg *a = arg;
-    (void)tid;
-    int i0 = a->j + 1 + task * a->chunk, i1 = EXAQ_MIN(a->n, i0 + a->chunk);
-    const double *Lj = a->A + (size_t)a->j * a->n;
-    double d = Lj[a->j];
-    for (int i = i0; i < i1; i++) {
-        double *Li = a->A + (size_t)i * a->n, s = Li[a->j];
-        for (int k = 0; k < a->j; k++)
-            s -= Li[k] * Lj[k];
-        Li[a->j] = s / d;
-    }
-}
-
 int heal_cholesky(double *A, int n)
 {
-    for (int j = 0; j < n; j++) {
-        double *Lj = A + (size_t)j * n, s = Lj[j];
-        for (int k = 0; k < j; k++)
-            s -= Lj[k] * Lj[k];
-        if (!(s > 0) || !isfinite(s))
-            return -EDOM;
-        Lj[j] = sqrt(s);
-        int rows = n - j - 1;
-        if (rows <= 0)
-            continue;
-        /* Small trailing blocks are not worth a pool round trip. */
-        int chunk = (size_t)rows * j < 32768 ? rows : EXAQ_MAX(16, rows / (4 * par_nthreads()));
-        struct chol_row_arg a = { A, n, j, chunk };
-        int tasks = (rows + chunk - 1) / chunk;
-        if (tasks == 1)
-            chol_rows(&a, 0, 0);
-        else
-            par_for(tasks, chol_rows, &a);
-    }
-    return 0;
-}
-
-struct chol_solve_arg {
-    const double *L;
-    double *B;
-    int n, nrhs, chunk;
-};
-
-/* Forward then backward substitution for the columns [c0, c1) of B. */
-static void chol_solve_cols(void *arg, int task, int tid)
-{
-    struct chol_solve_arg *a = arg;
-    (void)tid;
-    int c0 = task * a->chunk, c1 = EXAQ_MIN(a->nrhs, c0 + a->chunk), n = a->n, m = a->nrhs;
-    const double *L = a->L;
-    double *B = a->B;
-    /* L Y = B: row i of Y = (B_i - sum_{k<i} L[i][k] Y_k) / L[i][i]. */
-    for (int i = 0; i < n; i++) {
-        double *bi = B + (size_t)i * m;
-        const double *Li = L + (size_t)i * n;
-        for (int k = 0; k < i; k++) {
-            double l = Li[k];
-            const double *bk = B + (size_t)k * m;
-            for (int c = c0; c < c1; c++)
-                bi[c] -= l * bk[c];
-        }
-        for (int c = c0; c < c1; c++)
-            bi[c] /= Li[i];
-    }
-    /* L^T X = Y: row i of X = (Y_i - sum_{k>i} L[k][i] X_k) / L[i][i], i from the end. */
-    for (int i = n - 1; i >= 0; i--) {
-        double *bi = B + (size_t)i * m;
-        for (int k = i + 1; k < n; k++) {
-            double l = L[(size_t)k * n + i];
-            const double *bk = B + (size_t)k * m;
-            for (int c = c0; c < c1; c++)
-                bi[c] -= l * bk[c];
-        }
-        for (int c = c0; c < c1; c++)
-            bi[c] /= L[(size_t)i * n + i];
-    }
+    return linalg_chol(KERN_IMPL_CPU, A, n, (size_t)n) == 0 ? 0 : -EDOM;
 }
 
 void heal_cholesky_solve(const double *L, int n, double *B, int nrhs)
 {
-    int nt = par_nthreads();
-    int chunk = EXAQ_MAX(8, (nrhs + 2 * nt - 1) / (2 * nt));
-    struct chol_solve_arg a = { L, B, n, nrhs, chunk };
-    par_for((nrhs + chunk - 1) / chunk, chol_solve_cols, &a);
+    linalg_chol_solve(KERN_IMPL_CPU, L, n, (size_t)n, B, nrhs, (size_t)nrhs);
 }
 
 void heal_norm_scales(const double *A, const double *B, int n, double ridge, double *t)

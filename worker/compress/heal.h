@@ -88,11 +88,11 @@ int heal_lsq(struct model *student, struct model *teacher, const int *kept, int 
 
 /* In place Cholesky A = L L^T of an n x n row-major symmetric matrix (the lower triangle is read
  * and overwritten by L; the upper triangle is left alone). 0, or -EDOM when A is not positive
- * definite in double precision. Threaded over rows. */
+ * definite in double precision. kernels/linalg.h's blocked Cholesky. */
 int heal_cholesky(double *A, int n);
 
-/* Solves L L^T X = B in place (B is [n][nrhs] row-major), L from heal_cholesky. Threaded over
- * right-hand-side columns. */
+/* Solves L L^T X = B in place (B is [n][nrhs] row-major), L from heal_cholesky (kernels/linalg.h,
+ * threaded over right-hand-side columns). */
 void heal_cholesky_solve(const double *L, int n, double *B, int nrhs);
 
 /* The norm fold's scales: t[j] = (B[j] + lam) / (A[j] + lam), lam = ridge * mean(A); t[j] = 1

@@ -95,7 +95,7 @@ char *ext_which(const char *argv0)
 static void emit_lines(struct buf *partial, ext_line_fn fn, void *arg, int flush)
 {
     for (;;) {
-        char *nl = memchr(partial->data, '\n', partial->len);
+        char *nl = partial->len ? memchr(partial->data, '\n', partial->len) : NULL;
         size_t l;
         if (!nl)
             break;
