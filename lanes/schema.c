@@ -1625,13 +1625,6 @@ int lanes__stage_parse(struct lanes__ctx *c, const struct ynode *item, int in_ev
     }
     out->line = kkey->line;
     out->col = kkey->col;
-    if (strcmp(kind, "finetune") == 0 || strcmp(kind, "distill") == 0) {
-        lanes__err(c, kkey,
-                   "stage kind '%s' needs the native trainer, which this build does not have; "
-                   "use an exec stage",
-                   kind);
-        return -1;
-    }
     if (!lanes__kind_known(kind)) {
         char *h = lanes__hint(kind, hint_kinds);
         lanes__err(c, kkey, "unknown stage kind '%s'%s", kind, h);

@@ -191,24 +191,31 @@ int ckpt_read(const char *path, const char *fingerprint, struct ckpt_state *st, 
         err_setf(err, "'%s' holds %u arrays, this run has %d", path, n32, na);
         goto out;
     }
-    for (int i = 0; i < na; i++) {
-        uint32_t nl;
-        uint64_t n;
-        const char *name;
-        if (!(p = take(&r, 4)))
-            goto trunc;
-        memcpy(&nl, p, 4);
-        if (!(name = take(&r, nl)) || !(p = take(&r, 8)))
-            goto trunc;
-        memcpy(&n, p, 8);
-        if (nl != strlen(a[i].name) || memcmp(name, a[i].name, nl) || n != a[i].n) {
-            err_setf(err, "'%s': array %d is '%.*s' of %llu values, this run has '%s' of %zu", path,
-                     i, (int)nl, name, (unsigned long long)n, a[i].name, a[i].n);
-            goto out;
+    /* Two passes: check every name and size first, so that a refused file leaves the arrays
+     * untouched; then copy. */
+    size_t body = r.off;
+    for (int pass = 0; pass < 2; pass++) {
+        r.off = body;
+        for (int i = 0; i < na; i++) {
+            uint32_t nl;
+            uint64_t n;
+            const char *name;
+            if (!(p = take(&r, 4)))
+                goto trunc;
+            memcpy(&nl, p, 4);
+            if (!(name = take(&r, nl)) || !(p = take(&r, 8)))
+                goto trunc;
+            memcpy(&n, p, 8);
+            if (nl != strlen(a[i].name) || memcmp(name, a[i].name, nl) || n != a[i].n) {
+                err_setf(err, "'%s': array %d is '%.*s' of %llu values, this run has '%s' of %zu",
+                         path, i, (int)nl, name, (unsigned long long)n, a[i].name, a[i].n);
+                goto out;
+            }
+            if (!(p = take(&r, sizeof(float) * n)))
+                goto trunc;
+            if (pass)
+                memcpy(a[i].p, p, sizeof(float) * n);
         }
-        if (!(p = take(&r, sizeof(float) * n)))
-            goto trunc;
-        memcpy(a[i].p, p, sizeof(float) * n);
     }
     rc = 0;
     goto out;

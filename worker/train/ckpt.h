@@ -39,8 +39,7 @@ int ckpt_write(const char *path, const char *fingerprint, const struct ckpt_stat
 
 /* Reads path into *st and the arrays, which must be the same names and sizes in the same
  * order. Returns 0; 1 when there is no checkpoint; -1 with *err when it is unreadable,
- * corrupt, of another fingerprint or of other arrays (the arrays may then be half
- * overwritten: the caller reloads them). */
+ * corrupt, of another fingerprint or of other arrays (the arrays are then untouched). */
 int ckpt_read(const char *path, const char *fingerprint, struct ckpt_state *st, struct ckpt_arr *a,
               int na, char **err);
 

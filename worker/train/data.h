@@ -20,7 +20,7 @@
 
 struct tdata {
     int32_t *ids;  /* the token stream */
-    uint8_t *mask; /* NULL, or per token: 1 = predicting this token's successor counts */
+    uint8_t *mask; /* NULL, or per token: 1 = this token is a target (an assistant turn) */
     size_t n;      /* tokens */
     int seq_len;
     int n_win; /* training windows */

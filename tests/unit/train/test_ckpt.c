@@ -59,6 +59,11 @@ static void test_roundtrip_and_errors(void **state)
     assert_non_null(strstr(err, "array 1"));
     struct ckpt_arr d[1] = { { "w", w2, 4 } };
     assert_int_equal(ckpt_read(path, "fp", &got, d, 1, &err), -1);
+    /* A refused file leaves the arrays as they were: the first array matched, the second not. */
+    float keep[5] = { 9, 9, 9, 9, 9 }, keep2[3] = { 0 };
+    struct ckpt_arr e[2] = { { "w", keep, 5 }, { "m", keep2, 2 } };
+    assert_int_equal(ckpt_read(path, "fp", &got, e, 2, &err), -1);
+    assert_true(keep[0] == 9 && keep[4] == 9);
 
     /* A second write replaces the first and leaves no temporary file behind. */
     st.step = 43;
