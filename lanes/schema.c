@@ -1170,8 +1170,8 @@ static void build_distill(struct sb *b)
                "'ce_weight' mixes in the cross-entropy of loss 'kl+ce' (this stage has "
                "loss '%s')",
                loss);
-    lanes__jv_set(b->spec, "ce_weight",
-                  lanes__jv_num(strcmp(loss, "kl+ce") == 0 ? num_or(b, "ce_weight", 0.5) : 0.0));
+    if (strcmp(loss, "kl+ce") == 0)
+        lanes__jv_set(b->spec, "ce_weight", lanes__jv_num(num_or(b, "ce_weight", 0.5)));
     if (fv(b, "trainable")->ok && fv(b, "trainable")->j->n == 0)
         sb_err(b, fv(b, "trainable")->node, "'trainable' lists no parameter pattern");
     {

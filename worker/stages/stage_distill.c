@@ -146,12 +146,14 @@ int stage_train_run(struct stage_ctx *ctx, const struct stage_train_method *m)
         const char *which, *loss;
         if ((rc = req_str(ctx, spec, "teacher", &which)) ||
             (rc = req_str(ctx, spec, "loss", &loss)) ||
-            (rc = req_num(ctx, spec, "temperature", &temp)) ||
-            (rc = req_num(ctx, spec, "ce_weight", &cew)))
+            (rc = req_num(ctx, spec, "temperature", &temp)))
             goto out;
-        rc = STAGE_ERR_ERROR;
+        /* ce_weight is in the spec only for loss kl+ce */
         if (!strcmp(loss, "kl"))
             cew = 0;
+        else if ((rc = req_num(ctx, spec, "ce_weight", &cew)))
+            goto out;
+        rc = STAGE_ERR_ERROR;
         if (!(tdir = teacher_dir(ctx, which))) {
             rc = stage_fail(ctx, STAGE_ERR_ERROR,
                             "distill: teacher 'base' needs the sweep's base model (run it "
