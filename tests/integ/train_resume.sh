@@ -35,8 +35,8 @@ expect_rc 0 ctl submit "$T/w/ref.yaml"
 R=$(cat "$OUT")
 expect_rc 0 ctl wait "$R" --timeout 900
 status_json "$R" >"$T/ref.json"
-ref=$(jq -r '.sweeps[0].lanes[0].stages[] | select(.name == "distill") | .metrics.train_loss_last' "$T/ref.json")
-case "$ref" in '' | null) fail "the reference run has no loss: $(jq -c '.sweeps[0].lanes[0].stages' "$T/ref.json")" ;; esac
+ref=$(jq -r '.sweeps[0].lanes[] | select(.id == "kd") | .stages[] | select(.name == "distill") | .metrics.train_loss_last' "$T/ref.json")
+case "$ref" in '' | null) fail "the reference run has no loss: $(jq -c '.sweeps[0].lanes[] | select(.id == "kd") | .stages' "$T/ref.json")" ;; esac
 
 expect_rc 0 ctl submit "$T/w/killed.yaml"
 S=$(cat "$OUT")
@@ -51,14 +51,14 @@ wpid=$(status_json | jq '.daemon.slots[0].pid')
 kill -9 "$wpid"
 expect_rc 0 ctl wait "$S" --timeout 900
 status_json "$S" >"$T/st.json"
-jq -e '.sweeps[0].lanes[0].stages[] | select(.name == "distill") |
+jq -e '.sweeps[0].lanes[] | select(.id == "kd") | .stages[] | select(.name == "distill") |
        .state == "done" and .history[0].class == "lost"' "$T/st.json" >/dev/null ||
-    fail "distill after the kill: $(jq -c '.sweeps[0].lanes[0].stages[] | select(.name == "distill")' "$T/st.json")"
+    fail "distill after the kill: $(jq -c '.sweeps[0].lanes[] | select(.id == "kd") | .stages[] | select(.name == "distill")' "$T/st.json")"
 expect_rc 0 ctl logs "$S" kd distill
 n=$(sed -n 's/.*train: resumed from step \([0-9]*\) of.*/\1/p' "$OUT" | tail -n 1)
 [ -n "$n" ] && [ "$n" -gt 0 ] && [ "$n" -lt "$STEPS" ] || fail "the retry did not resume: $(grep train: "$OUT" | head -n 3)"
-got=$(jq -r '.sweeps[0].lanes[0].stages[] | select(.name == "distill") | .metrics.train_loss_last' "$T/st.json")
-jq -e '.sweeps[0].lanes[0].stages[] | select(.name == "distill") | .metrics.resumed_from_step > 0' \
+got=$(jq -r '.sweeps[0].lanes[] | select(.id == "kd") | .stages[] | select(.name == "distill") | .metrics.train_loss_last' "$T/st.json")
+jq -e '.sweeps[0].lanes[] | select(.id == "kd") | .stages[] | select(.name == "distill") | .metrics.resumed_from_step > 0' \
     "$T/st.json" >/dev/null || fail "the metrics do not show the resume"
 echo "final loss: uninterrupted $ref, resumed from step $n $got"
 awk -v a="$ref" -v b="$got" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 0.01 * a) }' ||
