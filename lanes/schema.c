@@ -447,9 +447,9 @@ void lanes__calib_parse(struct lanes__ctx *c, const struct ynode *v, const char 
 
 /* ===== stage kinds ============================================================================ */
 
-const char *const lanes__kinds[] = { "quantize",   "prune",   "heal",  "config",   "exec",
-                                     "ppl",        "mcqa",    "speed", "mcqa_gen", "qa",
-                                     "vllm_speed", "lm_eval", NULL };
+const char *const lanes__kinds[] = { "quantize",   "prune",   "heal",    "config",   "exec",
+                                     "ppl",        "mcqa",    "speed",   "mcqa_gen", "qa",
+                                     "vllm_speed", "lm_eval", "distill", "finetune", NULL };
 static const char *const eval_kinds[] = { "ppl", "mcqa",       "speed",   "exec", "mcqa_gen",
                                           "qa",  "vllm_speed", "lm_eval", NULL };
 /* Every kind name a user could mean, for "did you mean" hints. */
@@ -474,6 +474,7 @@ enum fty {
     FT_FILE,     /* data file path */
     FT_FILELIST, /* list of data file paths */
     FT_STRLIST,  /* list of strings */
+    FT_STRS,     /* a string or a list of strings: always a list in the spec */
     FT_INTLIST,  /* list of integers in [lo, hi] */
     FT_ENV,      /* mapping NAME -> string */
     FT_CALIB,    /* calibration block */
@@ -512,6 +513,9 @@ static const char *const e_heal_method[] = { "lsq", NULL };
 static const char *const e_fold[] = { "norm", "refit", "both", NULL };
 static const char *const e_produces[] = { "model", "metrics", "both", NULL };
 static const char *const e_lm_eval_model[] = { "vllm", "hf", NULL };
+static const char *const e_teacher[] = { "base", "input", NULL };
+static const char *const e_kd_loss[] = { "kl", "kl+ce", NULL };
+static const char *const e_ft_method[] = { "lora", "full", "norms", NULL };
 
 #define IMAX 2147483647.0
 #define F_INT(n, lo)                                                                               \
@@ -581,6 +585,30 @@ static const struct fdef f_heal[] = {
     F_ENUM("fold", e_fold),
     F_NUM("ridge", 0, 0, INFINITY, 0),
     F_CALIB,
+    F_END,
+};
+/* Training stages (docs/training.md): the keys both share, then each one's own. */
+#define F_TRAIN_COMMON                                                                             \
+    F_FILE("data"), F_CALIB, F_INT("tokens", 1), F_INT("seq_len", 2), F_INT("batch", 1),           \
+        F_NUM("lr", 0, 1, 1, 0), F_INT("warmup", 0), F_NUM("weight_decay", 0, 0, 1, 0),            \
+        F_NUM("grad_clip", 0, 0, INFINITY, 0), F_INT("checkpoint_every", 0), F_INT("seed", 0),     \
+        F_NUM("val_fraction", 0, 0, 0.5, 0)
+static const struct fdef f_distill[] = {
+    F_TRAIN_COMMON,
+    F_ENUM("teacher", e_teacher),
+    F_NUM("temperature", 0, 1, INFINITY, 0),
+    F_ENUM("loss", e_kd_loss),
+    F_NUM("ce_weight", 0, 0, 1, 0),
+    { "trainable", FT_STRS, 0, 0, 0, 0, NULL },
+    F_END,
+};
+static const struct fdef f_finetune[] = {
+    F_TRAIN_COMMON,
+    F_ENUM("method", e_ft_method),
+    F_INT("rank", 1),
+    F_NUM("alpha", 0, 1, INFINITY, 0),
+    { "targets", FT_STRLIST, 0, 0, 0, 0, NULL },
+    F_NUM("dropout", 0, 0, 1, 1),
     F_END,
 };
 static const struct fdef f_exec[] = {
@@ -760,6 +788,16 @@ static int check_field(struct sb *b, const struct fdef *f, const struct ynode *v
     }
     case FT_FILE:
         return lanes__get_file(c, val, name, &out->path);
+    case FT_STRS:
+        if (val->kind == YNODE_SCALAR) {
+            const char *s;
+            if (lanes__get_str(c, val, name, &s) < 0)
+                return -1;
+            out->j = lanes__jv_arr();
+            lanes__jv_push(out->j, lanes__jv_str(s));
+            return 0;
+        }
+        __attribute__((fallthrough)); /* a list */
     case FT_FILELIST:
     case FT_STRLIST:
     case FT_INTLIST: {
@@ -780,7 +818,7 @@ static int check_field(struct sb *b, const struct fdef *f, const struct ynode *v
                 } else {
                     bad = 1;
                 }
-            } else if (f->ty == FT_STRLIST) {
+            } else if (f->ty == FT_STRLIST || f->ty == FT_STRS) {
                 const char *s;
                 if (lanes__get_str(c, val->kids[i], iname, &s) == 0)
                     lanes__jv_push(out->j, lanes__jv_str(s));
@@ -1127,6 +1165,83 @@ static void build_heal(struct sb *b)
     b->produces_model = 1;
 }
 
+/* The keys distill and finetune share; data is the stage's own file or the calibration set. */
+static void build_train_common(struct sb *b)
+{
+    struct fval *d = fv(b, "data");
+    for (size_t i = 0; i < b->nf; i++)
+        if (b->v[i].node && !b->v[i].ok)
+            b->ok = 0;
+    if (d->ok)
+        lanes__jv_set(b->spec, "data", lanes__jv_path(d->path));
+    else if (!d->node)
+        want_calibration(b, b->kind);
+    lanes__jv_set(b->spec, "tokens", lanes__jv_int(int_or(b, "tokens", 262144)));
+    lanes__jv_set(b->spec, "seq_len", lanes__jv_int(int_or(b, "seq_len", 256)));
+    lanes__jv_set(b->spec, "batch", lanes__jv_int(int_or(b, "batch", 4)));
+    lanes__jv_set(b->spec, "lr", lanes__jv_num(num_or(b, "lr", 1e-4)));
+    lanes__jv_set(b->spec, "warmup", lanes__jv_int(int_or(b, "warmup", 10)));
+    lanes__jv_set(b->spec, "weight_decay", lanes__jv_num(num_or(b, "weight_decay", 0.0)));
+    lanes__jv_set(b->spec, "grad_clip", lanes__jv_num(num_or(b, "grad_clip", 1.0)));
+    lanes__jv_set(b->spec, "checkpoint_every", lanes__jv_int(int_or(b, "checkpoint_every", 50)));
+    lanes__jv_set(b->spec, "seed", lanes__jv_int(int_or(b, "seed", 0)));
+    lanes__jv_set(b->spec, "val_fraction", lanes__jv_num(num_or(b, "val_fraction", 0.05)));
+    b->produces_model = 1;
+}
+
+static void build_distill(struct sb *b)
+{
+    struct fval *cw = fv(b, "ce_weight");
+    const char *loss = str_or(b, "loss", "kl");
+    build_train_common(b);
+    lanes__jv_set(b->spec, "teacher", lanes__jv_str(str_or(b, "teacher", "base")));
+    lanes__jv_set(b->spec, "temperature", lanes__jv_num(num_or(b, "temperature", 1.0)));
+    lanes__jv_set(b->spec, "loss", lanes__jv_str(loss));
+    if (cw->ok && strcmp(loss, "kl+ce") != 0)
+        sb_err(b, cw->key,
+               "'ce_weight' mixes in the cross-entropy of loss 'kl+ce' (this stage has "
+               "loss '%s')",
+               loss);
+    if (strcmp(loss, "kl+ce") == 0)
+        lanes__jv_set(b->spec, "ce_weight", lanes__jv_num(num_or(b, "ce_weight", 0.5)));
+    if (fv(b, "trainable")->ok && fv(b, "trainable")->j->n == 0)
+        sb_err(b, fv(b, "trainable")->node, "'trainable' lists no parameter pattern");
+    {
+        struct jv *all = lanes__jv_arr();
+        lanes__jv_push(all, lanes__jv_str("all"));
+        set_json(b, "trainable", all);
+    }
+}
+
+static void build_finetune(struct sb *b)
+{
+    const char *m = str_or(b, "method", "lora");
+    int lora = strcmp(m, "lora") == 0;
+    build_train_common(b);
+    lanes__jv_set(b->spec, "method", lanes__jv_str(m));
+    if (!lora) {
+        const char *keys[] = { "rank", "alpha", "targets", "dropout" };
+        for (size_t i = 0; i < EXAQ_ARRAY_LEN(keys); i++)
+            if (fv(b, keys[i])->node)
+                sb_err(b, fv(b, keys[i])->key, "'%s' is a LoRA key (this stage has method '%s')",
+                       keys[i], m);
+        return;
+    }
+    lanes__jv_set(b->spec, "rank", lanes__jv_int(int_or(b, "rank", 8)));
+    lanes__jv_set(b->spec, "alpha", lanes__jv_num(num_or(b, "alpha", 16.0)));
+    if (fv(b, "targets")->ok && fv(b, "targets")->j->n == 0)
+        sb_err(b, fv(b, "targets")->node, "'targets' lists no module");
+    {
+        static const char *const dflt[] = { "q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                            "gate_proj", "up_proj", "down_proj" };
+        struct jv *t = lanes__jv_arr();
+        for (size_t i = 0; i < EXAQ_ARRAY_LEN(dflt); i++)
+            lanes__jv_push(t, lanes__jv_str(dflt[i]));
+        set_json(b, "targets", t);
+    }
+    lanes__jv_set(b->spec, "dropout", lanes__jv_num(num_or(b, "dropout", 0.0)));
+}
+
 static void build_exec(struct sb *b)
 {
     struct fval *run = fv(b, "run"), *prod = fv(b, "produces");
@@ -1319,6 +1434,8 @@ static const struct kinddef kinddefs[] = {
     { "qa", f_qa, build_qa },
     { "vllm_speed", f_vllm_speed, build_vllm_speed },
     { "lm_eval", f_lm_eval, build_lm_eval },
+    { "distill", f_distill, build_distill },
+    { "finetune", f_finetune, build_finetune },
 };
 
 static const struct kinddef *kind_find(const char *kind)
@@ -1540,13 +1657,6 @@ int lanes__stage_parse(struct lanes__ctx *c, const struct ynode *item, int in_ev
     }
     out->line = kkey->line;
     out->col = kkey->col;
-    if (strcmp(kind, "finetune") == 0 || strcmp(kind, "distill") == 0) {
-        lanes__err(c, kkey,
-                   "stage kind '%s' needs the native trainer, which this build does not have; "
-                   "use an exec stage",
-                   kind);
-        return -1;
-    }
     if (!lanes__kind_known(kind)) {
         char *h = lanes__hint(kind, hint_kinds);
         lanes__err(c, kkey, "unknown stage kind '%s'%s", kind, h);

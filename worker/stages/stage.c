@@ -10,12 +10,19 @@
 #include "common/util.h"
 
 static const struct stage_def stage_table[] = {
-    { "ppl", stage_ppl_run, 0 },         { "mcqa", stage_mcqa_run, 0 },
-    { "speed", stage_speed_run, 0 },     { "quantize", stage_quantize_run, 1 },
-    { "prune", stage_prune_run, 1 },     { "heal", stage_heal_run, 1 },
-    { "config", stage_config_run, 1 },   { "mcqa_gen", stage_mcqa_gen_run, 0 },
-    { "qa", stage_qa_run, 0 },           { "vllm_speed", stage_vllm_speed_run, 0 },
+    { "ppl", stage_ppl_run, 0 },
+    { "mcqa", stage_mcqa_run, 0 },
+    { "speed", stage_speed_run, 0 },
+    { "quantize", stage_quantize_run, 1 },
+    { "prune", stage_prune_run, 1 },
+    { "heal", stage_heal_run, 1 },
+    { "config", stage_config_run, 1 },
+    { "mcqa_gen", stage_mcqa_gen_run, 0 },
+    { "qa", stage_qa_run, 0 },
+    { "vllm_speed", stage_vllm_speed_run, 0 },
     { "lm_eval", stage_lm_eval_run, 0 },
+    { "distill", stage_distill_run, 1 },
+    { "finetune", stage_finetune_run, 1 },
 };
 
 const struct stage_def *stage_find(const char *kind)

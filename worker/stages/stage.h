@@ -97,5 +97,20 @@ int stage_quantize_run(struct stage_ctx *ctx);
 int stage_prune_run(struct stage_ctx *ctx);
 int stage_heal_run(struct stage_ctx *ctx);
 int stage_config_run(struct stage_ctx *ctx);
+/* Training (docs/training.md): stage_distill.c holds the driver both share. */
+int stage_distill_run(struct stage_ctx *ctx);
+int stage_finetune_run(struct stage_ctx *ctx);
+struct cJSON;
+struct tnet;
+struct tslot;
+struct tloop_hooks;
+struct stage_train_method {
+    /* Picks what trains: sets *slots (xmalloc'd array the driver frees), *nslots and the loop
+     * hooks; *state is handed to release. Returns 0 or a stage_fail() code. */
+    int (*setup)(struct stage_ctx *ctx, const struct cJSON *spec, struct tnet *net,
+                 struct tslot **slots, int *nslots, struct tloop_hooks *h, void **state);
+    void (*release)(void *state);
+};
+int stage_train_run(struct stage_ctx *ctx, const struct stage_train_method *m);
 
 #endif

@@ -1050,10 +1050,11 @@ static void test_err_stage_kinds(void **state)
                 "unknown stage kind 'quantise' (did you mean 'quantize'?)");
     expect_errs(HEAD "lanes: [{id: a, stages: [{zzz: {}}]}]\n", 5, "zzz",
                 "unknown stage kind 'zzz' (expected one of: quantize, prune");
-    expect_errs(HEAD "lanes: [{id: a, stages: [{finetune: {}}, {distill: {}}]}]\n", 5, "finetune",
-                "stage kind 'finetune' needs the native trainer, which this build does not have; "
-                "use an exec stage",
-                5, "distill", "stage kind 'distill' needs the native trainer");
+    expect_errs(
+        HEAD "lanes: [{id: a, stages: [{finetune: {method: full, rank: 4}}, {distill: "
+             "{ce_weight: 0.3}}]}]\n",
+        5, "rank", "'rank' is a LoRA key (this stage has method 'full')", 5, "ce_weight",
+        "'ce_weight' mixes in the cross-entropy of loss 'kl+ce' (this stage has loss 'kl')");
     expect_errs(HEAD "eval: [{quantize: {}}]\nlanes: [{id: a, stages: [{speed: }]}]\n", 5,
                 "quantize", "stage kind 'quantize' cannot be used in eval");
     expect_errs(
