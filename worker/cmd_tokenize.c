@@ -80,10 +80,10 @@ int cmd_tokenize(int argc, char **argv)
                         "and --ids, and --out with --text\n" TOKENIZE_USAGE);
         return 1;
     }
-    char msg[512] = "", *err = NULL;
-    struct tok *t = input ? tokdata_tok_load(input, msg, sizeof(msg)) : tok_load(tokf, &err);
+    char *err = NULL;
+    struct tok *t = input ? tokdata_tok_load(input, &err) : tok_load(tokf, &err);
     if (!t) {
-        fprintf(stderr, "exaq-worker tokenize: %s\n", err ? err : msg);
+        fprintf(stderr, "exaq-worker tokenize: %s\n", err ? err : "cannot load the tokenizer");
         free(err);
         return 1;
     }
@@ -91,8 +91,8 @@ int cmd_tokenize(int argc, char **argv)
     size_t n = 0;
     double t0 = now_mono();
     if (textf) {
-        if (tokdata_text_read(textf, t, &ids, &n, msg, sizeof(msg)) < 0) {
-            fprintf(stderr, "exaq-worker tokenize: %s\n", msg);
+        if (tokdata_text_read(textf, t, &ids, &n, &err) < 0) {
+            fprintf(stderr, "exaq-worker tokenize: %s\n", err ? err : textf);
             goto out;
         }
         double dt = now_mono() - t0;
@@ -110,8 +110,8 @@ int cmd_tokenize(int argc, char **argv)
             goto out;
         fprintf(stderr, "tokenize: %s -> %zu ids in %.3f s\n", textf, n, dt);
     } else {
-        if (tokdata_ids_read(idsf, &ids, &n, msg, sizeof(msg)) < 0) {
-            fprintf(stderr, "exaq-worker tokenize: %s\n", msg);
+        if (tokdata_ids_read(idsf, &ids, &n, &err) < 0) {
+            fprintf(stderr, "exaq-worker tokenize: %s\n", err ? err : idsf);
             goto out;
         }
         size_t len = 0;
@@ -125,6 +125,7 @@ int cmd_tokenize(int argc, char **argv)
     rc = 0;
 out:
     free(ids);
+    free(err);
     tok_free(t);
     return rc;
 }

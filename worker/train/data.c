@@ -65,10 +65,8 @@ static int load_chat(struct tdata *d, const char *path, const char *model_dir, c
         free(e);
         return -1;
     }
-    if (!(t = tokdata_tok_load(model_dir, msg, sizeof(msg)))) {
-        *err = xasprintf("%s", msg);
+    if (!(t = tokdata_tok_load(model_dir, err)))
         goto out;
-    }
     if (file_read_all(path, &text, &len) < 0) {
         *err = xasprintf("cannot read '%s'", path);
         goto out;
@@ -152,7 +150,6 @@ out:
 int tdata_open(struct tdata *d, const char *path, const char *model_dir, int vocab, int seq_len,
                double val_fraction, uint64_t seed, char **err)
 {
-    char msg[1024];
     memset(d, 0, sizeof(*d));
     d->epoch = -1;
     d->seq_len = seq_len;
@@ -173,10 +170,8 @@ int tdata_open(struct tdata *d, const char *path, const char *model_dir, int voc
     } else {
         int ids = ends_with(path, ".ids.u32") || ends_with(path, ".u32");
         if (tokdata_load(ids ? path : NULL, ids ? NULL : path, model_dir, vocab, &d->ids, &d->n,
-                         msg, sizeof(msg)) < 0) {
-            *err = xasprintf("%s", msg);
+                         err) < 0)
             goto fail;
-        }
     }
     size_t nw = d->n / (size_t)seq_len;
     if (nw > INT32_MAX)

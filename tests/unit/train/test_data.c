@@ -104,7 +104,7 @@ static void test_text(void **state)
     assert_int_equal(d.n_val, 0);
     assert_int_equal(d.n_win, (int)(d.n / 32));
     char msg[256];
-    struct tok *t = tokdata_tok_load(TINY, msg, sizeof(msg));
+    struct tok *t = tokdata_tok_load(TINY, NULL);
     int32_t *ids = NULL;
     int n = tok_encode(t, b.data, b.len, &ids, msg, sizeof(msg));
     assert_int_equal((size_t)n, d.n);
@@ -146,8 +146,7 @@ static void test_chat_mask(void **state)
     assert_non_null(d.mask);
     /* The masked tokens decode to the assistant turns (plus the template's end of turn), and
      * no user text. */
-    char msg[256];
-    struct tok *t = tokdata_tok_load(md, msg, sizeof(msg));
+    struct tok *t = tokdata_tok_load(md, NULL);
     int32_t *sel = xmalloc(sizeof(int32_t) * d.n), *un = xmalloc(sizeof(int32_t) * d.n);
     size_t ns = 0, nu = 0;
     for (size_t i = 0; i < d.n; i++) {
