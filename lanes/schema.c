@@ -1048,7 +1048,7 @@ static void build_quantize(struct sb *b)
     }
     if (strcmp(method, "gptq") == 0) {
         lanes__jv_set(b->spec, "actorder", lanes__jv_str(str_or(b, "actorder", "none")));
-        lanes__jv_set(b->spec, "static_groups", lanes__jv_bool(bool_or(b, "static_groups", 0)));
+        lanes__jv_set(b->spec, "static_groups", lanes__jv_bool(bool_or(b, "static_groups", 1)));
     } else if (strcmp(method, "sparsegpt") == 0) {
         lanes__jv_set(b->spec, "sparsity", lanes__jv_num(num_or(b, "sparsity", 0.5)));
         lanes__jv_set(b->spec, "pattern", lanes__jv_str(str_or(b, "pattern", "unstructured")));

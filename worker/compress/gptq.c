@@ -610,6 +610,29 @@ int gptq_quantize_prep(struct qweight *w, const float *W, const struct gptq_prep
                 size_t k = (size_t)i * w->ngroups + g;
                 int8_t z;
                 qweight_fit_range(w, o->grid, mn, mx, &w->scale[k], &z);
+                if (o->scale_search > 0) {
+                    /* Shrink the range while the group's squared rounding error falls. */
+                    double best = -1;
+                    for (int t = 0; t < o->scale_search; t++) {
+                        float f = 1.0f - 0.01f * (float)t;
+                        uint16_t sc;
+                        int8_t zz;
+                        qweight_fit_range(w, o->grid, mn * f, mx * f, &sc, &zz);
+                        float sv = kern_bf16_to_f32(sc);
+                        double e = 0;
+                        for (int kk = k0; kk < k1; kk++) {
+                            float v = row[permuted_groups ? perm[kk] : kk];
+                            int qq = quant_code(v, sv, zz, w->bits);
+                            float d = v - (float)(qq - zz) * sv;
+                            e += (double)d * d;
+                        }
+                        if (best < 0 || e < best) {
+                            best = e;
+                            w->scale[k] = sc;
+                            z = zz;
+                        }
+                    }
+                }
                 if (w->zp)
                     w->zp[k] = z;
             }

@@ -46,6 +46,8 @@ struct gptq_opts {
     bool groups_on_w1;  /* dynamic groups fitted on the block-updated W1 instead of W (the
                            references use W; see algorithms spec 1.5). Default false. */
     enum qgrid grid;    /* symmetric integer grid convention */
+    int scale_search;   /* static groups: try ranges shrunk by 0..n-1 % and keep the one with
+                           the least squared rounding error of the group (0: min-max) */
     /* Added: compute stats->loss_rtn (one out x in x in fp32 GEMM, twice the flops of the
      * lazy updates). Default true; false leaves loss_rtn at -1. */
     bool compute_loss_rtn;

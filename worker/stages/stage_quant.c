@@ -179,6 +179,10 @@ static int parse_spec(struct stage_ctx *ctx, const cJSON *spec, struct qspec *q)
                            : !strcmp(actorder, "group") ? GPTQ_ACTORDER_GROUP
                                                         : GPTQ_ACTORDER_NONE;
         q->gptq.static_groups = jbool(spec, "static_groups", &missing);
+        /* llm-compressor's grid (absmax / 7.5, compressed-tensors' observer) and a range search
+         * per static group (docs/quantization.md "GPTQ against llm-compressor"). */
+        q->gptq.grid = QGRID_ABSMAX_HALF;
+        q->gptq.scale_search = 20;
     }
     if (cJSON_IsArray(ign)) {
         cJSON_ArrayForEach(it, ign)

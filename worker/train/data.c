@@ -34,6 +34,10 @@ static int push_text(struct tdata *d, size_t *cap, const struct tok *t, const ch
     int n = len ? tok_encode(t, text, len, &ids, msg, msglen) : 0;
     if (n < 0)
         return -1;
+    if (n == 0) {
+        free(ids);
+        return 0;
+    }
     if (d->n + (size_t)n > *cap) {
         *cap = (d->n + (size_t)n) * 2 + 1024;
         d->ids = xrealloc(d->ids, *cap * sizeof(int32_t));

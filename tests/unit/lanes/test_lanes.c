@@ -265,7 +265,7 @@ static void test_minimal_valid(void **state)
     want = xasprintf("{\"actorder\":\"none\",\"block_size\":128,\"calibration\":{\"samples\":128,"
                      "\"seq_len\":512,\"text\":\"%s\"},\"dampening\":0.01,\"group_size\":128,"
                      "\"ignore\":[\"lm_head\"],\"method\":\"gptq\",\"scheme\":\"W4A16\","
-                     "\"static_groups\":false}",
+                     "\"static_groups\":true}",
                      calib);
     assert_string_equal(st->spec_json, want);
     free(want);
@@ -273,7 +273,7 @@ static void test_minimal_valid(void **state)
                         "{\"actorder\":\"none\",\"block_size\":128,\"calibration\":{\"samples\":"
                         "128,\"seq_len\":512,\"text\":\"@file:0\"},\"dampening\":0.01,"
                         "\"group_size\":128,\"ignore\":[\"lm_head\"],\"method\":\"gptq\","
-                        "\"scheme\":\"W4A16\",\"static_groups\":false}");
+                        "\"scheme\":\"W4A16\",\"static_groups\":true}");
     assert_int_equal(st->nfiles, 1);
     assert_string_equal(st->files[0], calib);
     assert_int_equal(st->res.retries, 1);
@@ -429,7 +429,7 @@ static void test_canonical_specs(void **state)
     (void)state;
     a = spec_of(HEAD "lanes: [{id: a, stages: [{quantize: {method: gptq}}]}]\n");
     b = spec_of(HEAD
-                "lanes: [{id: a, stages: [{quantize: {static_groups: false, ignore: [lm_head], "
+                "lanes: [{id: a, stages: [{quantize: {static_groups: true, ignore: [lm_head], "
                 "group_size: 128, block_size: 128, actorder: none, scheme: W4A16, dampening: "
                 "1e-2, method: gptq, calibration: {seq_len: 512, samples: 128}}}]}]\n");
     c = spec_of(HEAD "lanes: [{id: a, stages: [{quantize: {}}]}]\n");
