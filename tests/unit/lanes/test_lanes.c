@@ -428,10 +428,9 @@ static void test_canonical_specs(void **state)
     char *a, *b, *c;
     (void)state;
     a = spec_of(HEAD "lanes: [{id: a, stages: [{quantize: {method: gptq}}]}]\n");
-    b = spec_of(HEAD
-                "lanes: [{id: a, stages: [{quantize: {static_groups: true, ignore: [lm_head], "
-                "group_size: 128, block_size: 128, actorder: none, scheme: W4A16, dampening: "
-                "1e-2, method: gptq, calibration: {seq_len: 512, samples: 128}}}]}]\n");
+    b = spec_of(HEAD "lanes: [{id: a, stages: [{quantize: {static_groups: true, ignore: [lm_head], "
+                     "group_size: 128, block_size: 128, actorder: none, scheme: W4A16, dampening: "
+                     "1e-2, method: gptq, calibration: {seq_len: 512, samples: 128}}}]}]\n");
     c = spec_of(HEAD "lanes: [{id: a, stages: [{quantize: {}}]}]\n");
     assert_string_equal(a, b);
     assert_string_equal(a, c);
