@@ -169,6 +169,8 @@ static void test_chat_mask(void **state)
     assert_int_equal(file_write_all(path, "{\"x\": 1}\n", 9), 0);
     assert_int_equal(tdata_open(&d, path, md, 100000, 16, 0, 1, &err), -1);
     assert_non_null(strstr(err, ":1:"));
+    free(err);
+    err = NULL;
     assert_int_equal(tdata_open(&d, path, TINY, 100000, 16, 0, 1, &err), -1);
     assert_non_null(strstr(err, "chat template"));
     buf_release(&b);
