@@ -2809,7 +2809,7 @@ static struct jval *do_slice(struct rs *R, const struct node *x, struct jval *ob
         len = (int64_t)ncp;
     } else
         len = (int64_t)obj->n;
-    int64_t step = 1, start, stop;
+    int64_t step = 1, start = 0, stop = 0;
     if (vstep && vstep->k != V_NONE) {
         if (vstep->k != V_INT) {
             free(off);
