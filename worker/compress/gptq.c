@@ -611,7 +611,7 @@ int gptq_quantize_prep(struct qweight *w, const float *W, const struct gptq_prep
                 int8_t z;
                 qweight_fit_range(w, o->grid, mn, mx, &w->scale[k], &z);
                 if (o->scale_search > 0) {
-                    /* Shrink the range while the group's squared rounding error falls. */
+                    /* Try the range shrunk by 0..n-1 %; keep the least squared rounding error. */
                     double best = -1;
                     for (int t = 0; t < o->scale_search; t++) {
                         float f = 1.0f - 0.01f * (float)t;
