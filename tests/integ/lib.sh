@@ -24,9 +24,11 @@ ERR=$T/err
 SANITIZED=${EXAQ_SANITIZED:-0}
 if [ -n "${EXAQ_TSAN:-}" ]; then
     # Debian's libuv closes descriptors with a raw close syscall that TSan cannot see, so it
-    # may pair an accept4 on the loop with a later closedir on the thread pool: suppressed.
-    printf 'race:accept4\n' >"$T/tsan.supp"
-    export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$T/tsan.supp"
+    # may pair an accept4 or epoll_ctl on the loop with a later closedir on the thread pool
+    # once the descriptor number is reused: suppressed.
+    printf 'race:accept4\nrace:epoll_ctl\n' >"$T/tsan.supp"
+    # log_path: exaqd detaches from the terminal, so its reports go to files fail() prints.
+    export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$T/tsan.supp log_path=$T/tsan-report"
 fi
 
 fail() {
@@ -35,6 +37,11 @@ fail() {
         echo "--- exaqd.log (last 40 lines) ---" >&2
         tail -n 40 "$EXAQ_HOME/exaqd.log" >&2
     fi
+    for f in "$T"/tsan-report.*; do
+        [ -f "$f" ] || continue
+        echo "--- $f ---" >&2
+        head -n 80 "$f" >&2
+    done
     exit 1
 }
 
