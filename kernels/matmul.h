@@ -143,6 +143,11 @@ struct matmul__ctx {
 void matmul__pack_a_x(const void *ctx, int i0, int mr, int k0, int kc, float *dst);
 /* matmul_cpu for the quantized formats (qmatmul_cpu.c); L->fmt is INT, INT4 or FP8. */
 void matmul__cpu_quant(float *y, const float *x, int T, const struct linear *L, int accumulate);
+/* The 16-bit-activation GEMV of INT and INT4 (qgemv_cpu.c): 0 when it computed y, 1 when L or
+ * this x does not fit it (the caller then runs the fp32 GEMV). */
+int matmul__qgemv_i16(float *y, const float *x, int T, const struct linear *L, int accumulate);
+/* Whether L's format and group layout fit matmul__qgemv_i16 (x aside). */
+int matmul__qgemv_i16_fits(const struct linear *L);
 /* Exact fp32 weights of row n, original columns k0..k1-1, of a quantized linear (matmul_ref.c). */
 void matmul__qrow_f32(const struct linear *L, int n, int k0, int k1, float *dst);
 /* Index of row n, group g in scale[] / zp[]. */

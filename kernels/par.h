@@ -35,7 +35,7 @@ void par_for(int ntasks, par_fn fn, void *arg);
  * thread has PAR_SCRATCH_SLOTS independent slots; the buffer stays valid (and keeps its
  * contents) until the same thread asks for the same slot with a larger size. Freed when the
  * thread exits (pool workers) or at par_shutdown() (the calling thread). Aborts on OOM. */
-#define PAR_SCRATCH_SLOTS 4
+#define PAR_SCRATCH_SLOTS 5
 void *par_scratch(int slot, size_t bytes);
 
 /* Stops the workers and frees the calling thread's scratch; the pool restarts on next use. */

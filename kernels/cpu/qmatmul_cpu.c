@@ -4,10 +4,13 @@
  * It never materialises W: codes are decoded in registers.
  *
  * DESIGN.
- *   GEMV (T < MATMUL_GEMV_MAX_T). Tasks over output rows (par_for, as the dense GEMV). Each W
- *   row is streamed once for all T token rows: 4 rows x 1 token (two FMA chains per row) at
- *   T = 1, 2 rows x T tokens otherwise. Per group of columns the kernel sums x * (q - zp) in fp32
- *   lanes on the raw codes (int8 -> fp32 is vpmovsxbd + vcvtdq2ps; a nibble is `& 15` or `>> 4`
+ *   Decode GEMV (T < MATMUL_GEMV_MAX_T, INT / INT4, aligned groups; qgemv_cpu.c): x is quantized to
+ * int16 per 128-column chunk and the dot products run in integer lanes (VNNI where present); see
+ * the comment there for its error bound. Everything it declines (matmul__qgemv_i16_fits) takes the
+ * fp32 GEMV below. GEMV (T < MATMUL_GEMV_MAX_T). Tasks over output rows (par_for, as the dense
+ * GEMV). Each W row is streamed once for all T token rows: 4 rows x 1 token (two FMA chains per
+ * row) at T = 1, 2 rows x T tokens otherwise. Per group of columns the kernel sums x * (q - zp) in
+ * fp32 lanes on the raw codes (int8 -> fp32 is vpmovsxbd + vcvtdq2ps; a nibble is `& 15` or `>> 4`
  *   of a vpmovzxbd lane, stored as q + 8 so the offset joins the zero point; E4M3 is moved into
  *   an IEEE half (byte << 8, arithmetic shift right by one, clear bit 14) and widened with
  *   F16C, which gives the E4M3 value / 256 exactly, subnormals included), then folds the
@@ -28,7 +31,7 @@
  *   rows are decoded element by element into fp32 scratch (exact weights), then the dense dot /
  *   pack runs on them. Slower, same results.
  * Scratch: par_scratch slot 2 of the calling thread (x in group order) and slot 3 (generic
- * rows and packing, any thread); the GEMM driver uses slots 0 and 1.
+ * rows and packing, any thread); the GEMM driver uses slots 0 and 1, qgemv_cpu.c slot 4.
  */
 #include "kernels/matmul.h"
 
@@ -561,7 +564,8 @@ void matmul__cpu_quant(float *y, const float *x, int T, const struct linear *L, 
         x = xp;
     }
     if (T < MATMUL_GEMV_MAX_T) {
-        qgemv(y, x, T, L, accumulate);
+        if (matmul__qgemv_i16(y, x, T, L, accumulate) != 0)
+            qgemv(y, x, T, L, accumulate);
         return;
     }
     struct matmul__ctx ctx = { x, L };

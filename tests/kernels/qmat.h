@@ -38,6 +38,9 @@ static inline void qmat_free(struct qmat *m)
     memset(m, 0, sizeof(*m));
 }
 
+/* with_gidx: 0 none, 1 each column in a random group, QMAT_GIDX_BALANCED as the comment below. */
+#define QMAT_GIDX_BALANCED 2
+
 /* Random codes, scales (BF16, both signs, magnitudes 2^-12..2^-2), zero points and g_idx. The
  * arrays have their exact sizes so ASan builds see any over-read. */
 static inline void qmat_make(struct qmat *m, enum linear_fmt fmt, int bits, int out, int in, int gs,
@@ -85,6 +88,17 @@ static inline void qmat_make(struct qmat *m, enum linear_fmt fmt, int bits, int 
         assert_non_null(m->g_idx);
         for (int c = 0; c < in; c++)
             m->g_idx[c] = check_rand_int(0, m->ngroups - 1);
+        if (with_gidx == QMAT_GIDX_BALANCED) {
+            /* Every group exactly gs columns (the last one the rest), at random positions: the
+             * act-order g_idx GPTQ writes, whose groups stay aligned in storage order. */
+            for (int c = 0; c < in; c++)
+                m->g_idx[c] = c / gs;
+            for (int c = in - 1; c > 0; c--) {
+                int o = check_rand_int(0, c), tmp = m->g_idx[c];
+                m->g_idx[c] = m->g_idx[o];
+                m->g_idx[o] = tmp;
+            }
+        }
     }
     m->w = malloc(sizeof(float) * n);
     assert_non_null(m->w);

@@ -32,8 +32,9 @@
  * path) must match bit for bit, and so must KV-cache decode with the reference kernels (m->impl =
  * KERN_IMPL_REF). KV-cache decode with the fast GEMV (T = 1) differs by fp32 summation noise:
  * within 1e-4 of max|logit| for W4A16 (the bound test_model uses for KV decode vs full sequence;
- * observed ~4e-7). With W8A8 / FP8_DYNAMIC that noise can flip the rounding of one quantized
- * activation (a step of absmax/127, or one E4M3 mantissa step), after which the two runs
+ * observed 4.5e-5 since the GEMV rounds activations to int16 per 128-column chunk, qgemv_cpu.c;
+ * ~4e-7 with the fp32 GEMV). With W8A8 / FP8_DYNAMIC that noise can flip the rounding of one
+ * quantized activation (a step of absmax/127, or one E4M3 mantissa step), after which the two runs
  * legitimately differ by up to ~1% of max|logit| (observed 1.1% once a flip happened; 2e-7 before);
  * those get 5e-2, which still catches a wrong scale, zero point or group (tens of percent).
  * Observed values are printed. model_linear_get_f32 must return the dequantization exactly
@@ -159,6 +160,190 @@ static void test_qmatmul_formats(void **state)
     par_set_nthreads(0);
     printf("# %d quantized matmul cases, %d failed\n", cases, fails);
     assert_int_equal(fails, 0);
+}
+
+/* ---- the 16-bit-activation GEMV (kernels/cpu/qgemv_cpu.c) ------------------------------- */
+
+/*
+ * Per token row and column, the bound on the activation rounding of the 16-bit GEMV: the
+ * columns of each group (in storage order: ascending original column within the group) are cut
+ * into chunks of 128, and a chunk with m = max|x| rounds each x to a multiple of m / 32767, an
+ * error of at most half of that; we allow 1% over it plus 4u|x| for computing the scale.
+ */
+static void i16_err(const struct qmat *m, const float *x, int T, float *e)
+{
+    const int in = m->in, G = m->gs > 0 ? m->gs : in;
+    int ng = m->gs > 0 ? m->ngroups : 1;
+    int *cols = malloc(sizeof(int) * (size_t)in);
+    assert_non_null(cols);
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * in;
+        for (int g = 0; g < ng; g++) {
+            int n = 0;
+            for (int c = 0; c < in; c++)
+                if ((m->g_idx ? m->g_idx[c] : m->gs > 0 ? c / G : 0) == g)
+                    cols[n++] = c;
+            for (int c0 = 0; c0 < n; c0 += 128) {
+                int c1 = c0 + 128 < n ? c0 + 128 : n;
+                float mx = 0.0f;
+                for (int i = c0; i < c1; i++)
+                    mx = fmaxf(mx, fabsf(xt[cols[i]]));
+                for (int i = c0; i < c1; i++)
+                    e[(size_t)t * in + cols[i]] =
+                        mx / 32767.0f * 0.5f * 1.01f + 4.0f * 0x1p-24f * fabsf(xt[cols[i]]);
+            }
+        }
+    }
+    free(cols);
+}
+
+static int run_i16_case(enum linear_fmt fmt, int bits, int gs, int with_zp, int gidx, int T,
+                        int out, int in, int accumulate)
+{
+    char what[192];
+    snprintf(what, sizeof(what),
+             "qgemv_i16 %s bits=%d g=%d zp=%d gidx=%d T=%d out=%d in=%d acc=%d "
+             "threads=%d",
+             fmt_name(fmt), bits, gs, with_zp, gidx, T, out, in, accumulate, par_nthreads());
+    struct qmat m;
+    struct linear L;
+    int rc = 0;
+    qmat_make(&m, fmt, bits, out, in, gs, with_zp, gidx);
+    assert_int_equal(qmat_linear(&L, &m), 0);
+    if (!matmul__qgemv_i16_fits(&L)) {
+        printf("%s: the 16-bit GEMV does not take this linear\n", what);
+        rc = -1;
+    }
+    size_t nx = (size_t)T * in, ny = (size_t)T * out;
+    float *x = malloc(sizeof(float) * nx), *y0 = malloc(sizeof(float) * ny);
+    float *ref = malloc(sizeof(float) * ny), *e = malloc(sizeof(float) * nx);
+    float *extra = malloc(sizeof(float) * ny), *aw = malloc(sizeof(float) * (size_t)out * in);
+    float *got = check_buf_new(ny);
+    assert_true(x && y0 && ref && e && extra && aw);
+    check_fill_normal(x, nx, 1.0f);
+    /* An outlier channel, as LLM activations have: its chunk's codes get coarser. */
+    x[check_rand_int(0, in - 1)] *= 40.0f;
+    check_fill_normal(y0, ny, 0.5f);
+    if (accumulate) {
+        memcpy(got, y0, sizeof(float) * ny);
+        memcpy(ref, y0, sizeof(float) * ny);
+    }
+    assert_int_equal(matmul(KERN_IMPL_REF, ref, x, T, &L, accumulate), 0);
+    assert_int_equal(matmul(KERN_IMPL_CPU, got, x, T, &L, accumulate), 0);
+    /* The bound: Higham's (as run_case) plus sum_k |w_k| e_k. */
+    float *bound = mm_bound_new(x, m.w, y0, ref, T, out, in, accumulate, 3, 2.0);
+    i16_err(&m, x, T, e);
+    for (size_t i = 0; i < (size_t)out * in; i++)
+        aw[i] = fabsf(m.w[i]);
+    struct linear LA;
+    linear_init_dense(&LA, out, in, KERN_F32, aw);
+    matmul_ref(extra, e, T, &LA, 0);
+    for (size_t i = 0; i < ny; i++)
+        bound[i] += extra[i];
+    /* NMSE: the rounding is about 2^-16 of each chunk's largest value. */
+    struct check_tol tol = { 1e-7, 0, 0 };
+    rc |= check_close(what, got, ref, ny, &tol, bound);
+    rc |= check_buf_guards(what, got, ny);
+    linear_release(&L);
+    qmat_free(&m);
+    free(x);
+    free(y0);
+    free(ref);
+    free(e);
+    free(extra);
+    free(aw);
+    free(bound);
+    check_buf_free(got);
+    return rc;
+}
+
+static void test_qmatmul_i16(void **state)
+{
+    (void)state;
+    static const int groups[] = { 32, 64, 128, 256, 96, -1, 0 };
+    static const int ins[] = { 256, 512, 1024, 2048 };
+    static const int outs[] = { 1, 6, 33, 100 };
+    static const int threads[] = { 1, 2, 3 };
+    int fails = 0, cases = 0;
+    for (size_t th = 0; th < EXAQ_ARRAY_LEN(threads); th++) {
+        par_set_nthreads(threads[th]);
+        for (int f = 0; f < 2; f++)
+            for (size_t g = 0; g < EXAQ_ARRAY_LEN(groups); g++)
+                for (int zp = 0; zp <= 1; zp++)
+                    for (int gi = 0; gi <= (groups[g] > 0); gi++)
+                        for (int T = 1; T <= 3; T++) {
+                            int in = ins[check_rand_int(0, 3)];
+                            if (groups[g] > 0 && in % groups[g])
+                                in = groups[g] * 8;
+                            fails += run_i16_case(f ? LINEAR_FMT_INT4 : LINEAR_FMT_INT, f ? 4 : 8,
+                                                  groups[g], zp, gi ? QMAT_GIDX_BALANCED : 0, T,
+                                                  outs[check_rand_int(0, 3)], in,
+                                                  check_rand_int(0, 1)) != 0;
+                            cases++;
+                        }
+    }
+    par_set_nthreads(0);
+    printf("# %d 16-bit GEMV cases, %d failed\n", cases, fails);
+    assert_int_equal(fails, 0);
+
+    /* What it does not take: FP8, a group that is not a multiple of 32, a random g_idx. */
+    struct qmat m;
+    struct linear L;
+    const struct {
+        enum linear_fmt fmt;
+        int bits, gs, gidx;
+    } no[] = { { LINEAR_FMT_FP8, 8, 128, 0 },
+               { LINEAR_FMT_INT4, 4, 40, 0 },
+               { LINEAR_FMT_INT, 8, 128, 1 } };
+    for (size_t i = 0; i < EXAQ_ARRAY_LEN(no); i++) {
+        qmat_make(&m, no[i].fmt, no[i].bits, 8, 640, no[i].gs, 0, no[i].gidx);
+        assert_int_equal(qmat_linear(&L, &m), 0);
+        if (no[i].gidx) { /* a random g_idx: some group is not 5 x 128 columns... */
+            int irregular = 0;
+            for (int g = 0; g < L.ngroups; g++)
+                irregular |= (L.gstart[g + 1] - L.gstart[g]) % 32 != 0;
+            assert_int_equal(matmul__qgemv_i16_fits(&L), !irregular);
+        } else {
+            assert_false(matmul__qgemv_i16_fits(&L));
+        }
+        linear_release(&L);
+        qmat_free(&m);
+    }
+
+    /* Activations it hands back to the fp32 GEMV: a NaN, an infinity, a value above 2^60. The
+     * results must be the exact path's: NaN/inf where the reference has them, else within the
+     * fp32 bound alone (no room for the 16-bit rounding, which would be about 2^60 / 2^16). */
+    qmat_make(&m, LINEAR_FMT_INT4, 4, 12, 512, 128, 1, 0);
+    assert_int_equal(qmat_linear(&L, &m), 0);
+    assert_true(matmul__qgemv_i16_fits(&L));
+    for (int which = 0; which < 3; which++) {
+        const int T = 2, in = 512, out = 12;
+        float *x = malloc(sizeof(float) * T * in), *ref = malloc(sizeof(float) * T * out);
+        float *got = check_buf_new((size_t)T * out);
+        assert_non_null(x);
+        assert_non_null(ref);
+        check_fill_normal(x, (size_t)T * in, 1.0f);
+        x[in + 200] = which == 0 ? NAN : which == 1 ? INFINITY : 0x1p62f;
+        x[in + 201] = which == 2 ? 1e-3f : x[in + 201];
+        assert_int_equal(matmul(KERN_IMPL_CPU, got, x, T, &L, 0), 0);
+        assert_int_equal(matmul(KERN_IMPL_REF, ref, x, T, &L, 0), 0);
+        float *bound = mm_bound_new(x, m.w, ref, ref, T, out, in, 0, 2, 2.0);
+        for (int i = 0; i < T * out; i++) {
+            if (isnan(ref[i]))
+                assert_true(isnan(got[i]));
+            else if (isinf(ref[i]))
+                assert_true(got[i] == ref[i]);
+            else
+                assert_true(fabsf(got[i] - ref[i]) <= bound[i]);
+        }
+        assert_int_equal(check_buf_guards("i16 fallback", got, (size_t)T * out), 0);
+        free(bound);
+        free(x);
+        free(ref);
+        check_buf_free(got);
+    }
+    linear_release(&L);
+    qmat_free(&m);
 }
 
 /* NaN codes, an infinite scale and NaN/inf activations: the generic path and the NaN/inf
@@ -456,7 +641,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qmatmul_formats),  cmocka_unit_test(test_qmatmul_special),
         cmocka_unit_test(test_qmatmul_errors),   cmocka_unit_test(test_qmatmul_fp8_codes),
-        cmocka_unit_test(test_engine_quantized),
+        cmocka_unit_test(test_engine_quantized), cmocka_unit_test(test_qmatmul_i16),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     par_shutdown();
