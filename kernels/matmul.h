@@ -146,6 +146,8 @@ void matmul__cpu_quant(float *y, const float *x, int T, const struct linear *L, 
 /* The 16-bit-activation GEMV of INT and INT4 (qgemv_cpu.c): 0 when it computed y, 1 when L or
  * this x does not fit it (the caller then runs the fp32 GEMV). */
 int matmul__qgemv_i16(float *y, const float *x, int T, const struct linear *L, int accumulate);
+/* Whether this build has the 16-bit GEMV (the kernels were compiled with AVX2). */
+int matmul__qgemv_i16_built(void);
 /* Whether L's format and group layout fit matmul__qgemv_i16 (x aside). */
 int matmul__qgemv_i16_fits(const struct linear *L);
 /* Exact fp32 weights of row n, original columns k0..k1-1, of a quantized linear (matmul_ref.c). */

@@ -69,9 +69,18 @@ static ALWAYS_INLINE void grange(const struct linear *L, int g, int G, int *k0, 
     }
 }
 
-static int gsize(const struct linear *L)
+static __attribute__((unused)) int gsize(const struct linear *L)
 {
     return L->group_size > 0 ? L->group_size : L->in;
+}
+
+int matmul__qgemv_i16_built(void)
+{
+#if defined(__AVX2__)
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 int matmul__qgemv_i16_fits(const struct linear *L)
