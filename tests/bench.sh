@@ -154,6 +154,26 @@ else
     say "bench: exaq-worker synth --shape 1.2b (2.6 GB into $TMP)"
     "$W" synth --out "$TMP/exaone-1.2b" --shape 1.2b >&2
     engine exaone-1.2b-synth model "$TMP/exaone-1.2b" 128
+    # Decode of the same checkpoint in BF16, W4A16 g128 and W8A16 (RTN of every linear, BF16
+    # head), interleaved with a second BF16 run; the ratios use the faster BF16 figure.
+    : >"$TMP/dec"
+    for q in none 'W4A16 128' 'W8A16 -1' none; do
+        say "bench: bench_qmatmul model exaone-1.2b $q"
+        # shellcheck disable=SC2086 # $q is the scheme and the group size
+        if "$QBENCH" model "$TMP/exaone-1.2b" $q >"$TMP/qout" 2>"$TMP/err"; then
+            grep -v '^csv,' "$TMP/qout" | sed 's/^/  /' >&2 || true
+            grep '^csv,' "$TMP/qout" | sed -e 's/^csv,//' -e 's/^decode,[^,]*,/decode,exaone-1.2b-synth,/' |
+                tee -a "$TMP/dec" >>"$ROWS"
+        else
+            say "bench: bench_qmatmul model $q failed:"
+            tail -n 5 "$TMP/err" >&2
+        fi
+    done
+    awk -F, '$4 == "bf16" && (b == "" || $5 < b) { b = $5 } $4 == "W4A16" { w4 = $5 }
+        $4 == "W8A16" { w8 = $5 }
+        END { if (b == "" || w4 == "" || w8 == "") { print "bench: decode ratios: a run is missing"; exit }
+              printf "bench: decode 1.2b ctx128: bf16 %.1f ms, W4A16/BF16 %.3f (goal <= 0.5), W8A16/BF16 %.3f (goal <= 0.65)\n",
+                  b / 1e3, w4 / b, w8 / b }' "$TMP/dec" >&2
     rm -rf "$TMP/exaone-1.2b"
 fi
 

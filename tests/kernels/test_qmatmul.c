@@ -167,7 +167,7 @@ static void test_qmatmul_formats(void **state)
 /*
  * Per token row and column, the bound on the activation rounding of the 16-bit GEMV: the
  * columns of each group (in storage order: ascending original column within the group) are cut
- * into chunks of 128, and a chunk with m = max|x| rounds each x to a multiple of m / 32767, an
+ * into chunks of 128, and a chunk with m = max|x| rounds each x to a multiple of m / 32639, an
  * error of at most half of that; we allow 1% over it plus 4u|x| for computing the scale.
  */
 static void i16_err(const struct qmat *m, const float *x, int T, float *e)
@@ -190,7 +190,7 @@ static void i16_err(const struct qmat *m, const float *x, int T, float *e)
                     mx = fmaxf(mx, fabsf(xt[cols[i]]));
                 for (int i = c0; i < c1; i++)
                     e[(size_t)t * in + cols[i]] =
-                        mx / 32767.0f * 0.5f * 1.01f + 4.0f * 0x1p-24f * fabsf(xt[cols[i]]);
+                        mx / 32639.0f * 0.5f * 1.01f + 4.0f * 0x1p-24f * fabsf(xt[cols[i]]);
             }
         }
     }
