@@ -597,46 +597,21 @@ int gptq_quantize_prep(struct qweight *w, const float *W, const struct gptq_prep
         bool permuted_groups = o->actorder == GPTQ_ACTORDER_GROUP;
         for (int q = 0; q < c; q++)
             gpos[q] = (permuted_groups ? q : perm[q]) / G;
+        float *gv = xmalloc(sizeof(float) * (size_t)G);
         for (int i = 0; i < r; i++) {
             const float *row = W0 + (size_t)i * c;
             for (int g = 0; g < w->ngroups; g++) {
-                float mn = 0.0f, mx = 0.0f;
                 int k0 = g * G, k1 = EXAQ_MIN(c, k0 + G);
-                for (int k = k0; k < k1; k++) {
-                    float v = row[permuted_groups ? perm[k] : k];
-                    mn = v < mn ? v : mn;
-                    mx = v > mx ? v : mx;
-                }
+                for (int k = k0; k < k1; k++)
+                    gv[k - k0] = row[permuted_groups ? perm[k] : k];
                 size_t k = (size_t)i * w->ngroups + g;
                 int8_t z;
-                qweight_fit_range(w, o->grid, mn, mx, &w->scale[k], &z);
-                if (o->scale_search > 0) {
-                    /* Try the range shrunk by 0..n-1 %; keep the least squared rounding error. */
-                    double best = -1;
-                    for (int t = 0; t < o->scale_search; t++) {
-                        float f = 1.0f - 0.01f * (float)t;
-                        uint16_t sc;
-                        int8_t zz;
-                        qweight_fit_range(w, o->grid, mn * f, mx * f, &sc, &zz);
-                        float sv = kern_bf16_to_f32(sc);
-                        double e = 0;
-                        for (int kk = k0; kk < k1; kk++) {
-                            float v = row[permuted_groups ? perm[kk] : kk];
-                            int qq = quant_code(v, sv, zz, w->bits);
-                            float d = v - (float)(qq - zz) * sv;
-                            e += (double)d * d;
-                        }
-                        if (best < 0 || e < best) {
-                            best = e;
-                            w->scale[k] = sc;
-                            z = zz;
-                        }
-                    }
-                }
+                qweight_fit_search(w, o->grid, gv, k1 - k0, o->scale_search, &w->scale[k], &z);
                 if (w->zp)
                     w->zp[k] = z;
             }
         }
+        free(gv);
         x.gpos = gpos;
     }
 

@@ -161,6 +161,43 @@ void qweight_fit_range(const struct qweight *w, enum qgrid g, float mn, float mx
     }
 }
 
+/* Squared rounding error of v [n] with scale s and zero point z on bits. */
+static double group_sq_err(const float *v, int n, uint16_t s, int8_t z, int bits)
+{
+    float sv = kern_bf16_to_f32(s);
+    double e = 0;
+    for (int k = 0; k < n; k++) {
+        float d = v[k] - (float)(quant_code(v[k], sv, z, bits) - z) * sv;
+        e += (double)d * d;
+    }
+    return e;
+}
+
+double qweight_fit_search(const struct qweight *w, enum qgrid g, const float *v, int n, int tries,
+                          uint16_t *scale, int8_t *zp)
+{
+    float mn = 0.0f, mx = 0.0f;
+    for (int k = 0; k < n; k++) {
+        mn = v[k] < mn ? v[k] : mn;
+        mx = v[k] > mx ? v[k] : mx;
+    }
+    qweight_fit_range(w, g, mn, mx, scale, zp);
+    double best = group_sq_err(v, n, *scale, *zp, w->bits);
+    for (int t = 1; t < tries; t++) {
+        float f = 1.0f - 0.01f * (float)t;
+        uint16_t sc;
+        int8_t z;
+        qweight_fit_range(w, g, mn * f, mx * f, &sc, &z);
+        double e = group_sq_err(v, n, sc, z, w->bits);
+        if (e < best) {
+            best = e;
+            *scale = sc;
+            *zp = z;
+        }
+    }
+    return best;
+}
+
 void qweight_fit_rows(struct qweight *w, enum qgrid g, const float *W, int r, int c,
                       bool per_channel)
 {

@@ -97,6 +97,12 @@ int quant_code(float x, float scale, int zp, int bits); /* clamp then round half
  * asymmetric, by w->symmetric. Used by GPTQ and SparseGPT. */
 void qweight_fit_range(const struct qweight *w, enum qgrid g, float mn, float mx, uint16_t *scale,
                        int8_t *zp);
+/* The scale and zero point of one group of n values v with a range search: the range
+ * [min(0, min v), max(0, max v)] shrunk by 0, 1, ..., tries - 1 %, keeping the shrink with the
+ * least squared rounding error of v (the first on ties; tries <= 1: min-max alone). Returns that
+ * error. Used by GPTQ's static groups (gptq_opts.scale_search). */
+double qweight_fit_search(const struct qweight *w, enum qgrid g, const float *v, int n, int tries,
+                          uint16_t *scale, int8_t *zp);
 /* Per-channel (per_channel) or per-tensor scales and zero points of w fitted on W [r][c]: each
  * range is [min(0, min W), max(0, max W)] over the row or the whole tensor. */
 void qweight_fit_rows(struct qweight *w, enum qgrid g, const float *W, int r, int c,

@@ -11,6 +11,8 @@
  *     scale bf16(0.1) = 0.10009765625 is 3.4966 -> 3), asymmetric with a signed zero point
  *     (range forced to include 0), per-channel int8 on both grids, FP8 per tensor and per
  *     channel, and zero rows (scale = fp32 eps 2^-23, never 0 or NaN, dequantizing to 0);
+ *   - qweight_fit_search (GPTQ's range search) picks the least-error shrink of the range, never
+ *     worse than min-max, on random groups with and without outliers;
  *   - RTN on a 100 x 300 matrix (several threads, a partial last group) equals the definition
  *     element by element for all six schemes;
  *   - T7: fp8_e4m3_from_f32 equals an independent reference (the nearest of the decoded E4M3
@@ -52,6 +54,14 @@ static float f32_of(uint32_t u)
     float f;
     memcpy(&f, &u, 4);
     return f;
+}
+
+/* A standard normal draw (Box-Muller on two uniforms in (0, 1)). */
+static float rng_normal(void)
+{
+    double u1 = ((double)(rng_next() >> 11) + 0.5) * 0x1p-53;
+    double u2 = ((double)(rng_next() >> 11) + 0.5) * 0x1p-53;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
 /* ---- names and init ------------------------------------------------------------------------ */
@@ -277,6 +287,85 @@ static void test_rtn_asym(void **state)
 /* qweight_fit_rows (GPTQ and SparseGPT's per-channel / per-tensor ranges), by hand: each range
  * includes 0, asymmetric ranges give (scale, zero point) as quant_scale_asym, symmetric ones
  * use max(-min, max). */
+/* The squared rounding error of v [n] with the BF16 scale s and zero point z, from the code
+ * definition (quant_code, dequantized as (q - z) * s). */
+static double sq_err(const float *v, int n, uint16_t s, int8_t z, int bits)
+{
+    float sv = kern_bf16_to_f32(s);
+    double e = 0;
+    for (int k = 0; k < n; k++) {
+        double d = (double)v[k] - (double)((float)(quant_code(v[k], sv, z, bits) - z) * sv);
+        e += d * d;
+    }
+    return e;
+}
+
+/*
+ * qweight_fit_search: on random groups (normal, half of them with one outlier of 4-10 sigma; sym
+ * and asym, 4 and 8 bits, both grids) the result is the candidate of least error among the
+ * range shrunk by 0..tries-1 % (the first on ties), its error is never above min-max's, and
+ * with tries 0 or 1 it is min-max itself. It must also find a better shrink somewhere (else the
+ * search would be dead code).
+ */
+static void test_fit_search(void **state)
+{
+    (void)state;
+    const enum qscheme schemes[] = { QSCHEME_W4A16, QSCHEME_W4A16_ASYM, QSCHEME_W8A16 };
+    const enum qgrid grids[] = { QGRID_ABSMAX_QMAX, QGRID_ABSMAX_HALF };
+    float v[128];
+    int improved = 0, groups = 0;
+    for (size_t si = 0; si < sizeof(schemes) / sizeof(schemes[0]); si++)
+        for (size_t gi = 0; gi < 2; gi++) {
+            struct qweight w;
+            assert_int_equal(qweight_init(&w, schemes[si], 1, 128, -1), 0);
+            for (int it = 0; it < 200; it++) {
+                int n = it % 3 == 0 ? 128 : 32 + (int)(rng_next() % 97);
+                float sigma = 0.01f + (float)(rng_next() % 1000) * 1e-4f;
+                for (int k = 0; k < n; k++)
+                    v[k] = sigma * rng_normal();
+                if (it & 1)
+                    v[rng_next() % (uint64_t)n] = sigma * (4.0f + (float)(rng_next() % 7));
+                float mn = 0.0f, mx = 0.0f;
+                for (int k = 0; k < n; k++) {
+                    mn = fminf(mn, v[k]);
+                    mx = fmaxf(mx, v[k]);
+                }
+                uint16_t s0, es = 0, s;
+                int8_t z0, ez = 0, z;
+                qweight_fit_range(&w, grids[gi], mn, mx, &s0, &z0);
+                double e0 = sq_err(v, n, s0, z0, w.bits), best = -1;
+                for (int t = 0; t < 20; t++) {
+                    float f = 1.0f - 0.01f * (float)t;
+                    uint16_t cs;
+                    int8_t cz;
+                    qweight_fit_range(&w, grids[gi], mn * f, mx * f, &cs, &cz);
+                    double e = sq_err(v, n, cs, cz, w.bits);
+                    if (best < 0 || e < best) {
+                        best = e;
+                        es = cs;
+                        ez = cz;
+                    }
+                }
+                double got = qweight_fit_search(&w, grids[gi], v, n, 20, &s, &z);
+                assert_int_equal(s, es);
+                assert_int_equal(z, ez);
+                assert_true(fabs(got - best) <= 1e-12 * (best + 1e-30));
+                assert_true(got <= e0);
+                improved += got < e0;
+                groups++;
+                for (int tries = 0; tries <= 1; tries++) {
+                    double g0 = qweight_fit_search(&w, grids[gi], v, n, tries, &s, &z);
+                    assert_int_equal(s, s0);
+                    assert_int_equal(z, z0);
+                    assert_true(fabs(g0 - e0) <= 1e-12 * (e0 + 1e-30));
+                }
+            }
+            qweight_release(&w);
+        }
+    printf("# fit_search: %d of %d groups found a better shrink than min-max\n", improved, groups);
+    assert_true(improved > groups / 10);
+}
+
 static void test_fit_rows(void **state)
 {
     (void)state;
@@ -605,6 +694,7 @@ int main(void)
         cmocka_unit_test(test_rtn_sym_half),
         cmocka_unit_test(test_rtn_asym),
         cmocka_unit_test(test_fit_rows),
+        cmocka_unit_test(test_fit_search),
         cmocka_unit_test(test_rtn_int8_channel),
         cmocka_unit_test(test_rtn_fp8),
         cmocka_unit_test(test_rtn_large),
