@@ -194,7 +194,11 @@ int stage_train_run(struct stage_ctx *ctx, const struct stage_train_method *m)
         rc = stage_fail(ctx, STAGE_ERR_ERROR, "%s: evaluation: %s", kind, err);
         goto out;
     }
-    stage_log(ctx, "%s: before: train ppl %.4f, validation ppl %.4f", kind, exp(tr0), exp(va0));
+    if (nv)
+        stage_log(ctx, "%s: before: train ppl %.4f, validation ppl %.4f", kind, exp(tr0), exp(va0));
+    else
+        stage_log(ctx, "%s: before: train ppl %.4f (no validation windows: val_fraction 0)", kind,
+                  exp(tr0));
 
     if ((rc = m->setup(ctx, spec, net, &slots, &nslots, &hooks, &mstate)))
         goto out;
@@ -255,11 +259,16 @@ int stage_train_run(struct stage_ctx *ctx, const struct stage_train_method *m)
         rc = stage_fail(ctx, STAGE_ERR_ERROR, "%s: evaluation: %s", kind, err);
         goto out;
     }
-    stage_log(ctx,
-              "%s: after %ld steps (%.1f s, %.0f tok/s): loss %.5f (last tenth), train ppl %.4f "
-              "-> %.4f, validation ppl %.4f -> %.4f",
-              kind, res.steps, res.seconds, res.tok_per_s, res.avg_loss, exp(tr0), exp(tr1),
-              exp(va0), exp(va1));
+    {
+        char val[96] = "";
+        if (nv)
+            snprintf(val, sizeof(val), ", validation ppl %.4f -> %.4f", exp(va0), exp(va1));
+        stage_log(ctx,
+                  "%s: after %ld steps (%.1f s, %.0f tok/s): loss %.5f (last tenth), train ppl "
+                  "%.4f -> %.4f%s",
+                  kind, res.steps, res.seconds, res.tok_per_s, res.avg_loss, exp(tr0), exp(tr1),
+                  val);
+    }
     if (tnet_save(net, ctx->input_dir, ctx->output_dir, &err) < 0) {
         rc = stage_fail(ctx, STAGE_ERR_ERROR, "%s: cannot save the model: %s", kind, err);
         goto out;
