@@ -822,6 +822,29 @@ static int parse_pattern(struct loader *L, const cJSON *split, struct pat *out)
     return -1;
 }
 
+/* A `Sequence` step (what: "normalizer", "pre_tokenizer" or "decoder") whose array under key
+ * lists the steps: each goes through parse, flattened, at most 4 levels deep. */
+static int parse_sequence(struct loader *L, const cJSON *seq, const char *what, const char *key,
+                          int depth, int (*parse)(struct loader *, const cJSON *, int))
+{
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(seq, key);
+    if (!cJSON_IsArray(list)) {
+        seterr(L->err, L->errlen, "%s Sequence.%s must be an array", what, key);
+        return -1;
+    }
+    if (depth > 4) {
+        seterr(L->err, L->errlen, "%s Sequence nested too deeply", what);
+        return -1;
+    }
+    const cJSON *e;
+    cJSON_ArrayForEach(e, list)
+    {
+        if (parse(L, e, depth + 1) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 static int parse_pretok(struct loader *L, const cJSON *pt, int depth)
 {
     struct tok *t = L->t;
@@ -830,24 +853,8 @@ static int parse_pretok(struct loader *L, const cJSON *pt, int depth)
         seterr(L->err, L->errlen, "pre_tokenizer must be an object with a string \"type\"");
         return -1;
     }
-    if (strcmp(ty, "Sequence") == 0) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers");
-        if (!cJSON_IsArray(list)) {
-            seterr(L->err, L->errlen, "pre_tokenizer Sequence.pretokenizers must be an array");
-            return -1;
-        }
-        if (depth > 4) {
-            seterr(L->err, L->errlen, "pre_tokenizer Sequence nested too deeply");
-            return -1;
-        }
-        const cJSON *e;
-        cJSON_ArrayForEach(e, list)
-        {
-            if (parse_pretok(L, e, depth + 1) < 0)
-                return -1;
-        }
-        return 0;
-    }
+    if (strcmp(ty, "Sequence") == 0)
+        return parse_sequence(L, pt, "pre_tokenizer", "pretokenizers", depth, parse_pretok);
     if (t->n_steps == MAX_STEPS) {
         seterr(L->err, L->errlen, "pre_tokenizer has more than %d steps", MAX_STEPS);
         return -1;
@@ -1424,24 +1431,8 @@ static int parse_normalizer(struct loader *L, const cJSON *nz, int depth)
         seterr(L->err, L->errlen, "normalizer must be an object with a string \"type\"");
         return -1;
     }
-    if (strcmp(ty, "Sequence") == 0) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(nz, "normalizers");
-        if (!cJSON_IsArray(list)) {
-            seterr(L->err, L->errlen, "normalizer Sequence.normalizers must be an array");
-            return -1;
-        }
-        if (depth > 4) {
-            seterr(L->err, L->errlen, "normalizer Sequence nested too deeply");
-            return -1;
-        }
-        const cJSON *e;
-        cJSON_ArrayForEach(e, list)
-        {
-            if (parse_normalizer(L, e, depth + 1) < 0)
-                return -1;
-        }
-        return 0;
-    }
+    if (strcmp(ty, "Sequence") == 0)
+        return parse_sequence(L, nz, "normalizer", "normalizers", depth, parse_normalizer);
     if (t->n_norms == MAX_STEPS) {
         seterr(L->err, L->errlen, "normalizer has more than %d steps", MAX_STEPS);
         return -1;
@@ -1483,24 +1474,8 @@ static int parse_decoder(struct loader *L, const cJSON *d, int depth)
         seterr(L->err, L->errlen, "decoder must be null or an object with a string \"type\"");
         return -1;
     }
-    if (strcmp(ty, "Sequence") == 0) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(d, "decoders");
-        if (!cJSON_IsArray(list)) {
-            seterr(L->err, L->errlen, "decoder Sequence.decoders must be an array");
-            return -1;
-        }
-        if (depth > 4) {
-            seterr(L->err, L->errlen, "decoder Sequence nested too deeply");
-            return -1;
-        }
-        const cJSON *e;
-        cJSON_ArrayForEach(e, list)
-        {
-            if (parse_decoder(L, e, depth + 1) < 0)
-                return -1;
-        }
-        return 0;
-    }
+    if (strcmp(ty, "Sequence") == 0)
+        return parse_sequence(L, d, "decoder", "decoders", depth, parse_decoder);
     if (strcmp(ty, "ByteLevel") == 0) {
         seterr(L->err, L->errlen, "decoder ByteLevel is only supported alone, not in a Sequence");
         return -1;
