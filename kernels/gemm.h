@@ -36,6 +36,11 @@ struct gemm_src {
     const void *ctx;
 };
 
+/* A panel taken along the rows of a row-major P (rows k, leading dimension ld): dst[k][j] =
+ * P[(k0 + k) * ld + j0 + j] for j < n, zeros up to w (GEMM_MR for A, GEMM_NR for B). A = P^T
+ * and B = P packed this way need no transpose. */
+void gemm_pack_rows(const float *P, size_t ld, int j0, int n, int w, int k0, int kc, float *dst);
+
 /* Runs the blocked GEMM on the par pool. beta == 0 means C is not read (it may hold NaN).
  * M, N >= 1; K == 0 gives C = beta * C. */
 void gemm_cpu_run(int M, int N, int K, const struct gemm_src *src, float *C, size_t ldc,

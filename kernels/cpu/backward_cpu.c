@@ -54,34 +54,14 @@ static void pack_a_rm(const void *cp, int i0, int mr, int k0, int kc, float *dst
 static void pack_a_tr(const void *cp, int i0, int mr, int k0, int kc, float *dst)
 {
     const struct lin_ctx *c = cp;
-    for (int k = 0; k < kc; k++) {
-        const float *src = c->a + (size_t)(k0 + k) * c->lda + i0;
-        float *d = dst + (size_t)k * GEMM_MR;
-        int i = 0;
-        for (; i < mr; i++)
-            d[i] = src[i];
-        for (; i < GEMM_MR; i++)
-            d[i] = 0.0f;
-    }
+    gemm_pack_rows(c->a, c->lda, i0, mr, GEMM_MR, k0, kc, dst);
 }
 
 /* B row-major [K][N]: panel[k][j] = b[(k0+k) * ldb + j0 + j]. */
 static void pack_b_rm(const void *cp, int j0, int nr, int k0, int kc, float *dst)
 {
     const struct lin_ctx *c = cp;
-    for (int k = 0; k < kc; k++) {
-        const float *src = c->b + (size_t)(k0 + k) * c->ldb + j0;
-        float *d = dst + (size_t)k * GEMM_NR;
-        if (nr == GEMM_NR) {
-            memcpy(d, src, GEMM_NR * sizeof(float));
-        } else {
-            int j = 0;
-            for (; j < nr; j++)
-                d[j] = src[j];
-            for (; j < GEMM_NR; j++)
-                d[j] = 0.0f;
-        }
-    }
+    gemm_pack_rows(c->b, c->ldb, j0, nr, GEMM_NR, k0, kc, dst);
 }
 
 void linear_bwd_cpu(float *dx, float *dW, const float *dy, const float *x, const float *W, int T,

@@ -148,6 +148,23 @@ static void scale_rows_task(void *arg, int task, int tid)
         row[n] = j->beta == 0.0f ? 0.0f : j->beta * row[n];
 }
 
+void gemm_pack_rows(const float *P, size_t ld, int j0, int n, int w, int k0, int kc, float *dst)
+{
+    for (int k = 0; k < kc; k++) {
+        const float *src = P + (size_t)(k0 + k) * ld + j0;
+        float *d = dst + (size_t)k * (size_t)w;
+        if (n == w) {
+            memcpy(d, src, (size_t)w * sizeof(float));
+        } else {
+            int j = 0;
+            for (; j < n; j++)
+                d[j] = src[j];
+            for (; j < w; j++)
+                d[j] = 0.0f;
+        }
+    }
+}
+
 void gemm_cpu_run(int M, int N, int K, const struct gemm_src *src, float *C, size_t ldc,
                   float alpha, float beta, int upper_only)
 {

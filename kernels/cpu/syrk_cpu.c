@@ -23,34 +23,14 @@ struct syrk_ctx {
 static void pack_a_xt(const void *ctxp, int i0, int mr, int k0, int kc, float *dst)
 {
     const struct syrk_ctx *c = ctxp;
-    for (int k = 0; k < kc; k++) {
-        const float *src = c->X + (size_t)(k0 + k) * c->n + i0;
-        float *d = dst + (size_t)k * GEMM_MR;
-        int i = 0;
-        for (; i < mr; i++)
-            d[i] = src[i];
-        for (; i < GEMM_MR; i++)
-            d[i] = 0.0f;
-    }
+    gemm_pack_rows(c->X, (size_t)c->n, i0, mr, GEMM_MR, k0, kc, dst);
 }
 
 /* B[t][j] = X[t][j]: panel[k][j] = X[k0+k][j0+j]. */
 static void pack_b_x(const void *ctxp, int j0, int nr, int k0, int kc, float *dst)
 {
     const struct syrk_ctx *c = ctxp;
-    for (int k = 0; k < kc; k++) {
-        const float *src = c->X + (size_t)(k0 + k) * c->n + j0;
-        float *d = dst + (size_t)k * GEMM_NR;
-        if (nr == GEMM_NR) {
-            memcpy(d, src, GEMM_NR * sizeof(float));
-        } else {
-            int j = 0;
-            for (; j < nr; j++)
-                d[j] = src[j];
-            for (; j < GEMM_NR; j++)
-                d[j] = 0.0f;
-        }
-    }
+    gemm_pack_rows(c->X, (size_t)c->n, j0, nr, GEMM_NR, k0, kc, dst);
 }
 
 #define MIRROR_TILE 64
