@@ -8,12 +8,14 @@
 #define EXAQ_TESTS_FIXTURE_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/util.h"
 #include "lanes/spec.h"
+#include "worker/engine/model.h"
 #include "worker/stages/stage.h"
 
 /* Sanitizer builds (make check) run the kernels without AVX and 50-100x slower: the tests
@@ -28,6 +30,44 @@
 #ifndef SANITIZED
 #define SANITIZED 0
 #endif
+
+/* A deterministic generator (splitmix64) for the tests' random inputs. */
+static uint64_t fx_rng_s;
+
+static inline void fx_rng_seed(uint64_t s)
+{
+    fx_rng_s = s * 0x9e3779b97f4a7c15ull + 12345;
+}
+
+static inline double fx_rng_unif(void) /* in [0, 1) */
+{
+    uint64_t z = (fx_rng_s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (double)(z >> 11) / 9007199254740992.0;
+}
+
+static inline double fx_rng_normal(void)
+{
+    double u = fx_rng_unif(), v = fx_rng_unif();
+    return sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v);
+}
+
+/* The model in dir on the CPU kernels with nthreads threads (0: the default), or the test fails
+ * with the loader's message. */
+static inline struct model *fx_load(const char *dir, int nthreads)
+{
+    struct model *m = NULL;
+    char *err = NULL;
+    struct model_opts o = { nthreads, KERN_IMPL_CPU, 0 };
+    int rc = model_load(&m, dir, &o, &err);
+    if (rc)
+        printf("load %s: %s\n", dir, err);
+    free(err);
+    assert_int_equal(rc, 0);
+    return m;
+}
 
 /* The trained tiny EXAONE-4 model and its data (tests run from the repository root). */
 #define TINY   "tests/data/tiny-exaone4"

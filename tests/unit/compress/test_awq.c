@@ -57,40 +57,6 @@
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
-static uint64_t rng_s;
-
-static void rng_seed(uint64_t s)
-{
-    rng_s = s * 0x9e3779b97f4a7c15ull + 12345;
-}
-
-static double rng_unif(void)
-{
-    uint64_t z = (rng_s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (double)(z >> 11) / 9007199254740992.0;
-}
-
-static double rng_normal(void)
-{
-    double u = rng_unif(), v = rng_unif();
-    return sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v);
-}
-
-static struct model *load(const char *dir)
-{
-    struct model *m = NULL;
-    char *err = NULL;
-    struct model_opts o = { 0, KERN_IMPL_CPU, 0 };
-    int rc = model_load(&m, dir, &o, &err);
-    if (rc)
-        printf("load %s: %s\n", dir, err);
-    assert_int_equal(rc, 0);
-    return m;
-}
-
 static float *get_w(struct model *m, int l, enum model_lin w)
 {
     const struct linear *L = model_linear(m, l, w);
@@ -113,7 +79,7 @@ static int same_weights(struct model *m, int l, enum model_lin w, const float *r
 
 static void test_fold_resolve_table(void **state)
 {
-    struct model *m = load(TINY);
+    struct model *m = fx_load(TINY, 0);
     struct awq_fold f;
     char *err = NULL;
     int legal = 0;
@@ -179,7 +145,7 @@ static void test_fold_resolve_table(void **state)
 
 static void test_fold_apply_refuses(void **state)
 {
-    struct model *m = load(TINY);
+    struct model *m = fx_load(TINY, 0);
     char *err = NULL;
     float *g = get_w(m, 1, MODEL_LIN_GATE), *u = get_w(m, 1, MODEL_LIN_UP);
     float *v = get_w(m, 1, MODEL_LIN_V), *o = get_w(m, 1, MODEL_LIN_O);
@@ -298,8 +264,8 @@ static double layer_rel_err(struct model *m, int l, const float *Xin, const floa
 
 static void test_fold_equivalence_t7(void **state)
 {
-    struct model *ref = load(TINY), *awq32 = load(TINY), *awq16 = load(TINY), *sq32 = load(TINY),
-                 *sq16 = load(TINY), *bad = load(TINY);
+    struct model *ref = fx_load(TINY, 0), *awq32 = fx_load(TINY, 0), *awq16 = fx_load(TINY, 0),
+                 *sq32 = fx_load(TINY, 0), *sq16 = fx_load(TINY, 0), *bad = fx_load(TINY, 0);
     int32_t *ids = NULL;
     int64_t nids = 0;
     const int NW = 2, L = 512, H = 256;
@@ -428,9 +394,9 @@ static void test_fold_equivalence_t7(void **state)
 static void make_acts(float *X, int T, int n, int outliers, float boost)
 {
     for (int t = 0; t < T; t++) {
-        double common = rng_normal();
+        double common = fx_rng_normal();
         for (int j = 0; j < n; j++) {
-            double v = 0.6 * rng_normal() + 0.4 * common;
+            double v = 0.6 * fx_rng_normal() + 0.4 * common;
             if (j % (n / outliers) == 3)
                 v *= boost;
             X[(size_t)t * n + j] = (float)v;
@@ -445,10 +411,10 @@ static void test_quad_loss_is_token_mse(void **state)
     struct hessian h;
     double direct = 0;
     (void)state;
-    rng_seed(3);
+    fx_rng_seed(3);
     make_acts(X, T, in, 8, 6.0f);
     for (int i = 0; i < out * in; i++)
-        D[i] = (float)(0.01 * rng_normal());
+        D[i] = (float)(0.01 * fx_rng_normal());
     assert_int_equal(hess_init(&h, in), 0);
     hess_add(&h, X, 100);
     hess_add(&h, X + 100 * in, 200);
@@ -485,10 +451,10 @@ static void test_awq_synthetic_outliers(void **state)
     memset(&c, 0, sizeof(c));
     c.intermediate_size = in;
     assert_int_equal(awq_fold_resolve(&c, AWQ_PREV_UP_PROJ, MODEL_LIN_DOWN, &f, NULL), 0);
-    rng_seed(11);
+    fx_rng_seed(11);
     make_acts(X, T, in, 8, 8.0f);
     for (int i = 0; i < out * in; i++)
-        W[i] = (float)(0.05 * rng_normal());
+        W[i] = (float)(0.05 * fx_rng_normal());
     assert_int_equal(hess_init(&h, in), 0);
     hess_add(&h, X, T);
     hess_finish(&h);
@@ -555,12 +521,12 @@ static void test_clip_never_worse(void **state)
     struct awq_opts o;
     struct awq_clip_stats cs;
     (void)state;
-    rng_seed(5);
+    fx_rng_seed(5);
     make_acts(X, T, in, 8, 4.0f);
     /* Heavy-tailed weights, where clipping pays. */
     for (int i = 0; i < out * in; i++) {
-        double v = rng_normal();
-        W[i] = (float)(0.02 * v * (rng_unif() < 0.02 ? 6.0 : 1.0));
+        double v = fx_rng_normal();
+        W[i] = (float)(0.02 * v * (fx_rng_unif() < 0.02 ? 6.0 : 1.0));
     }
     memcpy(W0, W, sizeof(float) * out * in);
     assert_int_equal(hess_init(&h, in), 0);
@@ -637,7 +603,7 @@ static void test_smoothquant_scales(void **state)
 
 static double ppl_of(const char *dir, int nw)
 {
-    struct model *m = load(dir);
+    struct model *m = fx_load(dir, 0);
     int32_t *ids = NULL;
     int64_t n = 0;
     float nll[512];
@@ -702,7 +668,7 @@ static void test_stage_awq_and_smoothquant(void **state)
     free(text);
     free(mdl);
     {
-        struct model *m = load(awq);
+        struct model *m = fx_load(awq, 0);
         assert_int_equal(model_quantized_count(m), 28);
         model_free(m);
     }
@@ -738,7 +704,7 @@ static void test_stage_awq_and_smoothquant(void **state)
     stage_ctx_release(&ctx);
     free(spec);
     {
-        struct model *m = load(sq);
+        struct model *m = fx_load(sq, 0);
         assert_int_equal(model_quantized_count(m), 28);
         assert_int_equal(model_linear_quant(m, 2, MODEL_LIN_DOWN)->act, QACT_INT8_TOKEN);
         model_free(m);

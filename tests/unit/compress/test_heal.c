@@ -80,18 +80,6 @@ static double rnd(void)
     return (double)(rng >> 11) / (double)(1ull << 52) - 1.0;
 }
 
-static struct model *load(const char *dir)
-{
-    struct model *m = NULL;
-    char *err = NULL;
-    struct model_opts o = { 2, KERN_IMPL_CPU, 0 };
-    int rc = model_load(&m, dir, &o, &err);
-    if (rc)
-        printf("load %s: %s\n", dir, err);
-    assert_int_equal(rc, 0);
-    return m;
-}
-
 static double val_ppl(struct model *m, int W)
 {
     int32_t *ids;
@@ -111,7 +99,7 @@ static double val_ppl(struct model *m, int W)
 
 static double dir_ppl(const char *dir)
 {
-    struct model *m = load(dir);
+    struct model *m = fx_load(dir, 2);
     double p = val_ppl(m, NVAL);
     model_free(m);
     return p;
@@ -430,7 +418,7 @@ static void test_variants_and_errors(void **state)
     int64_t ncal;
     char *err = NULL;
     assert_int_equal(calib_read_ids(CALIDS, &cal, &ncal, NULL), 0);
-    struct model *t = load(TINY);
+    struct model *t = fx_load(TINY, 2);
     const int kept1[3] = { 0, 1, 3 }; /* one gap after layer 1, a shared prefix of 2 layers */
     struct variant v[] = {
         { "norm", HEAL_FOLD_NORM, 0, 0, 0 },
@@ -439,7 +427,7 @@ static void test_variants_and_errors(void **state)
         { "norm+refit", HEAL_FOLD_BOTH, 1, 0, 0 },
     };
     for (size_t k = 0; k < EXAQ_ARRAY_LEN(v); k++) {
-        struct model *s = load(TINY);
+        struct model *s = fx_load(TINY, 2);
         struct heal_report rep;
         struct heal_opts o = { v[k].fold, 1e-4, v[k].norm_first, NULL, NULL, NULL };
         assert_int_equal(model_keep_layers(s, kept1, 3, &err), 0);
@@ -478,7 +466,7 @@ static void test_variants_and_errors(void **state)
     /* Two gaps, the first at layer 0 so nothing is shared; before and after both checked; the
      * in-memory result is what the stage would save (same rounding). */
     const int kept2[2] = { 0, 2 };
-    struct model *s = load(TINY);
+    struct model *s = fx_load(TINY, 2);
     assert_int_equal(model_keep_layers(s, kept2, 2, &err), 0);
     double before = manual_err(s, t, kept2, 2, cal, 4, 256);
     struct heal_report rep;
@@ -498,7 +486,7 @@ static void test_variants_and_errors(void **state)
     mkdir_p(dir, 0755);
     struct model_save_opts so = { 0, ST_BF16, 1 };
     assert_int_equal(model_save(s, dir, &so, &err), 0);
-    struct model *back = load(dir);
+    struct model *back = fx_load(dir, 2);
     double again = manual_err(back, t, kept2, 2, cal, 4, 256);
     assert_true(again == after);
     model_free(back);
@@ -508,7 +496,7 @@ static void test_variants_and_errors(void **state)
 
     /* A student whose layer 0 differs from the teacher's (as after a stage that edits weights):
      * the teacher's layer-0 output must not stand in for the student's. */
-    s = load(TINY);
+    s = fx_load(TINY, 2);
     assert_int_equal(model_keep_layers(s, kept1, 3, &err), 0);
     int H = s->cfg.hidden_size;
     float *w = xmalloc(sizeof(float) * (size_t)H * H);

@@ -61,18 +61,6 @@ static int teardown(void **state)
     return 0;
 }
 
-static struct model *load(const char *dir)
-{
-    struct model *m = NULL;
-    char *err = NULL;
-    struct model_opts o = { 2, KERN_IMPL_CPU, 0 };
-    int rc = model_load(&m, dir, &o, &err);
-    if (rc)
-        printf("load %s: %s\n", dir, err);
-    assert_int_equal(rc, 0);
-    return m;
-}
-
 /* Perplexity over the first W windows of 512 of val.ids.u32 (README protocol). */
 static double val_ppl(struct model *m, int W)
 {
@@ -118,7 +106,7 @@ static void int_array_eq(const cJSON *a, const int *want, int n)
 static void test_bi_picks_cheapest_layer(void **state)
 {
     (void)state;
-    struct model *m = load(TINY);
+    struct model *m = fx_load(TINY, 2);
     int L = m->n_layers, removed, keep[16], nk;
     int32_t *cal;
     int64_t ncal;
@@ -131,7 +119,7 @@ static void test_bi_picks_cheapest_layer(void **state)
     double full = val_ppl(m, NVAL);
     printf("full model: ppl %.4f (%d windows)\n", full, NVAL);
     for (int l = 0; l < L; l++) {
-        struct model *p = load(TINY);
+        struct model *p = fx_load(TINY, 2);
         assert_true(bi[l] > 0 && bi[l] < 2);
         assert_int_equal(prune_keep_from_removed(L, &l, 1, keep, &nk, &err), 0);
         assert_int_equal(model_keep_layers(p, keep, nk, &err), 0);
@@ -237,7 +225,7 @@ static void test_explicit_checkpoint(void **state)
     cJSON_Delete(rec);
 
     /* Logits of the saved model equal those of the in-memory pruned model. */
-    struct model *mem = load(TINY), *disk = load(out);
+    struct model *mem = fx_load(TINY, 2), *disk = fx_load(out, 2);
     assert_int_equal(model_keep_layers(mem, kept, 2, &err), 0);
     int32_t *ids;
     int64_t n;
@@ -297,7 +285,7 @@ static void test_layer_types_hybrid(void **state)
     cJSON_Delete(a);
     cJSON_Delete(b);
     /* It loads, and the engine sees the kept layers' attention windows. */
-    struct model *m = load(out), *s = load(src);
+    struct model *m = fx_load(out, 2), *s = fx_load(src, 2);
     for (int i = 0; i < 4; i++) {
         assert_int_equal(m->layers[i].window, s->layers[kept[i]].window);
         assert_int_equal(m->layers[i].rope, s->layers[kept[i]].rope);

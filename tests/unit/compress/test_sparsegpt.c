@@ -52,37 +52,16 @@
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
-static uint64_t rng_s;
-
-static void rng_seed(uint64_t s)
-{
-    rng_s = s * 0x9e3779b97f4a7c15ull + 12345;
-}
-
-static double rng_unif(void)
-{
-    uint64_t z = (rng_s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (double)(z >> 11) / 9007199254740992.0;
-}
-
-static double rng_normal(void)
-{
-    double u = rng_unif(), v = rng_unif();
-    return sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v);
-}
-
 /* H = 2/T X^T X of correlated activations with outlier channels. */
 static void make_hessian(struct hessian *h, int n, int T, uint64_t seed)
 {
     float *X = xmalloc(sizeof(float) * (size_t)T * n);
-    rng_seed(seed);
+    fx_rng_seed(seed);
     for (int t = 0; t < T; t++) {
-        double c = rng_normal();
+        double c = fx_rng_normal();
         for (int j = 0; j < n; j++)
-            X[(size_t)t * n + j] = (float)((0.7 * rng_normal() + 0.5 * c) * (j % 17 == 3 ? 5 : 1));
+            X[(size_t)t * n + j] =
+                (float)((0.7 * fx_rng_normal() + 0.5 * c) * (j % 17 == 3 ? 5 : 1));
     }
     assert_int_equal(hess_init(h, n), 0);
     hess_add(h, X, T);
@@ -93,9 +72,9 @@ static void make_hessian(struct hessian *h, int n, int T, uint64_t seed)
 static float *make_weight(int r, int c, uint64_t seed)
 {
     float *W = xmalloc(sizeof(float) * (size_t)r * c);
-    rng_seed(seed);
+    fx_rng_seed(seed);
     for (size_t i = 0; i < (size_t)r * c; i++)
-        W[i] = (float)(0.05 * rng_normal());
+        W[i] = (float)(0.05 * fx_rng_normal());
     return W;
 }
 
@@ -413,18 +392,6 @@ static void test_magnitude_and_errors(void **state)
 
 /* ---- tiny-a ---------------------------------------------------------------------------------- */
 
-static struct model *load(const char *dir)
-{
-    struct model *m = NULL;
-    char *err = NULL;
-    struct model_opts o = { 0, KERN_IMPL_CPU, 0 };
-    int rc = model_load(&m, dir, &o, &err);
-    if (rc)
-        printf("load %s: %s\n", dir, err);
-    assert_int_equal(rc, 0);
-    return m;
-}
-
 struct hstats {
     struct hessian h[4];
 };
@@ -444,7 +411,7 @@ static int hstats_hook(void *arg, int layer, enum model_hook_point pt, const flo
 
 static void test_real_layer(void **state)
 {
-    struct model *m = load(TINY);
+    struct model *m = fx_load(TINY, 0);
     int32_t *ids = NULL;
     int64_t nids = 0;
     const int NW = 8, L = 512, H = 256;
@@ -551,7 +518,7 @@ static void test_stage_sparsegpt(void **state)
     assert_true(v > 0 && v < 1);
     stage_ctx_release(&ctx);
     free(spec);
-    struct model *sg = load(out), *mag = load(TINY);
+    struct model *sg = fx_load(out, 0), *mag = fx_load(TINY, 0);
     assert_int_equal(model_quantized_count(sg), 0);
     for (int l = 0; l < mag->n_layers; l++)
         for (int w = 0; w < MODEL_LIN_COUNT; w++) {
@@ -592,7 +559,7 @@ static void test_stage_sparsegpt(void **state)
         assert_non_null(strstr(text, "pack-quantized"));
         free(text);
         free(cfg);
-        struct model *m = load(out);
+        struct model *m = fx_load(out, 0);
         assert_int_equal(model_quantized_count(m), 28);
         check_24(m);
         printf("# 2:4 + W4A16: ppl %.4f over %d windows\n", ppl_model(m, SANITIZED ? 1 : 8),
@@ -617,7 +584,7 @@ static void test_stage_sparsegpt(void **state)
         assert_null(strstr(text, "quantization_config"));
         free(text);
         free(cfg);
-        struct model *m = load(out);
+        struct model *m = fx_load(out, 0);
         assert_int_equal(model_quantized_count(m), 0);
         check_24(m);
         model_free(m);
