@@ -39,12 +39,8 @@ lanes:
 YAML
 
 start_daemon --slots 1
-expect_rc 0 ctl submit "$T/w/lanes.yaml"
-S=$(cat "$OUT")
-expect_rc 0 ctl wait "$S" --timeout 600
-status_json "$S" >"$T/st.json"
-jq -e '[.sweeps[0].lanes[].state] | all(. == "done")' "$T/st.json" >/dev/null ||
-    fail "not every lane is done: $(jq -c '[.sweeps[0].lanes[] | {id, state, err: [.stages[].error]}]' "$T/st.json")"
+sweep_done "$T/w/lanes.yaml" 600
+S=$SWEEP
 m() {
     jq -r --arg l "$1" --arg s "$2" --arg k "$3" \
         '.sweeps[0].lanes[] | select(.id == $l) | .stages[] | select(.name == $s) | .metrics[$k]' \

@@ -53,12 +53,8 @@ lanes:
 YAML
 
 start_daemon --slots 2
-expect_rc 0 ctl submit "$T/w/lanes.yaml"
-S=$(cat "$OUT")
-expect_rc 0 ctl wait "$S" --timeout 300
-status_json "$S" >"$T/st.json"
-jq -e '[.sweeps[0].lanes[].state] | all(. == "done")' "$T/st.json" >/dev/null ||
-    fail "not every lane is done: $(jq -c '[.sweeps[0].lanes[] | {id, state, err: [.stages[].error]}]' "$T/st.json")"
+sweep_done "$T/w/lanes.yaml" 300
+S=$SWEEP
 
 # m LANE STAGE METRIC: one metric from status --json ("null" when absent).
 m() {

@@ -19,12 +19,8 @@ grep -q fake_vllm "$T/w/lanes.yaml" || fail "the example has no vllm_speed eval 
 [ "$(grep -c "$SRC/tests/data" "$T/w/lanes.yaml")" -ge 5 ] || fail "the example's paths moved"
 
 start_daemon --slots 1
-expect_rc 0 ctl submit "$T/w/lanes.yaml"
-S=$(cat "$OUT")
-expect_rc 0 ctl wait "$S" --timeout 900
-status_json "$S" >"$T/st.json"
-jq -e '[.sweeps[0].lanes[].state] | all(. == "done")' "$T/st.json" >/dev/null ||
-    fail "not every lane is done: $(jq -c '[.sweeps[0].lanes[] | {id, state, err: [.stages[].error]}]' "$T/st.json")"
+sweep_done "$T/w/lanes.yaml" 900
+S=$SWEEP
 nl=$(jq '.sweeps[0].lanes | length' "$T/st.json")
 [ "$nl" -eq 5 ] || fail "$nl lanes, want the baseline and 4"
 

@@ -128,6 +128,18 @@ status_json() {
     ctl status ${1:+"$1"} --json
 }
 
+# sweep_done LANES TIMEOUT: submits LANES, waits up to TIMEOUT seconds, writes the status to
+# $T/st.json and fails unless every lane is done (naming each lane's state and errors). Sets
+# SWEEP to the sweep's id.
+sweep_done() {
+    expect_rc 0 ctl submit "$1"
+    SWEEP=$(cat "$OUT")
+    expect_rc 0 ctl wait "$SWEEP" --timeout "$2"
+    status_json "$SWEEP" >"$T/st.json"
+    jq -e '[.sweeps[0].lanes[].state] | all(. == "done")' "$T/st.json" >/dev/null ||
+        fail "not every lane is done: $(jq -c '[.sweeps[0].lanes[] | {id, state, err: [.stages[].error]}]' "$T/st.json")"
+}
+
 # Writes a minimal base model dir (config.json only) at $1.
 fake_model() {
     mkdir -p "$1"

@@ -47,12 +47,8 @@ lanes:
                    seq_len: 64, batch: 2, lr: 0.005, warmup: 2, val_fraction: 0}
 YAML
 start_daemon --slots 1
-expect_rc 0 ctl submit "$T/w/lanes.yaml"
-S=$(cat "$OUT")
-expect_rc 0 ctl wait "$S" --timeout 1200
-status_json "$S" >"$T/st.json"
-jq -e '[.sweeps[0].lanes[].state] | all(. == "done")' "$T/st.json" >/dev/null ||
-    fail "not every lane is done: $(jq -c '[.sweeps[0].lanes[] | {id, state, err: [.stages[].error]}]' "$T/st.json")"
+sweep_done "$T/w/lanes.yaml" 1200
+S=$SWEEP
 
 ppl() {
     jq -r --arg l "$1" '.sweeps[0].lanes[] | select(.id == $l) | .stages[] |
