@@ -8,9 +8,11 @@
 #   - SGEMM / GEMV / SYRK throughput (bench_engine kernels);
 #   - tiny-a (tests/data/tiny-exaone4): prefill of 512 tokens and decode after it (bench_engine);
 #   - the EXAONE-4.0-1.2B shape: a synthetic BF16 checkpoint written by `exaq-worker synth` into
-#     a temp dir (2.6 GB; removed afterwards), prefill of 128 tokens and decode; skipped with a
-#     message when the temp dir has less than 4 GB free or the machine less than 6 GB available
-#     memory (or EXAQ_BENCH_SKIP_1B=1);
+#     a temp dir (2.6 GB; removed afterwards), prefill of 128 tokens and decode; decode in BF16,
+#     W4A16 g128 and W8A16 with the W4A16/BF16 and W8A16/BF16 ratios (bench_qmatmul model); one
+#     training step of 64 tokens (bench_grad, about 10 GB: skipped under 12 GB available);
+#     skipped with a message when the temp dir has less than 4 GB free or the machine less than
+#     6 GB available memory (or EXAQ_BENCH_SKIP_1B=1);
 #   - the native eval stages through `exaq-worker run`, wall time including the model load: ppl on
 #     tiny-a (200 windows of 512, the README protocol), mcqa (400 items), speed (128 + 128);
 #   - quantized linears (bench_qmatmul gemv): T=1 GEMV of BF16 vs int8 codes (w8), W4 as int8
@@ -23,7 +25,8 @@
 #   - GPTQ W4A16 g128 of tiny-a through `exaq-worker run quantize`, 128 calibration windows of
 #     512 tokens included (goal: <= 60 s on 2 cores).
 # The rows are also appended to results/bench.csv. Environment: EXAQ_BENCH_TMP (default /tmp),
-# EXAQ_THREADS (threads; default all CPUs). Takes 1-3 minutes on 2 cores (docs/perf.md).
+# EXAQ_THREADS (threads; default all CPUs). Takes 1-3 minutes on 2 cores, plus several minutes for
+# the 1.2B shape (docs/perf.md).
 set -eu
 BIN=${1:?usage: sh tests/bench.sh BINDIR}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -174,6 +177,19 @@ else
         END { if (b == "" || w4 == "" || w8 == "") { print "bench: decode ratios: a run is missing"; exit }
               printf "bench: decode 1.2b ctx128: bf16 %.1f ms, W4A16/BF16 %.3f (goal <= 0.5), W8A16/BF16 %.3f (goal <= 0.65)\n",
                   b / 1e3, w4 / b, w8 / b }' "$TMP/dec" >&2
+    # Training step of the same shape (fp32 weights and gradients: about 10 GB resident).
+    if [ "${avail_kb:-0}" -ge 12000000 ]; then
+        say "bench: bench_grad exaone-1.2b 64"
+        if "$TBENCH" "$TMP/exaone-1.2b" 64 >"$TMP/tout" 2>"$TMP/err"; then
+            grep -v '^csv,' "$TMP/tout" | sed 's/^/  /' >&2 || true
+            grep '^csv,' "$TMP/tout" | sed -e 's/^csv,//' -e 's/^\(train_[a-z_]*\),[^,]*,/\1,exaone-1.2b-synth,/' >>"$ROWS"
+        else
+            say "bench: bench_grad on the 1.2B shape failed:"
+            tail -n 5 "$TMP/err" >&2
+        fi
+    else
+        say "bench: skipping the 1.2B training step: $((avail_kb / 1000)) MB available, it needs 12000"
+    fi
     rm -rf "$TMP/exaone-1.2b"
 fi
 
