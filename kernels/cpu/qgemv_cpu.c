@@ -74,7 +74,8 @@
 #define QPF_BYTES 16384
 
 /* Positions k0..k1-1 of group g (G: the group size, in for channel and tensor scales). */
-static ALWAYS_INLINE void grange(const struct linear *L, int g, int G, int *k0, int *k1)
+static ALWAYS_INLINE __attribute__((unused)) void grange(const struct linear *L, int g, int G,
+                                                         int *k0, int *k1)
 {
     if (L->gstart) {
         *k0 = L->gstart[g];
