@@ -164,6 +164,22 @@ static void test_qmatmul_formats(void **state)
 
 /* ---- the 16-bit-activation GEMV (kernels/cpu/qgemv_cpu.c) ------------------------------- */
 
+/* got against ref element by element: NaN where ref is NaN, the same infinity where ref is
+ * infinite, else within bound[i] (bound non-NULL) or rel * (1 + |ref|). */
+static void assert_like_ref(const float *got, const float *ref, int n, const float *bound,
+                            float rel)
+{
+    for (int i = 0; i < n; i++) {
+        if (isnan(ref[i]))
+            assert_true(isnan(got[i]));
+        else if (isinf(ref[i]))
+            assert_true(got[i] == ref[i]);
+        else
+            assert_true(fabsf(got[i] - ref[i]) <=
+                        (bound ? bound[i] : rel * (1.0f + fabsf(ref[i]))));
+    }
+}
+
 /*
  * Per token row and column, the bound on the activation rounding of the 16-bit GEMV: the
  * columns of each group (in storage order: ascending original column within the group) are cut
@@ -332,14 +348,7 @@ static void test_qmatmul_i16(void **state)
         assert_int_equal(matmul(KERN_IMPL_CPU, got, x, T, &L, 0), 0);
         assert_int_equal(matmul(KERN_IMPL_REF, ref, x, T, &L, 0), 0);
         float *bound = mm_bound_new(x, m.w, ref, ref, T, out, in, 0, 2, 2.0);
-        for (int i = 0; i < T * out; i++) {
-            if (isnan(ref[i]))
-                assert_true(isnan(got[i]));
-            else if (isinf(ref[i]))
-                assert_true(got[i] == ref[i]);
-            else
-                assert_true(fabsf(got[i] - ref[i]) <= bound[i]);
-        }
+        assert_like_ref(got, ref, T * out, bound, 0.0f);
         assert_int_equal(check_buf_guards("i16 fallback", got, (size_t)T * out), 0);
         free(bound);
         free(x);
@@ -384,14 +393,7 @@ static void test_qmatmul_special(void **state)
                 x[2] = INFINITY;
             assert_int_equal(matmul(KERN_IMPL_CPU, got, x, T, &L, 0), 0);
             assert_int_equal(matmul(KERN_IMPL_REF, ref, x, T, &L, 0), 0);
-            for (int i = 0; i < T * out; i++) {
-                if (isnan(ref[i]))
-                    assert_true(isnan(got[i]));
-                else if (isinf(ref[i]))
-                    assert_true(got[i] == ref[i]);
-                else
-                    assert_true(fabsf(got[i] - ref[i]) <= 1e-4f * (1.0f + fabsf(ref[i])));
-            }
+            assert_like_ref(got, ref, T * out, NULL, 1e-4f);
             assert_true(isnan(ref[(size_t)(T - 1) * out]));
             assert_true(fmt == LINEAR_FMT_FP8 ? isnan(ref[3]) : !isfinite(ref[7]));
             assert_int_equal(check_buf_guards("special", got, (size_t)T * out), 0);
